@@ -1,0 +1,134 @@
+"""2-D convolution as im2col + one matrix product (Keras ``Conv2D``, channels-last)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from minarn import kernels
+from minarn.layers.activations import get_activation
+from minarn.layers.base import Layer, glorot_uniform
+
+
+def conv_output_size(size: int, k: int, stride: int, padding: str) -> int:
+    """Output length along one axis: "valid" floor((size - k) / stride) + 1, "same" ceil(size / stride)."""
+    if padding == "same":
+        return math.ceil(size / stride)
+    return (size - k) // stride + 1
+
+
+def same_padding(size: int, k: int, stride: int) -> tuple[int, int]:
+    """Keras/TensorFlow "same" padding along one axis: total = max((out - 1) * stride + k - size, 0),
+    split with the extra row/column (if the total is odd) at the end: (total // 2, total - total // 2)."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2D(Layer):
+    """2-D convolution with bias and optional fused activation, Keras layout.
+
+    Shapes: x (N, H, W, C) -> out (N, OH, OW, F); kernel (kh, kw, C, F); bias (F,).
+    Math: cols = im2col(pad(x)) of shape (N*OH*OW, kh*kw*C); z = cols @ kernel.reshape(kh*kw*C, F) + bias;
+    out = act(z).
+    Backward: dz = act'(dout); dkernel = cols^T @ dz; dbias = sum_rows dz; dx = crop(col2im(dz @ kernel^T)).
+    A 1x1 kernel at stride 1 skips im2col: the channels-last input viewed as (N*H*W, C) already is ``cols``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        strides: int = 1,
+        padding: str = "valid",
+        activation: str | None = None,
+        use_bias: bool = True,
+        seed: int | None = None,
+        dtype: Any = np.float32,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{self._describe()}: padding must be 'valid' or 'same', got {padding!r}")
+        for what, v in (("in_channels", in_channels), ("filters", filters), ("kernel_size", kh),
+                        ("kernel_size", kw), ("strides", strides)):
+            if int(v) != v or v < 1:
+                raise ValueError(f"{self._describe()}: {what} must be a positive integer, got {v!r}")
+        self.in_channels, self.filters = int(in_channels), int(filters)
+        self.kernel_size, self.strides, self.padding = (int(kh), int(kw)), int(strides), padding
+        self.activation_name = activation
+        self.activation = get_activation(activation, layer_name=f"{self.name}_activation")
+        rng = np.random.default_rng(seed)
+        fan_in, fan_out = kh * kw * in_channels, kh * kw * filters
+        self.params["kernel"] = glorot_uniform((kh, kw, in_channels, filters), fan_in, fan_out, rng, dtype)
+        self.grads["kernel"] = np.zeros_like(self.params["kernel"])
+        if use_bias:
+            self.params["bias"] = np.zeros(filters, dtype=dtype)
+            self.grads["bias"] = np.zeros_like(self.params["bias"])
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        self._check_shape(tuple(input_shape), 4, self.in_channels)
+        N, H, W, _ = input_shape
+        (kh, kw), s = self.kernel_size, self.strides
+        OH, OW = conv_output_size(H, kh, s, self.padding), conv_output_size(W, kw, s, self.padding)
+        if OH < 1 or OW < 1:
+            raise ValueError(
+                f"{self._describe()}: input of spatial size {H}x{W} is smaller than the {kh}x{kw} kernel"
+            )
+        return (N, OH, OW, self.filters)
+
+    def _pads(self, H: int, W: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        (kh, kw), s = self.kernel_size, self.strides
+        if self.padding == "valid":
+            return (0, 0), (0, 0)
+        return same_padding(H, kh, s), same_padding(W, kw, s)
+
+    def _is_pointwise(self) -> bool:
+        return self.kernel_size == (1, 1) and self.strides == 1
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        self._check_input(x, 4, self.in_channels)
+        N, OH, OW, F = self.compute_output_shape(x.shape)
+        (kh, kw), s = self.kernel_size, self.strides
+        kernel = self.params["kernel"].astype(x.dtype, copy=False).reshape(kh * kw * self.in_channels, F)
+        pad_h, pad_w = self._pads(x.shape[1], x.shape[2])
+        if self._is_pointwise():
+            padded_shape = x.shape
+            cols = x.reshape(-1, self.in_channels)
+        else:
+            xp = np.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
+            padded_shape = xp.shape
+            cols = kernels.get_backend().im2col(xp, kh, kw, s)
+        z = cols @ kernel
+        if "bias" in self.params:
+            z += self.params["bias"].astype(x.dtype, copy=False)
+        out = self.activation.forward(z.reshape(N, OH, OW, F), training)
+        self._cache = (cols, x.shape, padded_shape, pad_h, pad_w, out.shape)
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        *_, out_shape = self._saved()
+        self._check_dout(dout, out_shape)
+        return self.backward_linear(self.activation.backward(dout))
+
+    def backward_linear(self, dz: np.ndarray) -> np.ndarray:
+        """Backward through the convolution only, given dz = dL/dz for the pre-activation z (N, OH, OW, F)."""
+        cols, x_shape, padded_shape, pad_h, pad_w, out_shape = self._saved()
+        self._check_dout(dz, out_shape)
+        (kh, kw), s = self.kernel_size, self.strides
+        F = self.filters
+        dz = dz.reshape(-1, F)
+        kernel = self.params["kernel"]
+        self.grads["kernel"] = (cols.T @ dz).reshape(kernel.shape).astype(kernel.dtype, copy=False)
+        if "bias" in self.params:
+            self.grads["bias"] = dz.sum(axis=0).astype(self.params["bias"].dtype, copy=False)
+        dcols = dz @ kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
+        if self._is_pointwise():
+            return dcols.reshape(x_shape)
+        dxp = kernels.get_backend().col2im(dcols, padded_shape, kh, kw, s)
+        H, W = x_shape[1], x_shape[2]
+        return dxp[:, pad_h[0] : pad_h[0] + H, pad_w[0] : pad_w[0] + W, :]

@@ -1,0 +1,402 @@
+"""ARN-CNN, the attention-based residual connection CNN of Kavousinejad (2024), Figure 2, layer for layer.
+
+The forward pass is written out top to bottom and the backward pass bottom to top, so a reader can follow
+every tensor. Layer names are the ones Keras gives (``conv2d``, ``conv2d_1``, ..., ``multiply_7``, ``add``,
+``activation``, ``dense``, ``dense_1``), so weights line up 1:1 with the Keras original.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minarn.layers.activations import ACTIVATIONS
+from minarn.layers.attention import AttentionModule
+from minarn.layers.base import Layer, shape_str
+from minarn.layers.conv import Conv2D
+from minarn.layers.dense import Dense
+from minarn.layers.dropout import Dropout
+from minarn.layers.flatten import Flatten
+from minarn.layers.pool import MaxPooling2D
+from minarn.layers.residual import ResidualBlock
+from minarn.losses import l1_penalty, l2_penalty, softmax_cross_entropy
+
+DENSE_ACTIVATIONS = ("gelu", "relu", "elu", "selu", "swish", "silu", "tanh", "sigmoid", "linear")
+_CONFIG_KEY = "__config__"
+
+
+class _KerasNames:
+    """Keras' automatic names: the first ``conv2d``, then ``conv2d_1``, ``conv2d_2``, ... per layer type."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = defaultdict(int)
+
+    def __call__(self, base: str) -> str:
+        n = self.counts[base]
+        self.counts[base] += 1
+        return base if n == 0 else f"{base}_{n}"
+
+
+class ARNCNN:
+    """The ARN-CNN classifier (paper Fig. 2): 1,624,131 weights for 64x64x1 inputs and 6 classes.
+
+    Shapes: x (N, H, W, C) float in [0, 1] (uint8 in [0, 255] is scaled for you) -> probabilities (N, K).
+    Layout: conv 3x3 (32) -> pool -> 2 attention modules -> residual block (64) -> conv 3x3 (64) -> attention
+    -> conv 3x3 (256) -> pool -> 4 attention modules -> conv 1x1 (125) -> flatten -> dense (256, GELU, L1/L2
+    penalties) -> dropout (0.45) -> dense (K, softmax).
+    ``attention=False`` / ``residual=False`` build the ablations of Table 6.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 6,
+        input_shape: tuple[int, int, int] = (64, 64, 1),
+        attention: bool = True,
+        residual: bool = True,
+        dense_activation: str = "gelu",
+        dropout: float = 0.45,
+        seed: int | None = None,
+        *,
+        kernel_l2: float = 0.016,
+        bias_l1: float = 0.006,
+        activity_l1: float = 0.006,
+        dtype: Any = np.float32,
+    ) -> None:
+        if int(num_classes) != num_classes or num_classes < 2:
+            raise ValueError(f"ARNCNN: num_classes must be an integer >= 2, got {num_classes!r}")
+        if len(input_shape) != 3 or any(int(s) != s or s < 1 for s in input_shape):
+            raise ValueError(f"ARNCNN: input_shape must be (height, width, channels), got {input_shape!r}")
+        key = str(dense_activation).lower()
+        if key not in DENSE_ACTIVATIONS or key not in ACTIVATIONS:
+            raise ValueError(
+                f"ARNCNN: dense_activation must be one of {', '.join(DENSE_ACTIVATIONS)}, got {dense_activation!r}"
+            )
+        self.config = dict(
+            num_classes=int(num_classes),
+            input_shape=tuple(int(s) for s in input_shape),
+            attention=bool(attention),
+            residual=bool(residual),
+            dense_activation=key,
+            dropout=float(dropout),
+            seed=seed,
+            kernel_l2=float(kernel_l2),
+            bias_l1=float(bias_l1),
+            activity_l1=float(activity_l1),
+            dtype=np.dtype(dtype).name,
+        )
+        self.dtype = np.dtype(dtype)
+        self.input_shape = self.config["input_shape"]
+        self.num_classes = int(num_classes)
+        self.kernel_l2, self.bias_l1, self.activity_l1 = float(kernel_l2), float(bias_l1), float(activity_l1)
+
+        name = _KerasNames()
+        rng = np.random.default_rng(seed)
+
+        def next_seed() -> int:
+            return int(rng.integers(2**31 - 1))
+
+        def attention_modules(count: int, channels: int) -> list[AttentionModule]:
+            if not attention:
+                return []
+            return [
+                AttentionModule(channels, (name("conv2d"), name("conv2d"), name("multiply")),
+                                (next_seed(), next_seed()), dtype)
+                for _ in range(count)
+            ]
+
+        H, W, C = self.input_shape
+        # Layers in Keras' creation order, which fixes their names.
+        self.conv_in = Conv2D(C, 32, 3, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
+        self.pool_in = MaxPooling2D(2, name=name("max_pooling2d"))
+        self.stem_attention = attention_modules(2, 32)
+        self.block = ResidualBlock(32, 64, name, next_seed, attention=attention, residual=residual, dtype=dtype)
+        self.conv_mid = Conv2D(64, 64, 3, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
+        self.mid_attention = attention_modules(1, 64)
+        self.conv_deep = Conv2D(64, 256, 3, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
+        self.pool_deep = MaxPooling2D(2, name=name("max_pooling2d"))
+        self.deep_attention = attention_modules(4, 256)
+        self.conv_out = Conv2D(256, 125, 1, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
+        self.flatten = Flatten(name=name("flatten"))
+        try:  # the flatten size follows from the input size (3125 for 64x64)
+            flat = self._graph()[-1][2][1]
+        except ValueError as err:
+            raise ValueError(f"ARNCNN: input_shape {self.input_shape} is too small for the network: {err}") from None
+        self.dense = Dense(flat, 256, activation=key, seed=next_seed(), dtype=dtype, name=name("dense"))
+        self.dropout = Dropout(dropout, seed=next_seed(), name=name("dropout"))
+        self.classifier = Dense(256, num_classes, activation="softmax", seed=next_seed(), dtype=dtype,
+                                name=name("dense"))
+        self.last_terms: dict[str, float] = {}
+        self.last_probs: np.ndarray | None = None
+
+    # -- structure --------------------------------------------------------------------------------------
+    @property
+    def layers(self) -> list[Layer]:
+        """Every layer in Keras order (the order of Figure 2)."""
+        out: list[Layer] = [self.conv_in, self.pool_in]
+        for att in self.stem_attention:
+            out += att.layers
+        out += self.block.layers + [self.conv_mid]
+        for att in self.mid_attention:
+            out += att.layers
+        out += [self.conv_deep, self.pool_deep]
+        for att in self.deep_attention:
+            out += att.layers
+        return out + [self.conv_out, self.flatten, self.dense, self.dropout, self.classifier]
+
+    def get_layer(self, name: str) -> Layer:
+        """The layer called ``name`` (``KeyError`` listing the names when there is none)."""
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"ARNCNN has no layer {name!r}; layers: {', '.join(l.name for l in self.layers)}")
+
+    def _graph(self) -> list[tuple[str, str, tuple[Any, ...], int, list[str]]]:
+        """Rows (name, type, output shape, parameter count, inputs) in Keras order, for ``summary()``."""
+        rows: list[tuple[str, str, tuple[Any, ...], int, list[str]]] = []
+        shape: tuple[Any, ...] = (None, *self.input_shape)
+        rows.append(("input_1", "InputLayer", shape, 0, []))
+
+        def add(layer: Layer, inputs: list[str], kind: str | None = None) -> str:
+            nonlocal shape
+            in_shapes = [next(r[2] for r in rows if r[0] == i) for i in inputs]
+            shape = layer.compute_output_shape(tuple(in_shapes) if len(in_shapes) == 2 else in_shapes[0])
+            rows.append((layer.name, kind or type(layer).__name__, shape, layer.count_params(), inputs))
+            return layer.name
+
+        def attend(modules: list[AttentionModule], x: str) -> str:
+            for att in modules:
+                a = add(att.conv_a, [x])
+                w = add(att.conv_b, [a])
+                x = add(att.multiply, [x, w])
+            return x
+
+        h = add(self.pool_in, [add(self.conv_in, ["input_1"])])
+        h = attend(self.stem_attention, h)
+        b = self.block
+        block_in = h
+        h = add(b.bn2, [add(b.conv2, [add(b.bn1, [add(b.conv1, [h])])])])
+        h = attend([b.attention] if b.attention else [], h)
+        if b.residual:
+            skip = add(b.skip, [block_in]) if b.skip else block_in
+            h = add(b.add, [h, skip])
+        h = add(b.pool, [add(b.relu, [h], kind="Activation")])
+        h = attend(self.mid_attention, add(self.conv_mid, [h]))
+        h = attend(self.deep_attention, add(self.pool_deep, [add(self.conv_deep, [h])]))
+        h = add(self.flatten, [add(self.conv_out, [h])])
+        if hasattr(self, "dense"):  # during __init__ the graph is traced up to flatten to size the dense layer
+            h = add(self.classifier, [add(self.dropout, [add(self.dense, [h])])])
+        return rows
+
+    def count_params(self) -> int:
+        """All weights, trainable and not (1,624,131 for the default model)."""
+        return sum(layer.count_params() for layer in self.layers)
+
+    def summary(self, print_fn: Any = print) -> str:
+        """The Figure 2 table: layer (type), output shape, parameter count, connected to; then the totals."""
+        widths = (44, 22, 11)
+        line = "_" * 120
+        out = ['Model: "arn_cnn"', line,
+               f" {'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':<{widths[2]}}Connected to",
+               "=" * 120]
+        for name, kind, shape, params, inputs in self._graph():
+            shown = f"[{shape_str(shape)}]" if kind == "InputLayer" else shape_str(shape)
+            connected = "[" + ", ".join(f"'{x}[0][0]'" for x in inputs) + "]"
+            out.append(f" {name + ' (' + kind + ')':<{widths[0]}}{shown:<{widths[1]}}{params:<{widths[2]},}{connected}")
+        trainable = sum(a.size for a in self.parameters().values())
+        total = self.count_params()
+        out += ["=" * 120, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+                f"Non-trainable params: {total - trainable:,}", line]
+        text = "\n".join(out)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    # -- forward and backward -----------------------------------------------------------------------------
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 3 and self.input_shape[2] == 1 and x.shape[1:] == self.input_shape[:2]:
+            x = x[..., None]
+        if x.ndim != 4 or x.shape[1:] != self.input_shape:
+            raise ValueError(
+                f"ARNCNN: expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {shape_str(x.shape)}"
+            )
+        if x.dtype == np.uint8:
+            return x.astype(self.dtype) / self.dtype.type(255)
+        if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
+            raise TypeError(f"ARNCNN: expected a numeric input, got dtype {x.dtype}")
+        return x.astype(self.dtype, copy=False)
+
+    def features(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """The convolutional part: input (N, H, W, C) -> conv2d_22's map (N, h, w, 125), the Grad-CAM layer."""
+        h = self.pool_in.forward(self.conv_in.forward(x, training), training)
+        for att in self.stem_attention:
+            h = att.forward(h, training)
+        h = self.block.forward(h, training)
+        h = self.conv_mid.forward(h, training)
+        for att in self.mid_attention:
+            h = att.forward(h, training)
+        h = self.pool_deep.forward(self.conv_deep.forward(h, training), training)
+        for att in self.deep_attention:
+            h = att.forward(h, training)
+        return self.conv_out.forward(h, training)
+
+    def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Pre-softmax class scores (N, K). Keeps the dense layer's output for its activity penalty."""
+        h = self.flatten.forward(self.features(self._prepare(x), training), training)
+        self._dense_out = self.dense.forward(h, training)
+        h = self.dropout.forward(self._dense_out, training)
+        return self.classifier.forward_linear(h, training)
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """Class probabilities (N, K) for one batch."""
+        return _softmax(self.logits(x, training))
+
+    def backward_features(self, dfeatures: np.ndarray) -> np.ndarray:
+        """Backward through the convolutional part: d(conv2d_22 output) -> d(input). Fills every layer's grads."""
+        dh = self.conv_out.backward(dfeatures)
+        for att in reversed(self.deep_attention):
+            dh = att.backward(dh)
+        dh = self.conv_deep.backward(self.pool_deep.backward(dh))
+        for att in reversed(self.mid_attention):
+            dh = att.backward(dh)
+        dh = self.conv_mid.backward(dh)
+        dh = self.block.backward(dh)
+        for att in reversed(self.stem_attention):
+            dh = att.backward(dh)
+        return self.conv_in.backward(self.pool_in.backward(dh))
+
+    def backward_head(self, dlogits: np.ndarray, ddense_extra: np.ndarray | None = None) -> np.ndarray:
+        """Backward through the dense head: d(logits) -> d(conv2d_22 output).
+
+        ``ddense_extra`` is added to the gradient arriving at the dense(256) output (its activity penalty).
+        """
+        dh = self.dropout.backward(self.classifier.backward_linear(dlogits))
+        if ddense_extra is not None:
+            dh = dh + ddense_extra
+        return self.flatten.backward(self.dense.backward(dh))
+
+    def penalties(self, batch_size: int) -> dict[str, tuple[float, np.ndarray]]:
+        """The dense(256) layer's penalties (value, gradient) for the last forward pass, as Keras adds them:
+        kernel L2 0.016 * sum(w^2), bias L1 0.006 * sum(|b|), activity L1 0.006 * sum(|out|) / batch size."""
+        return {
+            "kernel_l2": l2_penalty(self.dense.params["kernel"], self.kernel_l2),
+            "bias_l1": l1_penalty(self.dense.params["bias"], self.bias_l1),
+            "activity_l1": l1_penalty(self._dense_out, self.activity_l1, batch_size=batch_size),
+        }
+
+    def loss_and_grads(self, x: np.ndarray, y_onehot: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """One training-mode forward and backward pass.
+
+        Returns the loss as Keras reports it (cross-entropy, Eq. 7, plus the three penalties; the terms are
+        kept in ``last_terms``, the probabilities in ``last_probs``) and the gradient of every trainable
+        weight keyed ``"layer/weight"``.
+        """
+        n = len(x)
+        y = np.asarray(y_onehot)
+        if y.shape != (n, self.num_classes):
+            raise ValueError(f"ARNCNN: expected one-hot labels of shape ({n}, {self.num_classes}), got {shape_str(y.shape)}")
+        logits = self.logits(x, training=True)
+        ce, dlogits = softmax_cross_entropy(logits, y.astype(logits.dtype, copy=False))
+        pen = self.penalties(n)
+        self.last_terms = {"crossentropy": ce, **{k: v for k, (v, _) in pen.items()}}
+        self.last_probs = _softmax(logits)
+        self.backward_features(self.backward_head(dlogits, pen["activity_l1"][1]))
+        grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
+        grads[f"{self.dense.name}/kernel"] = grads[f"{self.dense.name}/kernel"] + pen["kernel_l2"][1]
+        grads[f"{self.dense.name}/bias"] = grads[f"{self.dense.name}/bias"] + pen["bias_l1"][1]
+        return ce + sum(v for v, _ in pen.values()), grads
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N, K) in inference mode (dropout off, batch norm on moving statistics)."""
+        x = np.asarray(x)
+        if batch_size < 1:
+            raise ValueError(f"ARNCNN.predict: batch_size must be >= 1, got {batch_size}")
+        parts = [self.forward(x[i : i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.num_classes), self.dtype)
+
+    # -- weights ------------------------------------------------------------------------------------------
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Trainable arrays keyed ``"layer/weight"`` (the live arrays an optimizer updates in place)."""
+        return {f"{layer.name}/{k}": a for layer in self.layers for k, a in layer.params.items()}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of all weights, batch norm moving statistics included, keyed ``"layer/weight"``."""
+        out = {}
+        for layer in self.layers:
+            for k, a in {**layer.params, **layer.state}.items():
+                out[f"{layer.name}/{k}"] = a.copy()
+        return out
+
+    def _live_weights(self) -> dict[str, np.ndarray]:
+        return {f"{layer.name}/{k}": a for layer in self.layers for k, a in {**layer.params, **layer.state}.items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Copy weights in place; a missing, extra or wrongly shaped entry raises ``ValueError`` naming it."""
+        live = self._live_weights()
+        missing = sorted(set(live) - set(state))
+        extra = sorted(set(state) - set(live))
+        if missing or extra:
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {', '.join(extra)}"] if extra else [])
+            raise ValueError(f"ARNCNN.load_state_dict: {'; '.join(parts)}")
+        for key, target in live.items():
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(
+                    f"ARNCNN.load_state_dict: {key} has shape {value.shape}, expected {target.shape}"
+                )
+        for key, target in live.items():
+            np.copyto(target, np.asarray(state[key]), casting="same_kind")
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write architecture options and all weights to one ``.npz`` file, atomically."""
+        arrays = dict(self.state_dict())
+        arrays[_CONFIG_KEY] = np.array(json.dumps(self.config))
+        return save_npz_atomic(path, arrays)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def save_npz_atomic(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> Path:
+    """``np.savez`` into a temporary file beside ``path``, then rename it over ``path``: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_model(path: str | os.PathLike[str]) -> ARNCNN:
+    """Rebuild a model saved with ``ARNCNN.save`` (architecture options and weights)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if _CONFIG_KEY not in data.files:
+                raise ValueError(f"load_model: {path} holds no minarn model configuration ({_CONFIG_KEY!r} missing)")
+            config = json.loads(str(data[_CONFIG_KEY]))
+            weights = {k: data[k] for k in data.files if k != _CONFIG_KEY}
+    except (OSError, EOFError, ValueError) as err:
+        if "minarn model configuration" in str(err):
+            raise
+        raise ValueError(f"load_model: cannot read {path} as a minarn model (.npz): {err}") from None
+    config["input_shape"] = tuple(config["input_shape"])
+    config["dtype"] = np.dtype(config["dtype"])
+    model = ARNCNN(**config)
+    model.load_state_dict(weights)
+    return model

@@ -1,0 +1,36 @@
+"""README.md and .ci/run must agree, and the README's example code must run."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _bash_blocks() -> list[str]:
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", README, flags=re.S)]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    test_command = next(b for b in _bash_blocks() if "pytest" in b)
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert test_command in ci_lines
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    blocks = _bash_blocks()
+    assert "python -m minarn" in blocks[0] and "pytest" in blocks[1]
+    assert README.index(blocks[0]) < README.index("## How the pieces fit together")
+
+
+def test_readme_python_example_runs() -> None:
+    code = re.findall(r"```python\n(.*?)```", README, flags=re.S)[0]
+    namespace: dict = {"print": lambda *a, **k: None}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model = namespace["model"]
+    assert model.count_params() == 1_624_131
+    assert np.isfinite(namespace["loss"])
