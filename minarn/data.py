@@ -1,0 +1,725 @@
+"""Medical MNIST (MedNIST): load, cache, split, find duplicates, and iterate in batches.
+
+Layout read: ``<root>/<ClassName>/<file>.jpeg`` from a folder or straight from a ``.tar``, ``.tar.gz``
+(``.tgz``, ``.tar.bz2``, ``.tar.xz``) or ``.zip`` archive. ``<root>`` may be the folder/archive itself or
+one top folder inside it (the MONAI archive has ``MedNIST/``). Class indices follow the sorted class names:
+AbdomenCT 0, BreastMRI 1, CXR 2, ChestCT 3, Hand 4, HeadCT 5 (as Keras' ``flow_from_dataframe`` and MONAI).
+
+The split reproduces the paper's template (``training-spec.md`` section 2): sklearn's stratified
+``train_test_split(train_size=0.9, random_state=123)``, then the remaining 10 % split 60/40 into validation
+and test, re-implemented here in NumPy. On the full set: train 53,058 / valid 3,537 / test 2,359.
+
+Without arguments :func:`load_mednist` reads the 600-image sample shipped in ``minarn/sample`` (see
+:func:`sample_path`); :func:`minarn.download.download_mednist` fetches the full set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import os
+import tarfile
+import tempfile
+import time
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "CACHE_ENV",
+    "IMAGE_EXTENSIONS",
+    "IMAGE_SIZE",
+    "MEDNIST_CLASSES",
+    "DataError",
+    "Dataset",
+    "Splits",
+    "count_table",
+    "default_cache_dir",
+    "duplicate_groups",
+    "duplicates_in_train",
+    "iterate_batches",
+    "load_mednist",
+    "one_hot",
+    "remove_duplicates",
+    "sample_path",
+    "scale_images",
+    "split_dataset",
+    "split_indices",
+    "stratified_split",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SIZE = 64
+MEDNIST_CLASSES = ("AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT")
+# Decided by extension, not by sniffing: a README or .DS_Store is ignored, a broken "x.jpeg" is reported.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
+)
+CACHE_ENV = "MINARN_CACHE"
+_CACHE_VERSION = 1
+_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+
+Report = Callable[[str], None]
+
+
+class DataError(ValueError):
+    """The data source is missing, empty, corrupt or not laid out as ``<root>/<ClassName>/<image>``."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Paths
+
+
+def sample_path() -> Path:
+    """Folder of the MedNIST sample shipped with minarn (100 images per class, CC BY-SA 4.0).
+
+    Returns ``.../minarn/sample/MedNIST`` (it holds the six class folders); the default data source.
+    """
+    return Path(__file__).resolve().parent / "sample" / "MedNIST"
+
+
+def default_cache_dir() -> Path:
+    """Cache folder: ``$MINARN_CACHE`` if set, else ``~/.cache/minarn``. Holds decoded arrays and downloads."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "minarn"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The dataset container
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Decoded images, labels and per-file provenance, in one fixed order (sorted by path after loading).
+
+    Shapes: images (N, H, W, 1) uint8; labels (N,) int64 in [0, num_classes); paths (N,) str, each
+    relative to the dataset root, e.g. ``"CXR/001234.jpeg"``; sha1 (N,) str, hex SHA-1 of the file's raw
+    bytes (equal digests = byte-identical files). ``skipped`` lists ``(path, reason)`` for files that could
+    not be decoded, ``ignored`` the files that are not images of the layout (README, .DS_Store, ...).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: np.ndarray
+    sha1: np.ndarray
+    class_names: tuple[str, ...]
+    source: str = ""
+    skipped: tuple[tuple[str, str], ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 4 or self.images.shape[-1] != 1 or self.images.dtype != np.uint8:
+            raise ValueError(f"Dataset: images must be uint8 (N, H, W, 1), got {self.images.dtype} {self.images.shape}")
+        for name in ("labels", "paths", "sha1"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Dataset: {name} has {len(getattr(self, name))} entries, images has {n}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{c} {k}" for c, k in zip(self.class_names, self.class_counts()))
+        return f"Dataset({len(self)} images {self.images.shape[1:]}, {counts}; source={self.source!r})"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> np.ndarray:
+        """Images per class. Shape (num_classes,), int64."""
+        return np.bincount(self.labels, minlength=self.num_classes).astype(np.int64)
+
+    def subset(self, index: np.ndarray | Sequence[int]) -> Dataset:
+        """The images at ``index`` (integer indices, in that order), with the same classes and source."""
+        index = np.asarray(index, dtype=np.int64)
+        return Dataset(
+            images=self.images[index],
+            labels=self.labels[index],
+            paths=self.paths[index],
+            sha1=self.sha1[index],
+            class_names=self.class_names,
+            source=self.source,
+            skipped=self.skipped,
+            ignored=self.ignored,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading a folder or an archive
+
+
+def _is_tar_name(path: Path) -> bool:
+    return path.name.lower().endswith(_TAR_SUFFIXES)
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    """Components of an archive/folder member name; "./MedNIST/x" and "MedNIST/x" give the same parts."""
+    return tuple(p for p in name.split("/") if p not in ("", "."))
+
+
+def _is_image_name(name: str) -> bool:
+    parts = _parts(name)
+    if not parts or any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return False  # hidden files, macOS resource forks
+    base = parts[-1]
+    dot = base.rfind(".")
+    return dot > 0 and base[dot:].lower() in IMAGE_EXTENSIONS
+
+
+def _folder_listing(root: Path) -> list[tuple[str, int, int]]:
+    """Every regular file under ``root``: (posix path relative to root, size, mtime_ns), sorted by path."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fname in filenames:
+            full = Path(dirpath) / fname
+            try:
+                st = full.stat()
+            except OSError:  # dangling symlink: listed, and reported as unreadable when read
+                out.append((full.relative_to(root).as_posix(), -1, -1))
+                continue
+            out.append((full.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    out.sort()
+    return out
+
+
+def _file_sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_archive(path: Path) -> tuple[list[str], dict[str, bytes | Exception]]:
+    """All regular file names of a tar/zip archive, and the bytes of those that look like images.
+
+    Reading a member that fails in a zip (bad CRC) is recorded per file; a broken tar stream is an error
+    for the whole archive, since nothing after the damage can be read.
+    """
+    names: list[str] = []
+    blobs: dict[str, bytes | Exception] = {}
+    try:
+        if _is_tar_name(path) or (not path.name.lower().endswith(".zip") and tarfile.is_tarfile(path)):
+            with tarfile.open(path, "r:*") as tf:
+                for member in tf:  # sequential: a .tar.gz is read in one pass
+                    if not member.isfile():
+                        continue
+                    names.append(member.name)
+                    if _is_image_name(member.name):
+                        fobj = tf.extractfile(member)
+                        blobs[member.name] = fobj.read() if fobj is not None else b""
+        elif zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if info.is_dir():
+                        continue
+                    names.append(info.filename)
+                    if _is_image_name(info.filename):
+                        try:
+                            blobs[info.filename] = zf.read(info)
+                        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                            blobs[info.filename] = exc
+        else:
+            raise DataError(f"{path}: not a folder or a readable .tar, .tar.gz or .zip archive")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+        raise DataError(
+            f"{path}: cannot read the archive (corrupt or truncated?): {type(exc).__name__}: {exc}"
+        ) from exc
+    return names, blobs
+
+
+def _layout(names: Sequence[str], where: str) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Find the class folders among file names.
+
+    Returns ([(path relative to the dataset root, class name, name in the source)] sorted by the relative
+    path, [ignored names]). The dataset root is the parent of the class folders: the folder that holds the
+    most image files two levels down; files elsewhere are ignored (and reported).
+    """
+    images: list[tuple[tuple[str, ...], str]] = []
+    ignored: list[str] = []
+    for name in dict.fromkeys(names):  # a tar may hold a name twice; the last copy wins, as on extraction
+        if _is_image_name(name):
+            images.append((_parts(name), name))
+        else:
+            ignored.append(name)
+    if not images:
+        raise DataError(f"{where}: no image files found (expected <root>/<ClassName>/*.jpeg)")
+    depths = Counter(len(parts) for parts, _ in images)
+    depth = max(depths, key=lambda d: (depths[d], d))
+    if depth < 2:
+        raise DataError(f"{where}: the images are not in class folders (expected <root>/<ClassName>/*.jpeg)")
+    roots = Counter(parts[: depth - 2] for parts, _ in images if len(parts) == depth)
+    if len(roots) > 1:
+        found = ", ".join(sorted("/".join(r) or "." for r in roots))
+        raise DataError(f"{where}: class folders under several roots ({found}); point to one of them")
+    (root,) = roots
+    entries: dict[str, tuple[str, str, str]] = {}
+    for parts, name in images:
+        if len(parts) == depth and parts[: depth - 2] == root:
+            rel = f"{parts[-2]}/{parts[-1]}"
+            entries[rel] = (rel, parts[-2], name)  # "./A/x.png" and "A/x.png" in one tar: one image
+        else:
+            ignored.append(name)
+    return sorted(entries.values()), sorted(ignored)
+
+
+def _decode(data: bytes, size: int, resample: int) -> np.ndarray:
+    """Decode one image file to grayscale 'L', resized to (size, size) only if needed. Shape (size, size) uint8."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()  # decodes fully: a truncated JPEG raises here (LOAD_TRUNCATED_IMAGES stays False)
+        gray = img if img.mode == "L" else img.convert("L")
+        if gray.size != (size, size):
+            gray = gray.resize((size, size), resample)
+        return np.asarray(gray, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Cache
+
+
+def _cache_file(cache_dir: Path, key: str, image_size: int) -> Path:
+    return cache_dir / f"mednist-{image_size}px-{key[:24]}.npz"
+
+
+def _save_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write an uncompressed .npz to a temporary file in the same folder, then ``os.replace`` it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _to_arrays(ds: Dataset, key: str) -> dict[str, np.ndarray]:
+    return {
+        "key": np.array(key),
+        "images": ds.images,
+        "labels": ds.labels,
+        "paths": ds.paths,
+        "sha1": ds.sha1,
+        "class_names": np.array(ds.class_names, dtype=str),
+        "skipped_paths": np.array([p for p, _ in ds.skipped], dtype=str),
+        "skipped_reasons": np.array([r for _, r in ds.skipped], dtype=str),
+        "ignored": np.array(ds.ignored, dtype=str),
+    }
+
+
+def _load_cached(path: Path, key: str, source: str) -> Dataset | None:
+    """The cached dataset if ``path`` holds one for ``key``; None if absent, stale or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) != key:
+                return None
+            return Dataset(
+                images=z["images"],
+                labels=z["labels"].astype(np.int64),
+                paths=z["paths"],
+                sha1=z["sha1"],
+                class_names=tuple(str(c) for c in z["class_names"]),
+                source=source,
+                skipped=tuple(zip(map(str, z["skipped_paths"]), map(str, z["skipped_reasons"]))),
+                ignored=tuple(str(s) for s in z["ignored"]),
+            )
+    except Exception as exc:  # a damaged cache is never fatal: decode again and overwrite it
+        logger.warning("minarn.data: ignoring unreadable cache file %s (%s)", path, exc)
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _reporters(report: Report | None) -> tuple[Report, Report]:
+    """(info, warning) callbacks: both ``report`` if given, else the module logger."""
+    if report is not None:
+        return report, report
+    return logger.info, logger.warning
+
+
+def _report_problems(ds: Dataset, warn: Report, info: Report) -> None:
+    if ds.skipped:
+        shown = [f"  {p}: {r}" for p, r in ds.skipped[:50]]
+        more = [f"  ... and {len(ds.skipped) - 50} more (see Dataset.skipped)"] if len(ds.skipped) > 50 else []
+        warn("\n".join([f"{ds.source}: skipped {len(ds.skipped)} file(s) that could not be decoded:", *shown, *more]))
+    if ds.ignored:
+        examples = ", ".join(ds.ignored[:5]) + (", ..." if len(ds.ignored) > 5 else "")
+        info(f"{ds.source}: ignored {len(ds.ignored)} file(s) that are not images in class folders: {examples}")
+
+
+def load_mednist(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int = IMAGE_SIZE,
+    resample: str = "nearest",
+    cache: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    report: Report | None = None,
+) -> Dataset:
+    """Load a MedNIST-style image set: decode, convert to grayscale, and cache the arrays.
+
+    Parameters
+    ----------
+    source : folder or .tar/.tar.gz/.zip archive laid out as ``[<top>/]<ClassName>/<image>``; default: the
+        shipped sample (:func:`sample_path`). Any format Pillow reads by extension (IMAGE_EXTENSIONS).
+    image_size : side of the square output. Images are converted to 'L' and resized only when their size
+        differs, with ``resample`` = "nearest" (default: what Keras' ``load_img`` uses in the paper's
+        template) or "bilinear". The MedNIST files are all 64x64, so nothing is resampled there.
+    cache, cache_dir : keep the decoded arrays in ``cache_dir`` (default :func:`default_cache_dir`) as an
+        uncompressed .npz, keyed by the source (archive: SHA-1 of its bytes; folder: its path and every
+        file's name, size and mtime) and by image_size/resample. A changed source is decoded again.
+    report : callback for messages (e.g. ``print``); default: the ``minarn.data`` logger (skipped files
+        as warnings).
+
+    Returns
+    -------
+    Dataset, sorted by relative path: images (N, image_size, image_size, 1) uint8, labels (N,) int64.
+    Files that fail to decode are left out and listed in ``Dataset.skipped`` (path, reason).
+
+    Raises
+    ------
+    DataError : the source is missing, empty, not an archive, corrupt, or has fewer than two classes;
+        or a class folder none of whose images decode.
+    """
+    info, warn = _reporters(report)
+    if resample not in _RESAMPLE:
+        raise ValueError(f"load_mednist: resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
+    if int(image_size) < 1:
+        raise ValueError(f"load_mednist: image_size must be positive, got {image_size!r}")
+    image_size = int(image_size)
+    src = sample_path() if source is None else Path(source).expanduser()
+    where = str(src)
+    if not src.exists():
+        raise DataError(f"{where}: no such file or folder")
+
+    listing: list[tuple[str, int, int]] = []
+    if src.is_dir():
+        listing = _folder_listing(src)
+        if not listing:
+            raise DataError(f"{where}: the folder is empty (expected <root>/<ClassName>/*.jpeg)")
+        ident = hashlib.sha1(f"folder\0{src.resolve()}".encode())
+        for rel, size, mtime in listing:
+            ident.update(f"\0{rel}\0{size}\0{mtime}".encode())
+        identity = ident.hexdigest()
+    else:
+        try:
+            identity = "archive\0" + _file_sha1(src)
+        except OSError as exc:
+            raise DataError(f"{where}: cannot read: {exc}") from exc
+    key = hashlib.sha1(f"v{_CACHE_VERSION}\0{identity}\0{image_size}\0{resample}".encode()).hexdigest()
+
+    cache_path = _cache_file(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), key, image_size)
+    if cache:
+        t0 = time.perf_counter()
+        cached = _load_cached(cache_path, key, where)
+        if cached is not None:
+            info(f"{where}: {len(cached)} images loaded from cache {cache_path} in {time.perf_counter() - t0:.1f} s")
+            _report_problems(cached, warn, info)
+            return cached
+
+    t0 = time.perf_counter()
+    from_folder = src.is_dir()
+    blobs: dict[str, bytes | Exception] = {}
+    if from_folder:
+        names = [rel for rel, _, _ in listing]
+    else:  # read in one pass; the layout is only known once every name has been seen
+        names, blobs = _read_archive(src)
+    entries, ignored = _layout(names, where)
+    class_names = tuple(sorted({cls for _, cls, _ in entries}))
+    if len(class_names) < 2:
+        raise DataError(f"{where}: found {len(class_names)} class folder ({class_names[0]}); need at least two")
+
+    images = np.empty((len(entries), image_size, image_size, 1), dtype=np.uint8)
+    class_index = {c: i for i, c in enumerate(class_names)}
+    labels, paths, digests, skipped = [], [], [], []
+    resample_filter = _RESAMPLE[resample]
+    for rel, cls, name in entries:
+        try:
+            data = (src / name).read_bytes() if from_folder else blobs[name]
+            if isinstance(data, Exception):  # a zip member that failed its CRC check
+                raise data
+            images[len(labels), :, :, 0] = _decode(data, image_size, resample_filter)
+        except Exception as exc:  # anything Pillow or the file system raises: skip this file, say why
+            skipped.append((rel, f"{type(exc).__name__}: {exc}"))
+            continue
+        labels.append(class_index[cls])
+        paths.append(rel)
+        digests.append(hashlib.sha1(data).hexdigest())
+
+    n = len(labels)
+    ds = Dataset(
+        images=images[:n] if n < len(entries) else images,
+        labels=np.array(labels, dtype=np.int64),
+        paths=np.array(paths, dtype=str),
+        sha1=np.array(digests, dtype="<U40"),
+        class_names=class_names,
+        source=where,
+        skipped=tuple(skipped),
+        ignored=tuple(ignored),
+    )
+    _report_problems(ds, warn, info)
+    if n == 0:
+        raise DataError(f"{where}: none of the {len(entries)} image files could be decoded")
+    empty = [c for c, k in zip(class_names, ds.class_counts()) if k == 0]
+    if empty:
+        raise DataError(f"{where}: no image in class folder(s) {', '.join(empty)} could be decoded")
+    info(f"{where}: decoded {n} images in {len(class_names)} classes in {time.perf_counter() - t0:.1f} s")
+
+    if cache:
+        try:
+            _save_npz_atomic(cache_path, _to_arrays(ds, key))
+            info(f"{where}: cached to {cache_path}")
+        except OSError as exc:  # read-only home, full disk: loading still worked
+            warn(f"{where}: could not write the cache file {cache_path}: {exc}")
+    return ds
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Splitting (sklearn's stratified train_test_split, in NumPy)
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """Per-class sizes of a stratified draw of ``n_draws``: floor of the proportional share, then the
+    leftover draws go to the largest remainders, ties broken by ``rng`` (sklearn's ``_approximate_mode``).
+    Shapes: class_counts (C,) -> (C,) int, summing to n_draws."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            inds = rng.choice(inds, size=add_now, replace=False)
+            floored[inds] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(np.int64)
+
+
+def stratified_split(
+    labels: np.ndarray | Sequence[int], train_size: float, seed: int = 123
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffled, stratified two-way split with the semantics of sklearn's
+    ``train_test_split(train_size=train_size, shuffle=True, stratify=labels, random_state=seed)``.
+
+    Sizes: n_train = floor(train_size * N), the rest goes to the second part; per class, the proportional
+    share rounded down, leftovers to the classes with the largest remainders. The random stream is NumPy's
+    legacy ``RandomState(seed)``, whose output NumPy keeps fixed across versions, used in sklearn's order.
+
+    Shapes: labels (N,) any sortable values -> (train indices (n_train,), rest indices (N - n_train,)),
+    both int64, each in shuffled order.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if not 0.0 < train_size < 1.0:
+        raise ValueError(f"stratified_split: train_size must be in (0, 1), got {train_size!r}")
+    n_train = math.floor(train_size * n)
+    n_test = n - n_train
+    classes, y, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if n == 0 or counts.min() < 2:
+        few = classes[counts < 2].tolist() if n else []
+        raise DataError(f"stratified_split: every class needs at least 2 samples; too few in class(es) {few}")
+    if n_train < len(classes) or n_test < len(classes):
+        raise DataError(
+            f"stratified_split: {n} samples split {n_train}/{n_test} cannot hold all {len(classes)} classes "
+            "in both parts"
+        )
+    class_indices = np.split(np.argsort(y.ravel(), kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i in range(len(classes)):
+        perm = class_indices[i][rng.permutation(counts[i])]
+        train.extend(perm[: n_i[i]])
+        test.extend(perm[n_i[i] : n_i[i] + t_i[i]])
+    return rng.permutation(np.array(train, dtype=np.int64)), rng.permutation(np.array(test, dtype=np.int64))
+
+
+def split_indices(
+    labels: np.ndarray | Sequence[int], *, seed: int = 123, train_size: float = 0.9, valid_of_rest: float = 0.6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / validation / test indices: ``stratified_split(labels, train_size, seed)``, then the rest
+    split again with ``valid_of_rest`` (the first part is validation, the second test), same seed.
+
+    Shapes: labels (N,) -> three int64 index arrays into ``labels`` (disjoint, together 0..N-1).
+    Defaults give 90 % / 6 % / 4 %. The result depends on the order of ``labels``; :func:`split_dataset`
+    sorts by path first so that it does not depend on file-system listing order.
+    """
+    labels = np.asarray(labels)
+    train, rest = stratified_split(labels, train_size, seed)
+    valid_r, test_r = stratified_split(labels[rest], valid_of_rest, seed)
+    return train, rest[valid_r], rest[test_r]
+
+
+class Splits(NamedTuple):
+    """The three parts of a split, each a :class:`Dataset`."""
+
+    train: Dataset
+    valid: Dataset
+    test: Dataset
+
+
+def split_dataset(
+    ds: Dataset,
+    *,
+    seed: int = 123,
+    train_size: float = 0.9,
+    valid_of_rest: float = 0.6,
+    dedupe: bool = False,
+) -> Splits:
+    """Split into train / valid / test as the paper's template does (90 / 6 / 4 %, stratified, seed 123).
+
+    The images are first put in order of their relative path (so the listing order of the source does not
+    matter); with ``dedupe`` byte-identical copies are removed first (:func:`remove_duplicates`). On the
+    full MedNIST set: train 53,058, valid 3,537, test 2,359 (per class 9000/600/400, BreastMRI 8058/537/359).
+    """
+    if dedupe:
+        ds = remove_duplicates(ds)
+    order = np.lexsort((ds.sha1, ds.paths))  # by path; sha1 only breaks ties between equal paths
+    train, valid, test = split_indices(ds.labels[order], seed=seed, train_size=train_size, valid_of_rest=valid_of_rest)
+    return Splits(ds.subset(order[train]), ds.subset(order[valid]), ds.subset(order[test]))
+
+
+def count_table(splits: Splits | Mapping[str, Dataset]) -> str:
+    """Per-class image counts of each part as a text table (one row per part, one column per class)."""
+    parts = splits._asdict() if isinstance(splits, Splits) else dict(splits)
+    if not parts:
+        return ""
+    class_names = next(iter(parts.values())).class_names
+    header = ["split", "total", *class_names]
+    rows = [[name, f"{len(d):,}", *(f"{k:,}" for k in d.class_counts())] for name, d in parts.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Duplicates
+
+
+def duplicate_groups(ds: Dataset) -> list[np.ndarray]:
+    """Groups of byte-identical images (same SHA-1), each of size >= 2.
+
+    Returns a list of int64 index arrays into ``ds``; inside a group the indices are in path order, and
+    the groups are ordered by their first path. Extra copies = sum(len(g) - 1).
+    """
+    order = np.lexsort((ds.paths, ds.sha1))  # by digest, then path
+    digests = ds.sha1[order]
+    starts = np.flatnonzero(np.r_[True, digests[1:] != digests[:-1]])
+    groups = [g for g in np.split(order, starts[1:]) if len(g) > 1]
+    return sorted((g.astype(np.int64) for g in groups), key=lambda g: ds.paths[g[0]])
+
+
+def remove_duplicates(ds: Dataset) -> Dataset:
+    """The dataset without extra copies: of each group of byte-identical files, the one whose path sorts
+    first is kept. Order of the kept images is unchanged."""
+    drop = np.zeros(len(ds), dtype=bool)
+    for g in duplicate_groups(ds):
+        drop[g[1:]] = True
+    return ds.subset(np.flatnonzero(~drop))
+
+
+def duplicates_in_train(splits: Splits) -> dict[str, int]:
+    """How many validation and test images have a byte-identical copy in the training part.
+
+    Returns {"valid": n, "test": n}: images of that part whose SHA-1 also occurs in ``splits.train``.
+    """
+    seen = set(splits.train.sha1.tolist())
+    return {
+        "valid": int(sum(h in seen for h in splits.valid.sha1.tolist())),
+        "test": int(sum(h in seen for h in splits.test.sha1.tolist())),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batches
+
+
+def scale_images(x: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [0, 1] (x / 255). Shapes: any -> same shape, float32."""
+    if x.dtype != np.uint8:
+        raise TypeError(f"scale_images: expected uint8 pixels, got {x.dtype}")
+    return np.divide(x, np.float32(255.0), dtype=np.float32)
+
+
+def one_hot(labels: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
+    """One-hot rows. Shapes: labels (N,) ints in [0, num_classes) -> (N, num_classes) float32."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"one_hot: labels must be a 1-D integer array, got {labels.dtype} {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"one_hot: labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    out = np.zeros((len(labels), num_classes), dtype=np.float32)
+    out[np.arange(len(labels)), labels] = 1.0
+    return out
+
+
+def iterate_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 40,
+    *,
+    num_classes: int | None = None,
+    shuffle: bool = False,
+    rng: int | np.random.Generator | None = None,
+    flip: bool = False,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(x, y)`` mini-batches: x = images / 255, y = one-hot labels.
+
+    Shapes: images (N, H, W, C) uint8, labels (N,) int -> x (B, H, W, C) float32 in [0, 1],
+    y (B, num_classes) float32; B = batch_size except a smaller last batch (dropped with ``drop_last``).
+    ``num_classes`` defaults to max(labels) + 1; pass it for subsets that may miss the last class.
+    ``shuffle`` permutes the order; ``flip`` mirrors each image left-right with probability 1/2 (Keras
+    ``horizontal_flip``). Both draw from ``rng`` (a Generator, used as is, or a seed; None means seed 0):
+    pass one Generator for a whole training run so each epoch gets a new order.
+    """
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"iterate_batches: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    labels = np.asarray(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"iterate_batches: {len(images)} images but {len(labels)} labels")
+    if batch_size < 1:
+        raise ValueError(f"iterate_batches: batch_size must be >= 1, got {batch_size}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if len(labels) else 0
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
+    n = len(images)
+    order = gen.permutation(n) if shuffle else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        x = scale_images(images[idx])
+        if flip:
+            mirror = gen.random(len(idx)) < 0.5
+            x[mirror] = x[mirror, :, ::-1, :]
+        yield x, one_hot(labels[idx], num_classes)
