@@ -1,0 +1,510 @@
+"""``python -m minarn.train``: the paper's training run on Medical MNIST, on a CPU.
+
+Batch 40, Adamax 0.001 (paper form, Eq. 3-6), cross-entropy plus the dense head's penalties, up to 100 epochs,
+the epoch-end controller (``minarn.controller``), one table row per epoch with the paper's columns, and the best
+weights restored at the end. With no ``--data`` it trains on the sample shipped inside the package.
+
+Outputs in ``--out`` (default ``runs/<timestamp>``): ``model.npz`` (best weights, ``minarn.load_model``),
+``checkpoint.npz`` (everything needed to ``--resume``, written atomically after every epoch and on Ctrl-C),
+``history.csv``, ``train.log`` and ``config.json``.
+
+Randomness: the model is initialised from ``--seed``; the shuffling of epoch ``e`` comes from the generator
+seeded ``[seed, e]`` and the dropout mask and flips of batch ``b`` from ``[seed, e, b]``, so a run resumed at any
+batch boundary continues exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+import minarn
+from minarn import kernels
+from minarn.controller import EpochEndController
+from minarn.data import (
+    DataError,
+    Dataset,
+    count_table,
+    duplicate_groups,
+    duplicates_in_train,
+    load_mednist,
+    one_hot,
+    sample_path,
+    scale_images,
+    split_dataset,
+)
+from minarn.model import DENSE_ACTIVATIONS, ARNCNN, save_npz_atomic
+from minarn.optim import Optimizer, get_optimizer
+
+SAMPLE_EPOCHS = 8  # default for the shipped sample (a few minutes on 2 cores); the paper's 100 otherwise
+PAPER_EPOCHS = 100
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "next_lr", "monitor",
+                   "improvement", "duration"]
+
+
+class UsageError(Exception):
+    """A wrong command-line value: reported as one line, exit status 2."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# -- output ---------------------------------------------------------------------------------------------
+class Reporter:
+    """Prints to the terminal and appends to ``train.log``; progress lines only go to the terminal."""
+
+    GREEN, ORANGE, RESET = "\033[32m", "\033[38;5;208m", "\033[0m"
+
+    def __init__(self, log_path: Path | None, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.log = open(log_path, "a", encoding="utf-8") if log_path else None
+        self._progress_shown = False
+        self._last_plain = 0.0
+
+    def __call__(self, text: str = "", color: str | None = None) -> None:
+        self._end_progress()
+        shown = f"{color}{text}{self.RESET}" if color and self.tty else text
+        print(shown, file=self.stream, flush=True)
+        if self.log:
+            self.log.write(text + "\n")
+            self.log.flush()
+
+    def progress(self, text: str, final: bool = False) -> None:
+        """In place on a terminal; when the output is a file, a plain line at most every 30 s."""
+        if self.tty:
+            print("\r" + text + "\033[K", end="", file=self.stream, flush=True)
+            self._progress_shown = True
+        elif final or time.monotonic() - self._last_plain >= 30:
+            print(text, file=self.stream, flush=True)
+            self._last_plain = time.monotonic()
+
+    def _end_progress(self) -> None:
+        if self._progress_shown:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+            self._progress_shown = False
+
+    def close(self) -> None:
+        if self.log:
+            self.log.close()
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+TABLE_HEADER = (f"{'Epoch':^8s}{'Loss':^10s}{'Accuracy':^10s}{'V_loss':^10s}{'V_acc':^10s}{'LR':^9s}"
+                f"{'Next LR':^9s}{'Monitor':^10s}{'% Improv':^10s}{'Duration':^10s}")
+
+
+def format_row(row: dict[str, Any], epochs: int) -> str:
+    """One line of the per-epoch table, with the paper's precision (accuracy in percent)."""
+    return (f"{str(row['epoch']) + '/' + str(epochs):^8s}{row['loss']:^10.3f}{100 * row['accuracy']:^10.3f}"
+            f"{row['val_loss']:^10.5f}{100 * row['val_accuracy']:^10.3f}{row['lr']:^9.5f}{row['next_lr']:^9.5f}"
+            f"{row['monitor']:^10s}{row['improvement']:^10.2f}{row['duration']:^10.2f}")
+
+
+# -- evaluation on a split ---------------------------------------------------------------------------------
+def evaluate_split(model: ARNCNN, images: np.ndarray, labels: np.ndarray, batch_size: int = 40
+                   ) -> tuple[float, float, np.ndarray]:
+    """Loss as Keras reports ``val_loss`` (cross-entropy plus penalties, inference mode), accuracy, probabilities.
+
+    Shapes: images (N, H, W, 1) uint8, labels (N,) int -> loss, accuracy, probs (N, K).
+    """
+    n = len(images)
+    probs = np.empty((n, model.num_classes), dtype=model.dtype)
+    ce_sum = activity_sum = 0.0
+    for start in range(0, n, batch_size):
+        x = scale_images(images[start : start + batch_size])
+        logits = model.logits(x, training=False)
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        probs[start : start + len(x)] = p
+        z = logits - logits.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        ce_sum -= float(log_p[np.arange(len(x)), labels[start : start + len(x)]].sum())
+        activity_sum += model.penalties(1)["activity_l1"][0]  # factor * sum |dense output| of this batch
+    pen = model.penalties(1)
+    loss = (ce_sum + activity_sum) / max(n, 1) + pen["kernel_l2"][0] + pen["bias_l1"][0]
+    accuracy = float(np.mean(probs.argmax(axis=1) == labels)) if n else float("nan")
+    return loss, accuracy, probs
+
+
+# -- run state ------------------------------------------------------------------------------------------
+@dataclass
+class RunState:
+    """Where a run is: the next epoch and batch, running sums of the epoch in progress, the history."""
+
+    epoch: int = 0  # 0-based epoch in progress (or next to start)
+    batch: int = 0  # next batch of that epoch
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    epoch_time: float = 0.0  # seconds already spent in this epoch before an interruption
+    history: list[dict[str, Any]] = field(default_factory=list)
+    finished: bool = False
+
+
+def save_checkpoint(path: Path, model: ARNCNN, optimizer: Optimizer, controller: EpochEndController,
+                    run: RunState) -> None:
+    """Model, optimizer, controller and run state in one ``.npz``, written atomically."""
+    arrays: dict[str, Any] = {f"model/{k}": v for k, v in model.state_dict().items()}
+    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
+    arrays.update({f"controller/{k}": np.asarray(v) for k, v in controller.state_dict().items()})
+    run_json = {k: v for k, v in run.__dict__.items()}
+    arrays["run"] = np.array(json.dumps(run_json))
+    arrays["model_config"] = np.array(json.dumps(model.config))
+    save_npz_atomic(path, arrays)
+
+
+def load_checkpoint(path: Path, model: ARNCNN, optimizer: Optimizer, controller: EpochEndController) -> RunState:
+    """Restore what ``save_checkpoint`` wrote into freshly built objects; returns the run state."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            groups: dict[str, dict[str, Any]] = {"model": {}, "optim": {}, "controller": {}}
+            for key in data.files:
+                group, _, rest = key.partition("/")
+                if group in groups:
+                    value = data[key]
+                    groups[group][rest] = value.item() if value.ndim == 0 and value.dtype.kind in "iufbU" else value
+            run = RunState(**json.loads(str(data["run"])))
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"cannot resume from {path}: {err}") from None
+    model.load_state_dict(groups["model"])
+    optimizer.load_state_dict(groups["optim"])
+    controller.load_state_dict(groups["controller"])
+    return run
+
+
+# -- the training loop ---------------------------------------------------------------------------------
+class _Interrupt:
+    """First Ctrl-C: finish the current batch, checkpoint, stop. Second Ctrl-C: stop at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        def handler(signum: int, frame: Any) -> None:
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not in the main thread: no handler, Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def fit(
+    model: ARNCNN,
+    optimizer: Optimizer,
+    controller: EpochEndController,
+    train: Dataset,
+    valid: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    augment: str,
+    run: RunState,
+    out: Path,
+    report: Reporter,
+) -> RunState:
+    """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C)."""
+    n = len(train)
+    steps = math.ceil(n / batch_size)
+    history_path = out / "history.csv"
+    checkpoint = out / "checkpoint.npz"
+    with _Interrupt() as interrupt:
+        while run.epoch < epochs and not run.finished:
+            order = np.random.default_rng([seed, run.epoch]).permutation(n)
+            lr = optimizer.learning_rate
+            started = time.perf_counter() - run.epoch_time
+            for b in range(run.batch, steps):
+                idx = order[b * batch_size : (b + 1) * batch_size]
+                batch_rng = np.random.default_rng([seed, run.epoch, b])
+                model.dropout.rng = batch_rng
+                x = scale_images(train.images[idx])
+                if augment == "hflip":
+                    flip = batch_rng.random(len(idx)) < 0.5
+                    x[flip] = x[flip, :, ::-1]
+                y = one_hot(train.labels[idx], model.num_classes)
+                loss, grads = model.loss_and_grads(x, y)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"loss became {loss} at epoch {run.epoch + 1}, batch {b + 1}: training stopped; "
+                        f"the last good checkpoint is {checkpoint}")
+                optimizer.apply(model.parameters(), grads)
+                run.loss_sum += loss * len(idx)
+                run.correct += int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx]))
+                run.seen += len(idx)
+                run.batch = b + 1
+                elapsed = time.perf_counter() - started
+                rate = (run.seen) / max(elapsed, 1e-9)
+                eta = (n - run.seen) / max(rate, 1e-9)
+                report.progress(
+                    f"epoch {run.epoch + 1}/{epochs}  batch {b + 1}/{steps}  loss {run.loss_sum / run.seen:.4f}  "
+                    f"accuracy {100 * run.correct / run.seen:.3f}  {rate:.0f} img/s  ETA {_format_duration(eta)}",
+                    final=b + 1 == steps)
+                if interrupt.requested and b + 1 < steps:
+                    run.epoch_time = time.perf_counter() - started
+                    save_checkpoint(checkpoint, model, optimizer, controller, run)
+                    report(f"Interrupted at epoch {run.epoch + 1}, batch {b + 1}/{steps}: checkpoint saved to "
+                           f"{checkpoint}; continue with --resume --out {out}")
+                    raise KeyboardInterrupt
+            acc, train_loss = run.correct / max(run.seen, 1), run.loss_sum / max(run.seen, 1)
+            v_loss, v_acc, _ = evaluate_split(model, valid.images, valid.labels, batch_size)
+            decision = controller.on_epoch_end(run.epoch, acc, v_loss, lr, snapshot=model.state_dict)
+            if decision.next_lr != lr:
+                optimizer.learning_rate = decision.next_lr
+            if decision.restore:
+                model.load_state_dict(controller.best_weights)
+            row = dict(epoch=run.epoch + 1, loss=train_loss, accuracy=acc, val_loss=v_loss, val_accuracy=v_acc,
+                       lr=lr, next_lr=decision.next_lr, monitor=decision.monitor,
+                       improvement=decision.improvement, duration=time.perf_counter() - started)
+            color = Reporter.GREEN if decision.improved else (Reporter.ORANGE if decision.next_lr != lr else None)
+            report(format_row(row, epochs), color=color)
+            run.history.append(row)
+            _append_history(history_path, row)
+            run.epoch, run.batch, run.loss_sum, run.correct, run.seen, run.epoch_time = run.epoch + 1, 0, 0.0, 0, 0, 0.0
+            if decision.stop:
+                report(f"training stopped at epoch {row['epoch']}: {controller.stop_patience} learning-rate cuts "
+                       f"without improvement")
+                run.finished = True
+            save_checkpoint(checkpoint, model, optimizer, controller, run)
+            if interrupt.requested:
+                report(f"Interrupted after epoch {row['epoch']}: checkpoint saved; continue with --resume --out {out}")
+                raise KeyboardInterrupt
+    return run
+
+
+def _append_history(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def _rewrite_history(path: Path, history: list[dict[str, Any]]) -> None:
+    """On resume, history.csv is rewritten from the checkpoint (rows of epochs after it are dropped)."""
+    path.unlink(missing_ok=True)
+    for row in history:
+        _append_history(path, row)
+
+
+# -- command line ----------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2, no usage block
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m minarn.train", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", help="MedNIST folder or .tar/.tar.gz/.zip (default: the sample shipped in minarn)")
+    p.add_argument("--download", action="store_true", help="download the public MedNIST archive into the cache")
+    p.add_argument("--cache-dir", help="where decoded datasets and downloads are cached (default ~/.cache/minarn)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help=f"maximum epochs (default {PAPER_EPOCHS}; {SAMPLE_EPOCHS} on the shipped sample)")
+    p.add_argument("--batch-size", type=_positive_int, default=40)
+    p.add_argument("--lr", type=_positive_float, default=0.001, help="initial learning rate")
+    p.add_argument("--seed", type=int, default=123, help="model initialisation, shuffling, dropout")
+    p.add_argument("--out", help="run folder (default runs/<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-attention", action="store_true", help="ablation: no attention modules (Table 6)")
+    p.add_argument("--no-residual", action="store_true", help="ablation: no skip connection (Table 6)")
+    p.add_argument("--dense-activation", default="gelu", choices=DENSE_ACTIVATIONS)
+    p.add_argument("--optimizer", default="adamax", choices=["adamax", "adam", "sgd"])
+    p.add_argument("--backend", default="auto", choices=list(kernels.BACKENDS), help="kernel backend")
+    p.add_argument("--augment", default="none", choices=["none", "hflip"])
+    p.add_argument("--dedupe", action="store_true", help="remove byte-identical duplicates before splitting")
+    p.add_argument("--limit-per-class", type=_positive_int, help="use at most N images per class (quick runs)")
+    return p
+
+
+def _limit_per_class(ds: Dataset, n: int, seed: int) -> Dataset:
+    """At most ``n`` images per class, chosen with a seeded generator from the path-sorted list."""
+    order = np.argsort(ds.paths, kind="stable")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in range(ds.num_classes):
+        members = order[ds.labels[order] == c]
+        keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
+    return ds.subset(np.sort(np.concatenate(keep)))
+
+
+def _versions() -> dict[str, str]:
+    out = {"minarn": minarn.__version__, "python": platform.python_version(), "numpy": np.__version__,
+           "platform": platform.platform()}
+    try:
+        import numba
+
+        out["numba"] = numba.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, Any]:
+    return dict(data=data_source, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                attention=not args.no_attention, residual=not args.no_residual,
+                dense_activation=args.dense_activation, optimizer=args.optimizer, augment=args.augment,
+                dedupe=args.dedupe, limit_per_class=args.limit_per_class)
+
+
+def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status (0 done, 1 training failed, 2 bad usage, 130 interrupted)."""
+    err = sys.stderr
+    try:
+        return _main(build_parser().parse_args(argv), stream)
+    except UsageError as e:
+        print(f"python -m minarn.train: error: {e}", file=err)
+        return 2
+    except DataError as e:
+        print(f"python -m minarn.train: data error: {e}", file=err)
+        return 2
+
+
+def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
+    try:
+        kernels.use_backend(args.backend)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if args.resume:
+        if not args.out:
+            raise UsageError("--resume needs --out RUN_DIR (the folder of the run to continue)")
+        if not (out / "checkpoint.npz").exists():
+            raise UsageError(f"--resume: no checkpoint.npz in {out}")
+        saved = json.loads((out / "config.json").read_text())["options"]
+        options = {**saved, "epochs": args.epochs or saved["epochs"]}
+    else:
+        if (out / "checkpoint.npz").exists():
+            raise UsageError(f"{out} already holds a run; use --resume to continue it or another --out")
+        source = args.data
+        if args.download:
+            from minarn.download import download_mednist
+
+            source = str(download_mednist(args.cache_dir))
+        options = _options_from_args(args, source or "")
+        options["epochs"] = args.epochs or (PAPER_EPOCHS if source else SAMPLE_EPOCHS)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Reporter(out / "train.log", stream)
+    try:
+        return _run(options, args, out, report)
+    finally:
+        report.close()
+
+
+def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: Reporter) -> int:
+    source = options["data"] or str(sample_path())
+    report(f"minarn {minarn.__version__}: ARN-CNN training, kernels: {kernels.get_backend().NAME}, run folder: {out}")
+    ds = load_mednist(source, cache_dir=args.cache_dir, report=lambda msg: report(msg))
+    report(f"data: {source} ({len(ds):,} images, {ds.num_classes} classes"
+           + (f", {len(ds.skipped)} files skipped" if ds.skipped else "") + ")")
+    if options["limit_per_class"]:
+        ds = _limit_per_class(ds, options["limit_per_class"], seed=123)
+    groups = duplicate_groups(ds)
+    splits = split_dataset(ds, seed=123, dedupe=options["dedupe"])
+    report(count_table(splits))
+    leaks = duplicates_in_train(splits)
+    report(f"exact duplicates: {sum(len(g) - 1 for g in groups)} extra copies in {len(groups)} groups"
+           + (" (removed before splitting)" if options["dedupe"] else "")
+           + f"; images with an identical copy in train: valid {leaks['valid']}, test {leaks['test']}")
+    model = ARNCNN(num_classes=ds.num_classes, attention=options["attention"], residual=options["residual"],
+                   dense_activation=options["dense_activation"], seed=options["seed"])
+    extra = {"form": "paper"} if options["optimizer"] == "adamax" else {}
+    optimizer = get_optimizer(options["optimizer"], options["lr"], **extra)
+    controller = EpochEndController(model.state_dict())
+    if args.resume:
+        run = load_checkpoint(out / "checkpoint.npz", model, optimizer, controller)
+        run.finished = run.finished and options["epochs"] <= run.epoch
+        _rewrite_history(out / "history.csv", run.history)
+        report(f"resumed from {out / 'checkpoint.npz'} at epoch {run.epoch + 1}, batch {run.batch + 1}")
+    else:
+        run = RunState()
+    config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
+              "data_identity": ds.source, "split": {k: {"total": len(d), **dict(zip(ds.class_names,
+                                                       map(int, d.class_counts())))}
+                                                      for k, d in splits._asdict().items()},
+              "duplicates_in_train": leaks, "skipped_files": [list(s) for s in ds.skipped],
+              "versions": _versions(), "backend": kernels.get_backend().NAME, "model": model.config}
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    report(f"{model.count_params():,} weights; optimizer {optimizer!r}; batch {options['batch_size']}; "
+           f"up to {options['epochs']} epochs")
+    report(TABLE_HEADER)
+    for row in run.history:
+        report(format_row(row, options["epochs"]))
+    t0 = time.perf_counter()
+    try:
+        run = fit(model, optimizer, controller, splits.train, splits.valid, epochs=options["epochs"],
+                  batch_size=options["batch_size"], seed=options["seed"], augment=options["augment"],
+                  run=run, out=out, report=report)
+    except TrainingDiverged as e:
+        report(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    model.load_state_dict(controller.best_weights)
+    report(f"Training is completed - model is set with weights from epoch {controller.best_epoch} "
+           f"({_format_duration(time.perf_counter() - t0)} in this session)")
+    model.save(out / "model.npz")
+    test_loss, test_acc, probs = evaluate_split(model, splits.test.images, splits.test.labels, options["batch_size"])
+    from minarn.metrics import log_loss
+
+    ll = log_loss(splits.test.labels, probs) if len(splits.test) else float("nan")
+    errors = int(np.sum(probs.argmax(axis=1) != splits.test.labels))
+    report(f"test: accuracy {100 * test_acc:.3f} % ({errors} errors in {len(splits.test):,}), "
+           f"log loss {ll:.5f}, Keras-style loss with penalties {test_loss:.5f}")
+    config["test"] = {"accuracy": test_acc, "log_loss": ll, "errors": errors, "loss_with_penalties": test_loss,
+                      "best_epoch": controller.best_epoch}
+    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    report(f"best model: {out / 'model.npz'} (python -c \"import minarn; minarn.load_model('{out / 'model.npz'}')\")")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
