@@ -40,6 +40,10 @@ __all__ = [
     "Sigmoid",
     "Softmax",
     "__version__",
+    "gradcheck",
     "kernels",
     "load_model",
+    "losses",
+    "metrics",
+    "optim",
 ]

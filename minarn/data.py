@@ -15,14 +15,12 @@ Without arguments :func:`load_mednist` reads the 600-image sample shipped in ``m
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import logging
 import math
 import os
 import tarfile
-import tempfile
 import time
 import zipfile
 import zlib
@@ -34,6 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
+
+from minarn.atomic import save_npz_atomic
 
 __all__ = [
     "CACHE_ENV",
@@ -295,22 +295,6 @@ def _cache_file(cache_dir: Path, key: str, image_size: int) -> Path:
     return cache_dir / f"mednist-{image_size}px-{key[:24]}.npz"
 
 
-def _save_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write an uncompressed .npz to a temporary file in the same folder, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _to_arrays(ds: Dataset, key: str) -> dict[str, np.ndarray]:
     return {
         "key": np.array(key),
@@ -489,7 +473,7 @@ def load_mednist(
 
     if cache:
         try:
-            _save_npz_atomic(cache_path, _to_arrays(ds, key))
+            save_npz_atomic(cache_path, _to_arrays(ds, key))
             info(f"{where}: cached to {cache_path}")
         except OSError as exc:  # read-only home, full disk: loading still worked
             warn(f"{where}: could not write the cache file {cache_path}: {exc}")

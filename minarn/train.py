@@ -19,7 +19,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import platform
 import signal
 import sys
@@ -45,7 +44,8 @@ from minarn.data import (
     scale_images,
     split_dataset,
 )
-from minarn.model import DENSE_ACTIVATIONS, ARNCNN, save_npz_atomic
+from minarn.atomic import save_npz_atomic
+from minarn.model import DENSE_ACTIVATIONS, ARNCNN
 from minarn.optim import Optimizer, get_optimizer
 
 SAMPLE_EPOCHS = 8  # default for the shipped sample (a few minutes on 2 cores); the paper's 100 otherwise
