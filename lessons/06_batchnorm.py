@@ -1,0 +1,138 @@
+"""Lesson 6: batch normalization, in training and in inference.
+
+What it teaches
+- In training, BatchNormalization normalizes every channel c with the statistics of the current batch,
+  taken over all images AND all pixels (axes N, H, W), not per activation:
+      mu_c = mean(x[..., c]),  var_c = mean((x[..., c] - mu_c)^2),  x_hat = (x - mu_c) / sqrt(var_c + eps),
+      out = gamma_c * x_hat + beta_c          (Keras defaults: eps = 1e-3, momentum 0.99).
+  So each channel comes out with mean 0 and variance var/(var + eps) ~ 1; gamma and beta (trainable) can
+  scale and shift it back if that helps.
+- It also tracks moving statistics, never trained, only averaged:
+      moving_mean = 0.99 * moving_mean + 0.01 * mu,   moving_variance likewise with var.
+  Inference uses them instead of the batch's, so a prediction does not depend on the other images of the
+  batch. After t steps the starting value (0 and 1) still weighs 0.99^t: it needs a few hundred steps.
+- Backward (training) must include how mu and var depend on x:
+      dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps),  g = dout * gamma.
+  With dout = ones that is exactly 0, so gradient checks need a random upstream gradient.
+
+Run:  python lessons/06_batchnorm.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
+"""
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+import minarn  # noqa: E402
+from minarn import kernels  # noqa: E402
+from minarn.gradcheck import check_layer  # noqa: E402
+
+FAST = os.environ.get("MINARN_LESSON_FAST") == "1"
+OUT = Path(os.environ.get("MINARN_LESSON_OUT", "lesson_figures"))
+OUT.mkdir(parents=True, exist_ok=True)
+kernels.use_backend("numpy")  # the readable reference path (lesson 13 compares it with Numba)
+rng = np.random.default_rng(0)
+true_mean = np.array([5.0, -3.0, 0.0, 100.0])  # four channels on very different scales
+true_std = np.array([2.0, 0.1, 3.0, 30.0])
+np.set_printoptions(precision=3, suppress=True)
+
+
+def batch(n=16):
+    """A batch of 'feature maps' (n, 5, 5, 4) whose channels have the means and spreads above."""
+    return true_mean + true_std * rng.standard_normal((n, 5, 5, 4))
+
+
+print("1. Training mode, by hand vs minarn.BatchNormalization (float64, gamma = 1, beta = 0)")
+bn = minarn.BatchNormalization(4, dtype=np.float64)
+x = batch()
+mu, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))  # one number per channel: shape (4,)
+by_hand = (x - mu) / np.sqrt(var + bn.epsilon)
+out = bn.forward(x, training=True)
+print(f"   x {x.shape}: statistics per channel, shape {mu.shape}; max |by hand - minarn| "
+      f"{np.abs(by_hand - out).max():.1e}")
+assert np.abs(by_hand - out).max() < 1e-12
+m_out, v_out = out.mean(axis=(0, 1, 2)), out.var(axis=(0, 1, 2))
+print(f"   channel means     before {mu}  after {np.abs(m_out)}")
+print(f"   channel variances before {var}  after {v_out}")
+assert np.all(np.abs(m_out) < 1e-12) and np.allclose(v_out, var / (var + bn.epsilon), rtol=1e-12)
+assert np.all(np.abs(v_out[[0, 2, 3]] - 1) < 1e-3)
+print(f"   channel 1 (std 0.1) gets variance {v_out[1]:.3f} = var/(var + eps), not 1: eps = 1e-3 matters")
+gamma, beta = rng.uniform(0.5, 2, 4), rng.standard_normal(4)
+bn.params["gamma"][:], bn.params["beta"][:] = gamma, beta
+scaled = bn.forward(x, training=True)
+assert np.allclose(scaled.mean(axis=(0, 1, 2)), beta) and np.allclose(scaled.std(axis=(0, 1, 2)), gamma, rtol=0.1)
+print("   with trainable gamma, beta: channel means become beta, spreads ~gamma (checked)")
+
+print("\n2. The moving statistics: an exponential average with momentum 0.99")
+bn = minarn.BatchNormalization(4, dtype=np.float64)
+x = batch()
+bn.forward(x, training=True)
+assert np.allclose(bn.state["moving_mean"], 0.01 * x.mean(axis=(0, 1, 2)))
+assert np.allclose(bn.state["moving_variance"], 0.99 * 1 + 0.01 * x.var(axis=(0, 1, 2)))
+print(f"   after 1 step: moving_mean = 0.01 * batch mean = {np.round(bn.state['moving_mean'], 3)}")
+probe = batch(64)
+early = bn.forward(probe, training=False).mean(axis=(0, 1, 2))
+steps = 200 if FAST else 600
+history = [bn.state["moving_mean"].copy()]
+for _ in range(steps - 1):
+    bn.forward(batch(), training=True)
+    history.append(bn.state["moving_mean"].copy())
+history = np.array(history)
+late = bn.forward(probe, training=False).mean(axis=(0, 1, 2))
+left = 0.99**steps
+print(f"   after {steps} steps: moving_mean {np.round(bn.state['moving_mean'], 2)} (data: {true_mean});")
+print(f"   the starting value still weighs 0.99^{steps} = {left:.3f}")
+assert np.all(np.abs(bn.state["moving_mean"] - true_mean) < left * np.abs(true_mean) + 0.1 * true_std)
+
+print("\n3. Inference mode uses the moving statistics")
+mm, mv = bn.state["moving_mean"], bn.state["moving_variance"]
+inf_out = bn.forward(probe, training=False)
+assert np.abs(inf_out - (probe - mm) / np.sqrt(mv + bn.epsilon)).max() < 1e-12
+print(f"   channel means of an inference output after 1 step: {early}  (moving stats not warm yet)")
+print(f"   {'... and after ' + str(steps) + ' steps:':<50}{late}")
+assert np.abs(early[3]) > 10 and np.all(np.abs(late) < 0.25 + 2 * left * np.abs(true_mean) / true_std)
+one_alone = bn.forward(probe[:1], training=False)
+assert np.array_equal(one_alone, inf_out[:1])
+alone_train = bn.forward(probe[:2], training=True)[:1]
+change = np.abs(alone_train - bn.forward(probe, training=True)[:1]).max()
+print("   inference: an image's output is the same alone or in a batch (checked exactly); in training it is")
+print(f"   not (max change {change:.2f}): the batch's statistics differ")
+assert change > 1e-3
+
+print("\n4. Backward, checked against numeric gradients (random upstream gradient, float64)")
+for training in (True, False):
+    layer = minarn.BatchNormalization(3, dtype=np.float64)
+    layer.params["gamma"][:], layer.params["beta"][:] = rng.uniform(0.5, 2, 3), rng.standard_normal(3)
+    layer.state["moving_mean"][:], layer.state["moving_variance"][:] = rng.standard_normal(3), rng.uniform(0.5, 2, 3)
+    errs = check_layer(layer, rng.standard_normal((4, 3, 3, 3)) * 2 + 1, rng, training=training)
+    print(f"   {'training ' if training else 'inference'}: " + ", ".join(f"{k} {v:.1e}" for k, v in errs.items()))
+    assert max(errs.values()) < 1e-6
+layer = minarn.BatchNormalization(3, dtype=np.float64)
+layer.forward(rng.standard_normal((4, 3, 3, 3)), training=True)
+dx_ones = layer.backward(np.ones((4, 3, 3, 3)))
+print(f"   the trap: with dout = ones, dx = 0 (max |dx| = {np.abs(dx_ones).max():.1e}), so a check with")
+print("   dout = ones (loss = out.sum()) compares 0 with 0 and passes even for a wrong backward")
+assert np.abs(dx_ones).max() < 1e-12
+
+print("\n5. Figures: the four channels before and after BN, and the moving mean warming up")
+fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
+for c in range(4):
+    ax[0].hist(x[..., c].ravel(), bins=40, alpha=0.6, label=f"channel {c}: mean {mu[c]:.1f}, std {np.sqrt(var[c]):.1f}")
+    ax[1].hist(out[..., c].ravel(), bins=40, alpha=0.5, label=f"channel {c}")
+ax[0].set_title("before BN: every channel on its own scale"), ax[0].legend(fontsize=8)
+ax[1].set_title("after BN (training mode): mean 0, variance ~1")
+t = np.arange(1, steps + 1)
+for c in (0, 3):
+    ax[2].plot(t, history[:, c] / true_mean[c], label=f"channel {c}: moving_mean / data mean")
+ax[2].plot(t, 1 - 0.99**t, "k:", label="1 - 0.99^t")
+ax[2].set_xlabel("training steps"), ax[2].set_title("moving mean (used in inference)"), ax[2].legend(fontsize=8)
+fig.tight_layout()
+path = OUT / "06_batchnorm.png"
+fig.savefig(path, dpi=100)
+plt.close(fig)
+print(f"   figure saved: {path}")
+print("\nLesson 6 done: every check passed.")
