@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import platform
 import signal
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -183,11 +185,11 @@ def load_checkpoint(path: Path, model: ARNCNN, optimizer: Optimizer, controller:
                     value = data[key]
                     groups[group][rest] = value.item() if value.ndim == 0 and value.dtype.kind in "iufbU" else value
             run = RunState(**json.loads(str(data["run"])))
-    except (OSError, ValueError, KeyError) as err:
+        model.load_state_dict(groups["model"])
+        optimizer.load_state_dict(groups["optim"])
+        controller.load_state_dict(groups["controller"])
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as err:
         raise UsageError(f"cannot resume from {path}: {err}") from None
-    model.load_state_dict(groups["model"])
-    optimizer.load_state_dict(groups["optim"])
-    controller.load_state_dict(groups["controller"])
     return run
 
 
@@ -358,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-residual", action="store_true", help="ablation: no skip connection (Table 6)")
     p.add_argument("--dense-activation", default="gelu", choices=DENSE_ACTIVATIONS)
     p.add_argument("--optimizer", default="adamax", choices=["adamax", "adam", "sgd"])
-    p.add_argument("--backend", default="auto", choices=list(kernels.BACKENDS), help="kernel backend")
+    p.add_argument("--backend", choices=list(kernels.BACKENDS),
+                   help=f"kernel backend (default: ${kernels.ENV_VAR}, else auto)")
     p.add_argument("--augment", default="none", choices=["none", "hflip"])
     p.add_argument("--dedupe", action="store_true", help="remove byte-identical duplicates before splitting")
     p.add_argument("--limit-per-class", type=_positive_int, help="use at most N images per class (quick runs)")
@@ -374,6 +377,14 @@ def _limit_per_class(ds: Dataset, n: int, seed: int) -> Dataset:
         members = order[ds.labels[order] == c]
         keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
     return ds.subset(np.sort(np.concatenate(keep)))
+
+
+def _data_identity(ds: Dataset) -> str:
+    """SHA-1 over the (relative path, file SHA-1) of every decoded image: same digest = same files."""
+    h = hashlib.sha1()
+    for path, digest in zip(ds.paths.tolist(), ds.sha1.tolist()):
+        h.update(f"{path}\0{digest}\n".encode())
+    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -410,16 +421,22 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
 
 def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
     try:
-        kernels.use_backend(args.backend)
-    except ImportError as e:
-        raise UsageError(str(e)) from None
+        if args.backend:
+            kernels.use_backend(args.backend)
+        else:  # no --backend: $MINARN_BACKEND decides, as the README says
+            kernels.get_backend()
+    except (ImportError, ValueError) as e:
+        raise UsageError(str(e) if args.backend else f"{e} (from ${kernels.ENV_VAR})") from None
     out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out RUN_DIR (the folder of the run to continue)")
         if not (out / "checkpoint.npz").exists():
             raise UsageError(f"--resume: no checkpoint.npz in {out}")
-        saved = json.loads((out / "config.json").read_text())["options"]
+        try:
+            saved = json.loads((out / "config.json").read_text())["options"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"--resume: cannot read the run's options from {out / 'config.json'}: {err!r}") from None
         options = {**saved, "epochs": args.epochs or saved["epochs"]}
     else:
         if (out / "checkpoint.npz").exists():
@@ -467,7 +484,7 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     else:
         run = RunState()
     config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
-              "data_identity": ds.source, "split": {k: {"total": len(d), **dict(zip(ds.class_names,
+              "data_identity": _data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
                                                        map(int, d.class_counts())))}
                                                       for k, d in splits._asdict().items()},
               "duplicates_in_train": leaks, "skipped_files": [list(s) for s in ds.skipped],
