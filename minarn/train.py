@@ -465,7 +465,12 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     if options["limit_per_class"]:
         ds = _limit_per_class(ds, options["limit_per_class"], seed=123)
     groups = duplicate_groups(ds)
-    splits = split_dataset(ds, seed=123, dedupe=options["dedupe"])
+    try:
+        splits = split_dataset(ds, seed=123, dedupe=options["dedupe"])
+    except ValueError as e:
+        hint = f" (--limit-per-class {options['limit_per_class']} leaves too few images)" \
+            if options["limit_per_class"] else ""
+        raise UsageError(f"cannot split {source} into train/valid/test{hint}: {e}") from None
     report(count_table(splits))
     leaks = duplicates_in_train(splits)
     report(f"exact duplicates: {sum(len(g) - 1 for g in groups)} extra copies in {len(groups)} groups"

@@ -474,7 +474,8 @@ def test_too_small_limit_per_class_on_the_sample(capsys, tmp_path):
     status = train.main(["--limit-per-class", "10", "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path)],
                         stream=io.StringIO())
     assert status == 2
-    assert "split" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert "split" in line and "--limit-per-class 10" in line
 
 
 def test_resume_needs_a_checkpoint(capsys, tmp_path):
