@@ -1,7 +1,11 @@
 """The kernel interface: one small set of hot loops, in a NumPy form that always works and a Numba form.
 
 Every backend module provides the same functions with the same signatures and results:
-``im2col``, ``col2im``, ``maxpool_forward``, ``maxpool_backward`` (see ``numpy_ref`` for their shapes).
+``im2col``, ``col2im``, ``maxpool_forward``, ``maxpool_backward`` (see ``numpy_ref`` for their shapes), and
+the kernels of the layers' fast paths: ``im2col_padded`` / ``col2im_padded`` (padding folded in, optional
+reused output buffer), ``bias_activation`` and ``activation_backward`` (bias + ReLU/sigmoid fused),
+``attention_backward_mask`` (the attention product and sigmoid in one pass), ``channel_moments``,
+``batchnorm_apply`` and ``batchnorm_backward`` (batch norm in one or two passes).
 
 Which backend runs is chosen, in this order, by ``use_backend(name)`` from code or the ``MINARN_BACKEND``
 environment variable (``auto``, ``numpy`` or ``numba``). ``auto`` (the default) picks numba when it is
@@ -19,6 +23,9 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 from minarn.kernels import numpy_ref
 
@@ -65,6 +72,23 @@ def get_backend() -> ModuleType:
     if _active is None:
         _active = _load(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto")
     return _active
+
+
+_workspaces: dict[tuple[int, str], np.ndarray] = {}
+
+
+def workspace(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> np.ndarray:
+    """A scratch array of ``shape`` and ``dtype`` carved out of one flat buffer per (slot, dtype) that grows as
+    needed and is reused by every later call: layers put their transient im2col columns here, so a training
+    step allocates (and pages in) that memory once instead of once per layer and step. The contents are
+    overwritten by the next caller of the same slot, so only use it for values that die before that."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    key = (slot, dtype.str)
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < size:
+        buf = _workspaces[key] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ input channel), the order of ``kernel.reshape(kh * kw * C, F)`` for a Keras kern
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 NAME = "numpy"
 
@@ -64,8 +65,8 @@ def maxpool_forward(x: np.ndarray, pool: int, stride: int) -> tuple[np.ndarray, 
                 out = window.copy()
                 continue
             better = window > out  # strict: an equal later value does not steal the gradient
-            out[better] = window[better]
-            argmax[better] = i * pool + j
+            np.copyto(out, window, where=better)  # (masked copies, much faster than out[better] = ...)
+            np.copyto(argmax, i * pool + j, where=better)
     assert out is not None
     return out, argmax
 
@@ -84,3 +85,114 @@ def maxpool_backward(
             routed = np.where(argmax == i * pool + j, dout, 0)
             dx[:, i : i + stride * OH : stride, j : j + stride * OW : stride, :] += routed
     return dx
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Kernels of the fast layer paths (Conv2D, AttentionModule, BatchNormalization). Each one is a few NumPy
+# lines; ``numba_jit`` has twins that do the same in one or two fused, parallel passes over memory.
+# Rows are positions (n, h, w) of a channels-last map viewed as (rows, C); ``kind`` names an activation.
+
+ACTIVATION_KINDS = ("linear", "relu", "sigmoid")
+
+
+def im2col_padded(
+    x: np.ndarray, kh: int, kw: int, stride: int, pads: tuple[tuple[int, int], tuple[int, int]],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``im2col`` of ``x`` zero-padded by ``pads = ((top, bottom), (left, right))``, optionally into ``out``.
+
+    Shapes: x (N, H, W, C) -> cols (N * OH * OW, kh * kw * C) with OH = (H + top + bottom - kh) // stride + 1.
+    Same result as ``im2col(np.pad(x, ...), kh, kw, stride)``; ``out`` (a reused buffer) saves the allocation.
+    """
+    (top, bottom), (left, right) = pads
+    if top or bottom or left or right:
+        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    N, H, W, C = x.shape
+    OH = (H - kh) // stride + 1
+    OW = (W - kw) // stride + 1
+    if out is None:
+        out = np.empty((N * OH * OW, kh * kw * C), dtype=x.dtype)
+    cols = out.reshape(N, OH, OW, kh, kw, C)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = x[:, i : i + stride * OH : stride, j : j + stride * OW : stride, :]
+    return out
+
+
+def col2im_padded(
+    cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int,
+    pads: tuple[tuple[int, int], tuple[int, int]],
+) -> np.ndarray:
+    """Adjoint of ``im2col_padded``: fold ``cols`` onto the padded grid (adding), then drop the padding.
+
+    Shapes: cols (N * OH * OW, kh * kw * C) -> dx (N, H, W, C) = x_shape, a new contiguous array.
+    """
+    (top, bottom), (left, right) = pads
+    N, H, W, C = x_shape
+    dxp = col2im(cols, (N, H + top + bottom, W + left + right, C), kh, kw, stride)
+    return np.ascontiguousarray(dxp[:, top : top + H, left : left + W, :])
+
+
+def bias_activation(z: np.ndarray, bias: np.ndarray | None, kind: str) -> np.ndarray:
+    """In place: z = act(z + bias) for a (rows, C) array; ``kind`` is "linear", "relu" or "sigmoid".
+
+    Returns z. (Sigmoid is ``scipy.special.expit``, stable for any z.)
+    """
+    if bias is not None:
+        z += bias
+    if kind == "relu":
+        np.maximum(z, 0, out=z)
+    elif kind == "sigmoid":
+        special.expit(z, out=z)
+    return z
+
+
+def activation_backward(dout: np.ndarray, out: np.ndarray, kind: str) -> np.ndarray:
+    """dz from dout and the activation's *output* (enough for these three): a new array.
+
+    relu: dout * [out > 0]; sigmoid: dout * out * (1 - out); linear: a copy of dout.
+    """
+    if kind == "relu":
+        return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)
+    if kind == "sigmoid":
+        return dout * out * (1 - out)
+    return dout.copy()
+
+
+def attention_backward_mask(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Backward of out = x * w with w = sigmoid(zb): returns (dx_direct, dzb).
+
+    dx_direct = dout * w (the product's gradient for x); dzb = dout * x * w * (1 - w) (through the sigmoid).
+    """
+    return dout * w, dout * x * w * (1 - w)
+
+
+def channel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of a (rows, C) array (batch norm's batch statistics)."""
+    return x.mean(axis=0), x.var(axis=0)
+
+
+def batchnorm_apply(
+    x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray, beta: np.ndarray
+) -> np.ndarray:
+    """out = gamma * (x - mean) * inv_std + beta for a (rows, C) array: a new array."""
+    return gamma * ((x - mean) * inv_std) + beta
+
+
+def batchnorm_backward(
+    dout: np.ndarray, x: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, gamma: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training-mode batch norm backward over (rows, C) arrays, x_hat recomputed from x.
+
+    Returns (dx, dgamma, dbeta): dbeta = sum dout; dgamma = sum dout * x_hat;
+    dx = gamma * inv_std * (dout - dbeta / m - x_hat * dgamma / m), m = rows
+    (the same as (g - mean(g) - x_hat * mean(g * x_hat)) * inv_std with g = dout * gamma).
+    """
+    m = x.shape[0]
+    x_hat = (x - mean) * inv_std
+    dbeta = dout.sum(axis=0)
+    dgamma = (dout * x_hat).sum(axis=0)
+    dx = (gamma * inv_std) * (dout - dbeta / m - x_hat * (dgamma / m))
+    return dx.astype(dout.dtype, copy=False), dgamma, dbeta

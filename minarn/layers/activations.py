@@ -11,6 +11,7 @@ import math
 import numpy as np
 from scipy import special
 
+from minarn import kernels
 from minarn.layers.base import Layer
 
 _SQRT_2 = math.sqrt(2.0)
@@ -57,8 +58,13 @@ class ReLU(_Elementwise):
         return self._keep(x, np.maximum(x, 0))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, _ = self._input_output(dout)
-        return np.where(x > 0, dout, 0).astype(dout.dtype, copy=False)
+        _, out = self._input_output(dout)
+        if out.ndim == 0 or out.size == 0:
+            return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)
+        # [x > 0] == [out > 0]; one fused pass on the numba backend (kernels.activation_backward)
+        C = out.shape[-1]
+        dz = kernels.get_backend().activation_backward(dout.reshape(-1, C), out.reshape(-1, C), "relu")
+        return dz.reshape(out.shape)
 
 
 class Sigmoid(_Elementwise):

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from minarn import kernels
 from minarn.layers.base import Layer
 from minarn.layers.conv import Conv2D
 from minarn.layers.merge import Multiply
@@ -35,7 +36,18 @@ class AttentionModule:
         return self.multiply.forward((x, w), training)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        dx_direct, dw = self.multiply.backward(dout)
-        da = self.conv_b.backward(dw)
-        dx_through_mask = self.conv_a.backward(da)
-        return dx_direct + dx_through_mask  # fan-out: x was used twice
+        if self.conv_b._fused_kind() != "sigmoid":  # the plain path, layer by layer
+            dx_direct, dw = self.multiply.backward(dout)
+            da = self.conv_b.backward(dw)
+            dx_through_mask = self.conv_a.backward(da)
+            return dx_direct + dx_through_mask  # fan-out: x was used twice
+        # Fast path, the same math: the product's and the sigmoid's backward in one fused pass
+        # (dx_direct = dout * w, dzb = dout * x * w * (1 - w)), then the two 1x1 convolutions.
+        x, w = self.multiply._saved()
+        self.multiply._check_dout(dout, x.shape)
+        C = x.shape[-1]
+        dx_direct, dzb = kernels.get_backend().attention_backward_mask(
+            dout.reshape(-1, C), x.reshape(-1, C), w.reshape(-1, C))
+        dx = self.conv_a.backward(self.conv_b.backward_linear(dzb.reshape(x.shape)))
+        dx += dx_direct.reshape(x.shape)  # fan-out: x was used twice (dx is a fresh array)
+        return dx

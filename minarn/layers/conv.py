@@ -8,8 +8,12 @@ from typing import Any
 import numpy as np
 
 from minarn import kernels
-from minarn.layers.activations import get_activation
+from minarn.layers.activations import Linear, ReLU, Sigmoid, get_activation
 from minarn.layers.base import Layer, glorot_uniform
+
+
+# Activations the fast path fuses with the bias (see ``kernels.bias_activation``).
+_FUSABLE = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid"}
 
 
 def conv_output_size(size: int, k: int, stride: int, padding: str) -> int:
@@ -35,6 +39,9 @@ class Conv2D(Layer):
     out = act(z).
     Backward: dz = act'(dout); dkernel = cols^T @ dz; dbias = sum_rows dz; dx = crop(col2im(dz @ kernel^T)).
     A 1x1 kernel at stride 1 skips im2col: the channels-last input viewed as (N*H*W, C) already is ``cols``.
+    Fast path: padding is folded into im2col (no padded copy), the columns live in a shared reused workspace
+    and are rebuilt in backward from the kept input, and bias + linear/ReLU/sigmoid run as one fused kernel
+    whose backward needs only the output (``kernels.bias_activation`` / ``activation_backward``).
     """
 
     def __init__(
@@ -90,45 +97,71 @@ class Conv2D(Layer):
     def _is_pointwise(self) -> bool:
         return self.kernel_size == (1, 1) and self.strides == 1
 
+    def _fused_kind(self) -> str | None:
+        """The activation as a kernel ``kind`` when bias and activation can be fused into one pass
+        (linear, ReLU, sigmoid: their derivative follows from the output alone), else None."""
+        return _FUSABLE.get(type(self.activation))
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x, 4, self.in_channels)
         N, OH, OW, F = self.compute_output_shape(x.shape)
         (kh, kw), s = self.kernel_size, self.strides
+        K = kernels.get_backend()
         kernel = self.params["kernel"].astype(x.dtype, copy=False).reshape(kh * kw * self.in_channels, F)
-        pad_h, pad_w = self._pads(x.shape[1], x.shape[2])
-        if self._is_pointwise():
-            padded_shape = x.shape
-            cols = x.reshape(-1, self.in_channels)
-        else:
-            xp = np.pad(x, ((0, 0), pad_h, pad_w, (0, 0))) if self.padding == "same" else x
-            padded_shape = xp.shape
-            cols = kernels.get_backend().im2col(xp, kh, kw, s)
+        pads = self._pads(x.shape[1], x.shape[2])
+        cols = self._columns(K, x, pads)
         z = cols @ kernel
-        if "bias" in self.params:
-            z += self.params["bias"].astype(x.dtype, copy=False)
-        out = self.activation.forward(z.reshape(N, OH, OW, F), training)
-        self._cache = (cols, x.shape, padded_shape, pad_h, pad_w, out.shape)
+        bias = self.params["bias"].astype(x.dtype, copy=False) if "bias" in self.params else None
+        kind = self._fused_kind()
+        if kind is not None:  # fast path: z = act(z + bias) in place, one pass
+            out = K.bias_activation(z, bias, kind).reshape(N, OH, OW, F)
+        else:
+            if bias is not None:
+                z += bias
+            out = self.activation.forward(z.reshape(N, OH, OW, F), training)
+        # Only the input is kept: backward rebuilds the columns (cheap next to the matrix products) instead of
+        # holding kh*kw copies of the input per layer between forward and backward.
+        self._cache = (x, pads, out, kind)
         return out
 
+    def _columns(self, K: Any, x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+        """cols (N*OH*OW, kh*kw*C) of the padded input; built in the shared workspace (they die right away)."""
+        if self._is_pointwise():
+            return x.reshape(-1, self.in_channels)
+        (kh, kw), s = self.kernel_size, self.strides
+        N, H, W, C = x.shape
+        OH = (H + pads[0][0] + pads[0][1] - kh) // s + 1
+        OW = (W + pads[1][0] + pads[1][1] - kw) // s + 1
+        out = kernels.workspace((N * OH * OW, kh * kw * C), x.dtype)
+        return K.im2col_padded(x, kh, kw, s, pads, out=out)
+
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        *_, out_shape = self._saved()
-        self._check_dout(dout, out_shape)
-        return self.backward_linear(self.activation.backward(dout))
+        *_, out, kind = self._saved()
+        self._check_dout(dout, out.shape)
+        if kind is None:
+            return self.backward_linear(self.activation.backward(dout))
+        if kind == "linear":
+            return self.backward_linear(dout)  # backward_linear never writes into dz
+        F = self.filters
+        dz = kernels.get_backend().activation_backward(dout.reshape(-1, F), out.reshape(-1, F), kind)
+        return self.backward_linear(dz.reshape(out.shape))
 
     def backward_linear(self, dz: np.ndarray) -> np.ndarray:
         """Backward through the convolution only, given dz = dL/dz for the pre-activation z (N, OH, OW, F)."""
-        cols, x_shape, padded_shape, pad_h, pad_w, out_shape = self._saved()
-        self._check_dout(dz, out_shape)
+        x, pads, out, _ = self._saved()
+        self._check_dout(dz, out.shape)
         (kh, kw), s = self.kernel_size, self.strides
         F = self.filters
+        K = kernels.get_backend()
         dz = dz.reshape(-1, F)
         kernel = self.params["kernel"]
+        cols = self._columns(K, x.astype(dz.dtype, copy=False), pads)
         self.grads["kernel"] = (cols.T @ dz).reshape(kernel.shape).astype(kernel.dtype, copy=False)
         if "bias" in self.params:
             self.grads["bias"] = dz.sum(axis=0).astype(self.params["bias"].dtype, copy=False)
-        dcols = dz @ kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
+        kernel_t = kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
         if self._is_pointwise():
-            return dcols.reshape(x_shape)
-        dxp = kernels.get_backend().col2im(dcols, padded_shape, kh, kw, s)
-        H, W = x_shape[1], x_shape[2]
-        return dxp[:, pad_h[0] : pad_h[0] + H, pad_w[0] : pad_w[0] + W, :]
+            return (dz @ kernel_t).reshape(x.shape)
+        # cols is dead now: the input-side gradient dcols reuses its workspace.
+        dcols = np.matmul(dz, kernel_t, out=cols)
+        return K.col2im_padded(dcols, x.shape, kh, kw, s, pads)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from minarn import kernels
 from minarn.layers.base import Layer
 
 
@@ -20,6 +21,8 @@ class BatchNormalization(Layer):
     Backward (training), with m values per channel and g = dout * gamma:
     dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps); dgamma = sum(dout * x_hat); dbeta = sum(dout).
     Backward (inference) treats the moving statistics as constants: dx = g / sqrt(moving_variance + eps).
+    Kernels (``kernels.channel_moments`` / ``batchnorm_apply`` / ``batchnorm_backward``): the Numba backend
+    takes the statistics in one pass and the backward in two; x_hat is recomputed from the kept input.
     """
 
     def __init__(
@@ -50,11 +53,11 @@ class BatchNormalization(Layer):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x, max(x.ndim, 2), self.channels)
-        axes = tuple(range(x.ndim - 1))
         dt = x.dtype
+        K = kernels.get_backend()
+        x2 = x.reshape(-1, self.channels)  # (rows, C): every axis but the channel axis is averaged over
         if training:
-            mean = x.mean(axis=axes)
-            var = x.var(axis=axes)
+            mean, var = K.channel_moments(x2)  # numba: one pass over x
             m = self.momentum
             for key, batch_value in (("moving_mean", mean), ("moving_variance", var)):
                 moving = self.state[key]
@@ -64,20 +67,25 @@ class BatchNormalization(Layer):
             mean = self.state["moving_mean"].astype(dt, copy=False)
             var = self.state["moving_variance"].astype(dt, copy=False)
         inv_std = 1 / np.sqrt(var + dt.type(self.epsilon))
-        x_hat = (x - mean) * inv_std
         gamma = self.params["gamma"].astype(dt, copy=False)
-        out = gamma * x_hat + self.params["beta"].astype(dt, copy=False)
-        self._cache = (x_hat, inv_std, training, x.shape)
-        return out
+        out = K.batchnorm_apply(x2, mean, inv_std, gamma, self.params["beta"].astype(dt, copy=False))
+        # x itself is kept (x_hat is recomputed in backward): x is the previous layer's output, alive anyway.
+        self._cache = (x2, mean, inv_std, training, x.shape)
+        return out.reshape(x.shape)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        x_hat, inv_std, training, x_shape = self._saved()
+        x2, mean, inv_std, training, x_shape = self._saved()
         self._check_dout(dout, x_shape)
-        axes = tuple(range(dout.ndim - 1))
         gamma = self.params["gamma"]
-        self.grads["gamma"] = (dout * x_hat).sum(axis=axes).astype(gamma.dtype, copy=False)
-        self.grads["beta"] = dout.sum(axis=axes).astype(gamma.dtype, copy=False)
-        g = dout * gamma.astype(dout.dtype, copy=False)
+        d2 = dout.reshape(-1, self.channels)
         if not training:
-            return g * inv_std
-        return (g - g.mean(axis=axes) - x_hat * (g * x_hat).mean(axis=axes)) * inv_std
+            self.grads["gamma"] = (d2 * ((x2 - mean) * inv_std)).sum(axis=0).astype(gamma.dtype, copy=False)
+            self.grads["beta"] = d2.sum(axis=0).astype(gamma.dtype, copy=False)
+            return (dout * (gamma.astype(dout.dtype, copy=False) * inv_std)).astype(dout.dtype, copy=False)
+        dt = dout.dtype
+        dx, dgamma, dbeta = kernels.get_backend().batchnorm_backward(
+            d2, x2.astype(dt, copy=False), mean.astype(dt, copy=False), inv_std.astype(dt, copy=False),
+            gamma.astype(dt, copy=False))
+        self.grads["gamma"] = dgamma.astype(gamma.dtype, copy=False)
+        self.grads["beta"] = dbeta.astype(gamma.dtype, copy=False)
+        return dx.reshape(x_shape)

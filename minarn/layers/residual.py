@@ -76,8 +76,9 @@ class ResidualBlock:
         dh = self.relu.backward(self.pool.backward(dout))
         dx_skip = None
         if self.residual:
-            dh, ds = self.add.backward(dh)
-            dx_skip = self.skip.backward(ds) if self.skip else ds
+            # Add's backward hands dout to both inputs; neither branch writes into it, so share it (no copies)
+            self.add._check_dout(dh, self.add._saved())
+            dx_skip = self.skip.backward(dh) if self.skip else dh
         if self.attention:
             dh = self.attention.backward(dh)
         dh = self.conv2.backward(self.bn2.backward(dh))
