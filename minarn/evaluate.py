@@ -1,0 +1,410 @@
+"""``python -m minarn.evaluate``: the paper's evaluation of a finished training run, as ``report.md`` and figures.
+
+Usage::
+
+    python -m minarn.evaluate RUN_DIR [RUN_DIR ...] [--data PATH] [--cache-dir DIR]
+    python -m minarn.evaluate --compare RUN_DIR RUN_DIR [...] [--out FILE.png]
+
+The first form rebuilds the run's test split from its ``config.json`` (data source, ``--limit-per-class``,
+``--dedupe``, split seed 123, exactly as ``minarn.train`` made it; ``--data`` points to the data when the run
+folder moved to another machine), loads ``model.npz`` and writes into the run folder:
+
+- ``report.md``: the paper's Table 2 (macro precision, recall, F1, accuracy, Cohen's kappa, log loss, 4 decimals),
+  Table 3 (mean entropy of the prediction per true class), Table 4 (std of the normalized maximum probability per
+  true class), the per-class report, the confusion matrix, calibration (ECE, MCE) and the duplicate leakage of the
+  split (test images with a byte-identical copy in train);
+- ``figures/*.png``: Fig. 3-9 of the paper and a reliability diagram (``minarn.figures``).
+
+The second form draws Fig. 10, the loss per epoch of runs that differ in the dense layer's activation.
+Exit status: 0 done, 2 bad usage or unreadable run/data (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minarn import figures, metrics
+from minarn.data import (
+    DataError,
+    Dataset,
+    Splits,
+    duplicate_groups,
+    duplicates_in_train,
+    load_mednist,
+    sample_path,
+    split_dataset,
+)
+from minarn.model import ARNCNN, load_model
+
+__all__ = ["EvaluationError", "compare_runs", "evaluate_run", "load_run_splits", "main"]
+
+Report = Callable[[str], Any]
+
+
+class EvaluationError(ValueError):
+    """The run folder or its data cannot be used: reported as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the run folder
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    if not run_dir.is_dir():
+        raise EvaluationError(f"{run_dir}: no such run folder")
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise EvaluationError(f"{run_dir}: no config.json (not a minarn.train run folder?)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["options"], config["class_names"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EvaluationError(f"{path}: unreadable run configuration ({type(err).__name__}: {err})") from None
+    return config
+
+
+def _data_source(config: dict[str, Any], data: str | None) -> str:
+    """--data if given; the shipped sample of this installation for runs trained on it; else the saved path."""
+    if data:
+        return str(data)
+    if not config["options"].get("data"):
+        return str(sample_path())
+    source = str(config.get("data_source") or config["options"]["data"])
+    if not Path(source).exists():
+        raise EvaluationError(f"the run's data source {source} does not exist here; pass --data PATH")
+    return source
+
+
+def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str | None = None,
+                    report: Report | None = None) -> tuple[Splits, Dataset, dict[str, Any], list[str]]:
+    """The train / valid / test split of a run, rebuilt as ``minarn.train`` built it.
+
+    Returns (splits, the dataset before splitting, config.json as a dict, warnings). A split whose class
+    counts differ from the ones saved in config.json (other data under the same path) gives a warning.
+    """
+    from minarn.train import _limit_per_class  # the same selection as the training run
+
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    options = config["options"]
+    source = _data_source(config, data)
+    ds = load_mednist(source, cache_dir=cache_dir, report=report)
+    if list(ds.class_names) != list(config["class_names"]):
+        raise EvaluationError(f"{source}: classes {list(ds.class_names)} differ from the run's {config['class_names']}")
+    if options.get("limit_per_class"):
+        ds = _limit_per_class(ds, int(options["limit_per_class"]), seed=123)
+    splits = split_dataset(ds, seed=123, dedupe=bool(options.get("dedupe")))
+    warnings = []
+    saved = config.get("split") or {}
+    for name, part in splits._asdict().items():
+        if name in saved and int(saved[name].get("total", len(part))) != len(part):
+            warnings.append(f"the {name} split has {len(part)} images here but had {saved[name]['total']} in "
+                            f"training: the data differ from the run's")
+    return splits, ds, config, warnings
+
+
+# ---------------------------------------------------------------------------------------------------------
+# report.md
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _confusion_markdown(C: np.ndarray, names: Sequence[str]) -> str:
+    lines = ["| true \\ predicted | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for name, row in zip(names, C):
+        lines.append(f"| {name} | " + " | ".join(f"{v:,}" for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _level(value: float, threshold: float) -> str:
+    return "n/a" if np.isnan(value) else ("low" if value < threshold else "moderate")
+
+
+def _uncertainty_tables(rows: Sequence[metrics.ClassUncertainty], threshold: float = 0.1) -> tuple[str, str]:
+    t3 = ["| class | n | mean entropy (nats) | uncertainty |", "|---|---:|---:|---|"]
+    t4 = ["| class | n | std of normalized max probability | uncertainty |", "|---|---:|---:|---|"]
+    for r in rows:
+        t3.append(f"| {r.name} | {r.count} | {r.mean_entropy:.4f} | {_level(r.mean_entropy, threshold)} |")
+        t4.append(f"| {r.name} | {r.count} | {r.std_max_prob:.4f} | {_level(r.std_max_prob, threshold)} |")
+    return "\n".join(t3) + "\n", "\n".join(t4) + "\n"
+
+
+def _pick_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
+    """The first ``per_class`` indices of every class, in class order (deterministic figure contents)."""
+    picked = [np.flatnonzero(labels == k)[:per_class] for k in range(num_classes)]
+    return np.concatenate(picked).astype(np.int64) if picked else np.zeros(0, np.int64)
+
+
+def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray, history_path: Path,
+                  best_epoch: int | None, out: Path, title: str) -> tuple[dict[str, Path], list[str]]:
+    """All single-run figures into ``out``; returns their paths and notes on figures that were skipped."""
+    from minarn.gradcam import gradcam
+
+    names = list(ds.class_names)
+    K = len(names)
+    test = splits.test
+    files = figures.FIGURE_FILES
+    made: dict[str, Path] = {}
+    notes: list[str] = []
+    made["activations"] = figures.activation_functions(out / files["activations"])
+    made["samples"] = figures.sample_images(ds.images, ds.labels, names, out / files["samples"])
+    counts = {k: part.class_counts() for k, part in splits._asdict().items()}
+    made["label_frequency"] = figures.label_frequency(counts, names, out / files["label_frequency"])
+    if history_path.is_file() and figures.read_history(history_path):
+        made["learning_curves"] = figures.learning_curves(figures.read_history(history_path),
+                                                          out / files["learning_curves"], best_epoch, title)
+    else:
+        notes.append("Fig. 7 skipped: history.csv is missing or empty")
+    if len(test):
+        made["confusion"] = figures.confusion_and_confidence(test.labels, probs, names, out / files["confusion"], title)
+        made["reliability"] = figures.reliability_diagram(test.labels, probs, out / files["reliability"])
+        pick = _pick_per_class(test.labels, K, 2)
+        result = gradcam(model, test.images[pick])
+        made["gradcam"] = figures.gradcam_grid(test.images[pick], result, names, out / files["gradcam"],
+                                               y_true=test.labels[pick])
+        if model.stem_attention:
+            classes = sorted({round(float(c)) for c in np.linspace(0, K - 1, min(3, K))})
+            pick3 = np.concatenate([np.flatnonzero(test.labels == c)[:1] for c in classes]).astype(np.int64)
+            made["attention"] = figures.attention_illustration(model, test.images[pick3], out / files["attention"],
+                                                               test.labels[pick3], names)
+        else:
+            notes.append("Fig. 3 skipped: the model has no attention modules (ablation)")
+    else:
+        notes.append("Fig. 3, 8, 9 and the reliability diagram skipped: the test split is empty")
+    return made, notes
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | None = print, *,
+                 cache_dir: str | None = None, make_figures: bool = True) -> dict[str, Any]:
+    """Evaluate a finished ``minarn.train`` run on its test split; write ``report.md`` and ``figures/``.
+
+    Parameters
+    ----------
+    run_dir : the run folder (``model.npz``, ``config.json``, ``history.csv``).
+    data : data source overriding the one saved in config.json (a moved run folder).
+    report : callback for progress lines (``print`` by default; ``None`` for silence).
+    cache_dir : cache folder for the decoded images (``load_mednist``).
+    make_figures : False writes only report.md.
+
+    Returns
+    -------
+    dict with "summary" (Table 2 values), "uncertainty" (rows of Tables 3-4), "ece", "mce", "confusion_matrix",
+    "loss_with_penalties", "n_test", "duplicates_in_train", "warnings", "report" (path of report.md),
+    "figures" (name -> path).
+
+    Raises
+    ------
+    EvaluationError, minarn.data.DataError : unusable run folder or data (one-line messages).
+    """
+    from minarn.train import evaluate_split
+
+    say: Report = report or (lambda _msg: None)
+    run_dir = Path(run_dir)
+    model_path = run_dir / "model.npz"
+    _read_config(run_dir)
+    if not model_path.is_file():
+        raise EvaluationError(f"{run_dir}: no model.npz (the training run did not finish?)")
+    splits, ds, config, warnings = load_run_splits(run_dir, data, cache_dir, report)
+    for w in warnings:
+        say(f"warning: {w}")
+    try:
+        model = load_model(model_path)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError) as err:  # a damaged archive: one line, no traceback
+        raise EvaluationError(f"cannot read {model_path} as a minarn model: {type(err).__name__}: {err}") from None
+    names = list(config["class_names"])
+    if model.num_classes != len(names):
+        raise EvaluationError(f"{model_path}: {model.num_classes} outputs but {len(names)} classes in config.json")
+    test = splits.test
+    if len(test) == 0:
+        raise EvaluationError(f"{run_dir}: the test split is empty")
+    batch = int(config["options"].get("batch_size") or 40)
+    say(f"evaluating {model_path} on {len(test):,} test images")
+    loss_pen, _, probs = evaluate_split(model, test.images, test.labels, batch)
+    probs = probs.astype(np.float64)
+    y = test.labels
+    summary = metrics.summary(y, probs, names)
+    unc = metrics.uncertainty_table(y, probs, names)
+    ece = metrics.expected_calibration_error(y, probs)
+    mce = metrics.maximum_calibration_error(y, probs)
+    C = metrics.confusion_matrix(y, probs.argmax(axis=1), len(names))
+    leaks = duplicates_in_train(splits)
+    groups = duplicate_groups(ds)
+    best_epoch = (config.get("test") or {}).get("best_epoch")
+    options = config["options"]
+    title = f"{run_dir.name}, dense {options.get('dense_activation', 'gelu')}"
+
+    fig_dir = run_dir / "figures"
+    made: dict[str, Path] = {}
+    notes: list[str] = []
+    if make_figures:
+        made, notes = _make_figures(model, splits, ds, probs, run_dir / "history.csv", best_epoch, fig_dir, title)
+
+    errors = int(C.sum() - np.trace(C))
+    t3, t4 = _uncertainty_tables(unc)
+    source = _data_source(config, data)
+    variant = ", ".join(f"{k} {'on' if options.get(k, True) else 'off'}" for k in ("attention", "residual"))
+    limit = options.get("limit_per_class")
+    data_line = (f"- data: `{source}`" + (f", at most {limit} images per class" if limit else "")
+                 + ("; byte-identical duplicates removed before splitting" if options.get("dedupe") else ""))
+    model_line = (f"- model: `{model_path}` ({model.count_params():,} weights; {variant}; dense activation "
+                  f"{options.get('dense_activation', 'gelu')})" + (f"; best epoch {best_epoch}" if best_epoch else ""))
+    leak_line = (f"Test images with a byte-identical copy in train: {leaks['test']:,} of {len(test):,}; "
+                 f"validation images: {leaks['valid']:,} of {len(splits.valid):,}.")
+    if leaks["test"] and not options.get("dedupe"):
+        leak_line += " These test images were, in effect, seen in training; `python -m minarn.train --dedupe` avoids that."
+    lines = [
+        f"# Evaluation of `{run_dir.name}`",
+        "",
+        model_line,
+        data_line,
+        (f"- split (seed 123, 90 / 6 / 4 %): train {len(splits.train):,}, valid {len(splits.valid):,}, "
+         f"test {len(test):,}"),
+        (f"- test: {errors} errors in {len(test):,} images; Keras-style loss with the dense layer's penalties "
+         f"{loss_pen:.5f} (Table 2's log loss is the pure cross-entropy)"),
+        *[f"- **warning**: {w}" for w in warnings],
+        "",
+        "## Table 2: test metrics (macro averages over the classes)",
+        "",
+        metrics.summary_markdown(summary),
+        ("Paper: precision 1.0000, recall 1.0000, F1 1.0000, accuracy 0.9996, kappa 0.99, log loss 0.0037 "
+         "(on 2,359 test images of the full set)."),
+        "",
+        "## Table 3: uncertainty (entropy) per class",
+        "",
+        ("Mean Shannon entropy (natural log) of the predicted distribution over the test images of each true "
+         "class (paper Eq. 11); 0 = certain, ln K = uniform. Level: low below 0.1 nats."),
+        "",
+        t3,
+        "## Table 4: standard deviation of the normalized maximum probability per class",
+        "",
+        ("Population standard deviation (ddof = 0) over the test images of each true class of max(p) / sum(p) "
+         "(paper Eq. 8-10). Level: low below 0.1."),
+        "",
+        t4,
+        "## Per-class report",
+        "",
+        "```",
+        metrics.classification_report(y, probs.argmax(axis=1), names, digits=4).rstrip(),
+        "```",
+        "",
+        "## Confusion matrix (rows: true class, columns: predicted class)",
+        "",
+        _confusion_markdown(C, names),
+        "## Calibration (not in the paper)",
+        "",
+        (f"Expected calibration error (ECE) {ece:.4f}, maximum calibration error (MCE) {mce:.4f}, with 15 "
+         "equal-width bins of the top-class probability (Guo et al. 2017)."),
+        "",
+        "## Duplicate leakage of the split",
+        "",
+        (f"The data hold {sum(len(g) - 1 for g in groups):,} extra byte-identical copies in {len(groups):,} groups"
+         + (" (removed before splitting)." if options.get("dedupe") else ".")),
+        leak_line,
+        "",
+    ]
+    if made or notes:
+        lines += ["## Figures", ""]
+        for key in figures.FIGURE_FILES:  # in figure-number order
+            if key in made:
+                lines += [f"![{key}](figures/{made[key].name})", ""]
+        lines += [f"- {n}" for n in notes]
+        lines.append("")
+    report_path = run_dir / "report.md"
+    report_path.write_text("\n".join(lines), encoding="utf-8")
+    say(f"test: accuracy {summary['accuracy']:.4f}, macro F1 {summary['f1']:.4f}, kappa {summary['kappa']:.4f}, "
+        f"log loss {summary['log_loss']:.4f}, ECE {ece:.4f}")
+    say(f"report: {report_path}" + (f"; {len(made)} figures in {fig_dir}" if made else ""))
+    return {
+        "summary": summary,
+        "uncertainty": unc,
+        "ece": ece,
+        "mce": mce,
+        "confusion_matrix": C,
+        "loss_with_penalties": loss_pen,
+        "n_test": len(test),
+        "duplicates_in_train": leaks,
+        "warnings": warnings,
+        "report": report_path,
+        "figures": made,
+    }
+
+
+def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, report: Report | None = print) -> Path:
+    """Fig. 10: training and validation loss per epoch of several runs, labelled with their dense activation."""
+    runs = []
+    for d in map(Path, run_dirs):
+        config = _read_config(d)
+        hist = d / "history.csv"
+        if not hist.is_file():
+            raise EvaluationError(f"{d}: no history.csv")
+        rows = figures.read_history(hist)
+        if not rows:
+            raise EvaluationError(f"{hist}: no finished epoch")
+        act = (config.get("model") or {}).get("dense_activation") or config["options"].get("dense_activation", "?")
+        runs.append((str(act), rows, d.name))
+    labels = [a for a, _, _ in runs]
+    named = [(f"{a} ({n})" if labels.count(a) > 1 else a, rows) for a, rows, n in runs]
+    path = figures.dense_activation_losses(named, out)
+    if report:
+        report(f"wrote {path} ({len(runs)} runs: {', '.join(label for label, _ in named)})")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit status 2
+        raise EvaluationError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m minarn.evaluate",
+                description="Evaluate a finished training run on its test split: writes RUN_DIR/report.md (paper "
+                "Tables 2-4, per-class report, calibration, duplicate leakage) and RUN_DIR/figures/*.png. With "
+                "--compare: draw Fig. 10 (loss per epoch by dense activation) from several runs.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by python -m minarn.train")
+    p.add_argument("--data", help="data source (folder or archive) instead of the one saved in config.json")
+    p.add_argument("--cache-dir", help="cache folder for decoded images (default ~/.cache/minarn)")
+    p.add_argument("--no-figures", action="store_true", help="write report.md only")
+    p.add_argument("--compare", action="store_true",
+                   help="draw Fig. 10 (loss per epoch by dense activation) from the runs instead of evaluating")
+    p.add_argument("--out", default=figures.FIGURE_FILES["dense_activations"],
+                   help="output PNG of --compare (default: %(default)s)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 done, 2 bad usage, run folder or data)."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.compare:
+            if not str(args.out).lower().endswith(".png"):
+                raise EvaluationError(f"--out must name a .png file, got {args.out}")
+            compare_runs(args.run_dirs, args.out)
+            return 0
+        for run_dir in args.run_dirs:
+            evaluate_run(run_dir, args.data, cache_dir=args.cache_dir, make_figures=not args.no_figures)
+        return 0
+    except (EvaluationError, DataError) as err:
+        print(f"python -m minarn.evaluate: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"python -m minarn.evaluate: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

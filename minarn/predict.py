@@ -1,0 +1,177 @@
+"""``python -m minarn.predict MODEL IMAGE [IMAGE ...] [--gradcam OUT.png]``: classify image files.
+
+MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folder). Class names come from the
+``config.json`` beside it; without one, a six-class model uses the MedNIST names and any other ``class 0``,
+``class 1``, ... Every image is converted as in training, whatever its size or mode: decoded by Pillow, converted
+to 8-bit grayscale ('L'), resized to the model's input size with nearest-neighbour sampling only when the size
+differs, scaled to [0, 1].
+
+Output: one line per image, ``IMAGE<TAB>CLASS<TAB>PROBABILITY`` (probability of the predicted class, 4 decimals).
+A file that is missing or not an image is reported on stderr and the others are still predicted.
+``--gradcam OUT.png`` also writes the Grad-CAM overlays (conv2d_22, ``minarn.gradcam``) of the predicted class
+(of the first 36 images), each under the 64x64 input the model saw.
+
+Exit status: 0 all images predicted; 1 some file could not be read as an image; 2 bad usage or an unreadable
+model (one line on stderr, never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from minarn.data import MEDNIST_CLASSES, _decode
+from minarn.model import ARNCNN, load_model
+
+__all__ = ["PredictError", "class_names_for", "load_image", "main", "predict_files", "resolve_model"]
+
+PROG = "python -m minarn.predict"
+MAX_GRADCAM = 36  # overlays in one --gradcam figure (6 per row)
+
+
+class PredictError(ValueError):
+    """Bad usage or an unreadable model: one line, exit status 2."""
+
+
+def resolve_model(path: str | Path) -> tuple[ARNCNN, list[str], Path]:
+    """Load MODEL (a ``model.npz`` or a run folder holding one); returns (model, class names, model path)."""
+    path = Path(path)
+    model_path = path / "model.npz" if path.is_dir() else path
+    if not model_path.is_file():
+        raise PredictError(f"model {path}: no such file" + (" (no model.npz in this folder)" if path.is_dir() else ""))
+    try:
+        model = load_model(model_path)
+    except ValueError as err:
+        raise PredictError(str(err)) from None
+    except (zipfile.BadZipFile, EOFError, KeyError, OSError) as err:  # a damaged archive: one line, no traceback
+        raise PredictError(f"cannot read {model_path} as a minarn model: {type(err).__name__}: {err}") from None
+    return model, class_names_for(model, model_path), model_path
+
+
+def class_names_for(model: ARNCNN, model_path: Path) -> list[str]:
+    """Names from ``config.json`` beside the model file when it matches the model, else defaults."""
+    config = model_path.parent / "config.json"
+    try:
+        names = [str(n) for n in json.loads(config.read_text(encoding="utf-8"))["class_names"]]
+        if len(names) == model.num_classes:
+            return names
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if model.num_classes == len(MEDNIST_CLASSES):
+        return list(MEDNIST_CLASSES)
+    return [f"class {k}" for k in range(model.num_classes)]
+
+
+def load_image(path: str | Path, size: int = 64) -> np.ndarray:
+    """One image file as training sees it: grayscale uint8 (size, size, 1).
+
+    Raises ``OSError`` (missing/unreadable file) or ``ValueError`` (not an image Pillow can decode).
+    """
+    data = Path(path).read_bytes()
+    try:
+        return _decode(data, size, Image.NEAREST)[..., None]
+    except UnidentifiedImageError:
+        raise ValueError("not an image (Pillow does not recognise the file format)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"not an image Pillow can decode ({type(err).__name__}: {err})") from None
+
+
+def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray,
+                                                                         list[tuple[str, str]]]:
+    """Decode and classify image files.
+
+    Returns (the paths that were read, their images (M, H, W, 1) uint8, probabilities (M, K),
+    [(path, reason)] for the files that could not be read).
+    """
+    H, W, _ = model.input_shape
+    if H != W:
+        raise PredictError(f"the model takes {H}x{W} images; only square inputs are supported")
+    good: list[str] = []
+    images: list[np.ndarray] = []
+    failed: list[tuple[str, str]] = []
+    for p in paths:
+        try:
+            images.append(load_image(p, H))
+            good.append(str(p))
+        except FileNotFoundError:
+            failed.append((str(p), "no such file"))
+        except IsADirectoryError:
+            failed.append((str(p), "is a folder, not an image file"))
+        except (OSError, ValueError) as err:
+            failed.append((str(p), str(err) if isinstance(err, ValueError) else f"cannot read: {err.strerror or err}"))
+    stack = np.stack(images) if images else np.zeros((0, H, W, 1), np.uint8)
+    probs = model.predict(stack) if len(stack) else np.zeros((0, model.num_classes))
+    return good, stack, probs, failed
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise PredictError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Classify image files with a model trained by python -m minarn.train; "
+                "prints IMAGE, CLASS and PROBABILITY per image (tab-separated).")
+    p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size or mode Pillow reads)")
+    p.add_argument("--gradcam", metavar="OUT.png", help="also write the Grad-CAM overlays of the predictions here")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Run the command line; returns the exit status (0 all predicted, 1 some files failed, 2 usage/model)."""
+    out = stdout or sys.stdout
+    err = stderr or sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+        if args.gradcam is not None:
+            target = Path(args.gradcam)
+            if target.suffix.lower() != ".png":
+                raise PredictError(f"--gradcam must name a .png file, got {args.gradcam}")
+            if not target.parent.is_dir():
+                raise PredictError(f"--gradcam: folder {target.parent} does not exist")
+        model, names, _ = resolve_model(args.model)
+        good, images, probs, failed = predict_files(model, args.images)
+    except PredictError as e:
+        print(f"{PROG}: error: {e}", file=err)
+        return 2
+    reasons = dict(failed)
+    shown = iter(range(len(good)))
+    for p in args.images:  # in the order given, failures in place
+        p = str(p)
+        if p in reasons and p not in good:
+            print(f"{PROG}: {p}: {reasons[p]}", file=err)
+            continue
+        i = next(shown)
+        k = int(probs[i].argmax())
+        print(f"{p}\t{names[k]}\t{probs[i, k]:.4f}", file=out)
+    if args.gradcam and len(good):
+        from minarn import figures
+        from minarn.gradcam import gradcam
+
+        shown_cam = min(len(good), MAX_GRADCAM)
+        result = gradcam(model, images[:shown_cam])
+        try:
+            figures.gradcam_grid(images[:shown_cam], result, names, args.gradcam,
+                                 names=[Path(p).name for p in good[:shown_cam]],
+                                 title="Grad-CAM on conv2d_22 of the predicted class (the 64x64 input the model saw)")
+        except OSError as e:
+            print(f"{PROG}: error: cannot write {args.gradcam}: {e}", file=err)
+            return 1
+        more = f" (the first {MAX_GRADCAM} of {len(good)} images)" if len(good) > MAX_GRADCAM else ""
+        print(f"Grad-CAM overlays: {args.gradcam}{more}", file=err)
+    if args.gradcam and not good:
+        print(f"{PROG}: no image could be read; {args.gradcam} not written", file=err)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,143 @@
+"""python -m minarn.evaluate, in-process on a tiny trained run: report.md, figures, --data, --compare, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from run_fixture import assert_png, tiny_cache, tiny_run  # noqa: F401 - tiny_run is a fixture
+
+from minarn import figures, metrics
+from minarn.data import sample_path, scale_images
+from minarn.evaluate import EvaluationError, evaluate_run, load_run_splits, main
+from minarn.model import load_model
+
+SINGLE_RUN_FIGURES = [k for k in figures.FIGURE_FILES if k != "dense_activations"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:  # noqa: F811
+    """A copy of the tiny run, evaluated once with figures (the shared run folder stays untouched)."""
+    run = tmp_path_factory.mktemp("evaluated") / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("figures", "report.md"))
+    lines: list[str] = []
+    return run, evaluate_run(run, report=lines.append, cache_dir=tiny_cache(tiny_run))
+
+
+def test_split_is_the_training_split(tiny_run: Path) -> None:  # noqa: F811
+    splits, _, config, warnings = load_run_splits(tiny_run, cache_dir=tiny_cache(tiny_run))
+    assert warnings == []
+    for name, part in splits._asdict().items():
+        assert len(part) == config["split"][name]["total"]
+        assert list(part.class_counts()) == [config["split"][name][c] for c in config["class_names"]]
+
+
+def test_metrics_match_a_direct_computation(evaluated: tuple[Path, dict], tiny_run: Path) -> None:  # noqa: F811
+    run, result = evaluated
+    splits, _, config, _ = load_run_splits(run, cache_dir=tiny_cache(tiny_run))
+    probs = load_model(run / "model.npz").predict(scale_images(splits.test.images)).astype(np.float64)
+    y = splits.test.labels
+    assert result["n_test"] == len(y) == 6
+    expected = metrics.summary(y, probs, config["class_names"])
+    for key, value in expected.items():
+        assert result["summary"][key] == pytest.approx(value, rel=1e-5, abs=1e-7, nan_ok=True)
+    assert result["ece"] == pytest.approx(metrics.expected_calibration_error(y, probs), abs=1e-6)
+    np.testing.assert_array_equal(result["confusion_matrix"], metrics.confusion_matrix(y, probs.argmax(1), 6))
+    assert result["duplicates_in_train"] == config["duplicates_in_train"]
+
+
+def test_report_has_every_section(evaluated: tuple[Path, dict]) -> None:
+    run, result = evaluated
+    text = (run / "report.md").read_text()
+    assert result["report"] == run / "report.md"
+    for heading in ("Table 2", "Table 3: uncertainty (entropy)", "Table 4: standard deviation", "Per-class report",
+                    "Confusion matrix", "Calibration", "Duplicate leakage"):
+        assert heading in text, heading
+    assert "| Precision | Recall | F1-score | Accuracy | Kappa | Log loss |" in text
+    table2 = text.split("| Precision |")[1].splitlines()[2]
+    assert len(re.findall(r"\d\.\d{4}\b|nan", table2)) == 6, table2  # 4 decimals
+    for name in json.loads((run / "config.json").read_text())["class_names"]:
+        assert text.count(f"| {name} |") >= 3  # Tables 3, 4 and the confusion matrix
+    assert "precision    recall  f1-score   support" in text
+    for key in SINGLE_RUN_FIGURES:
+        assert f"figures/{figures.FIGURE_FILES[key]}" in text
+
+
+def test_every_figure_is_written(evaluated: tuple[Path, dict]) -> None:
+    run, result = evaluated
+    assert sorted(result["figures"]) == sorted(SINGLE_RUN_FIGURES)
+    for key in SINGLE_RUN_FIGURES:
+        path = run / "figures" / figures.FIGURE_FILES[key]
+        assert result["figures"][key] == path
+        assert_png(path)
+
+
+def test_cli_in_process(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("figures", "report.md"))  # if train evaluated
+    assert main([str(run), "--no-figures", "--cache-dir", tiny_cache(tiny_run)]) == 0
+    out = capsys.readouterr().out
+    assert "report:" in out and (run / "report.md").is_file() and not (run / "figures").exists()
+
+
+def test_moved_run_needs_data(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    """A run trained on a data path that does not exist here: a one-line error, then --data fixes it."""
+    run = tmp_path / "moved"
+    shutil.copytree(tiny_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["options"]["data"] = config["data_source"] = str(tmp_path / "elsewhere" / "MedNIST")
+    (run / "config.json").write_text(json.dumps(config))
+    assert main([str(run), "--no-figures", "--cache-dir", tiny_cache(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert main([str(run), "--no-figures", "--data", str(sample_path()), "--cache-dir", tiny_cache(tiny_run)]) == 0
+
+
+@pytest.mark.parametrize("case", ["missing", "no-model", "bad-config", "bad-option"])
+def test_errors_are_one_line(case: str, tiny_run: Path, tmp_path: Path,  # noqa: F811
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    argv = [str(run)]
+    if case == "no-model":
+        run.mkdir()
+        shutil.copy(tiny_run / "config.json", run / "config.json")
+    elif case == "bad-config":
+        run.mkdir()
+        (run / "config.json").write_text("{not json")
+        shutil.copy(tiny_run / "model.npz", run / "model.npz")
+    elif case == "bad-option":
+        argv = [str(tiny_run), "--no-such-option"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m minarn.evaluate: error:") and err.count("\n") == 1
+
+
+def test_compare_runs_draws_fig10(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    other = tmp_path / "relu-run"
+    other.mkdir()
+    config = json.loads((tiny_run / "config.json").read_text())
+    config["model"]["dense_activation"] = config["options"]["dense_activation"] = "relu"
+    (other / "config.json").write_text(json.dumps(config))
+    rows = figures.read_history(tiny_run / "history.csv")
+    lines = ["epoch,loss,accuracy,val_loss,val_accuracy,lr,next_lr,monitor,improvement,duration"]
+    for e in range(1, 4):
+        r = rows[0]
+        lines.append(f"{e},{r['loss'] / e},{r['accuracy']},{r['val_loss'] / e},{r['val_accuracy']},0.001,0.001,"
+                     f"accuracy,0,1")
+    (other / "history.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "fig10.png"
+    assert main(["--compare", str(tiny_run), str(other), "--out", str(out)]) == 0
+    assert_png(out)
+    assert "gelu, relu" in capsys.readouterr().out
+    assert main(["--compare", str(tiny_run), "--out", str(tmp_path / "fig10.jpg")]) == 2
+    with pytest.raises(EvaluationError, match="history.csv"):
+        shutil.rmtree(other)
+        other.mkdir()
+        (other / "config.json").write_text(json.dumps(config))
+        from minarn.evaluate import compare_runs
+
+        compare_runs([other], tmp_path / "x.png", report=None)

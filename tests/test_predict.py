@@ -1,0 +1,110 @@
+"""python -m minarn.predict, in-process on a tiny trained run: any image size/mode, bad files, --gradcam."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from run_fixture import assert_png, tiny_run  # noqa: F401 - tiny_run is a fixture
+
+from minarn.data import sample_path, scale_images
+from minarn.model import load_model
+from minarn.predict import load_image, main
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    status = main(argv, stdout=out, stderr=err)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def jpegs() -> list[Path]:
+    return [min((sample_path() / c).iterdir()) for c in ("CXR", "Hand", "HeadCT")]
+
+
+def test_predicts_class_and_probability(tiny_run: Path, jpegs: list[Path]) -> None:  # noqa: F811
+    status, out, err = _run([str(tiny_run / "model.npz"), *map(str, jpegs)])
+    assert status == 0, err
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [line[0] for line in lines] == list(map(str, jpegs))
+    model = load_model(tiny_run / "model.npz")
+    x = np.stack([np.asarray(Image.open(p).convert("L"))[..., None] for p in jpegs])
+    probs = model.predict(scale_images(x))
+    names = json.loads((tiny_run / "config.json").read_text())["class_names"]
+    for (_, name, p), row in zip(lines, probs):
+        assert name == names[int(row.argmax())]
+        assert float(p) == pytest.approx(float(row.max()), abs=6e-5)
+
+
+def test_run_folder_as_model(tiny_run: Path, jpegs: list[Path]) -> None:  # noqa: F811
+    status, out, _ = _run([str(tiny_run), str(jpegs[0])])
+    assert status == 0 and out.count("\n") == 1
+
+
+@pytest.mark.parametrize("mode,size,fmt", [("RGB", (100, 80), "PNG"), ("RGBA", (64, 64), "PNG"),
+                                            ("P", (33, 47), "GIF"), ("I;16", (128, 128), "TIFF"),
+                                            ("1", (64, 64), "BMP"), ("L", (512, 300), "JPEG")])
+def test_any_size_and_mode_converted_as_in_training(mode: str, size: tuple[int, int], fmt: str,
+                                                    tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    img = rgb.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 300, size[::-1]).astype(np.uint16))
+    path = tmp_path / f"x.{fmt.lower()}"
+    img.save(path, format=fmt)
+    x = load_image(path)
+    assert x.shape == (64, 64, 1) and x.dtype == np.uint8
+    with Image.open(path) as again:  # the training conversion: 'L', then nearest resize if the size differs
+        gray = again.convert("L")
+        expected = np.asarray(gray if gray.size == (64, 64) else gray.resize((64, 64), Image.NEAREST))
+    np.testing.assert_array_equal(x[..., 0], expected)
+
+
+def test_bad_files_reported_others_predicted(tiny_run: Path, jpegs: list[Path], tmp_path: Path) -> None:  # noqa: F811
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image")
+    fake = tmp_path / "broken.jpeg"
+    fake.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    missing = tmp_path / "missing.png"
+    status, out, err = _run([str(tiny_run / "model.npz"), str(jpegs[0]), str(text), str(fake), str(missing),
+                             str(tmp_path), str(jpegs[1])])
+    assert status == 1
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(jpegs[0]), str(jpegs[1])]
+    assert "Traceback" not in err
+    err_lines = err.splitlines()
+    assert len(err_lines) == 4
+    assert "notes.txt: not an image (Pillow does not recognise" in err_lines[0]
+    assert "broken.jpeg: not an image Pillow can decode" in err_lines[1]
+    assert "missing.png: no such file" in err_lines[2] and "is a folder" in err_lines[3]
+
+
+@pytest.mark.parametrize("case", ["no-model", "not-npz", "truncated-npz", "no-images", "bad-gradcam-suffix",
+                                  "bad-gradcam-dir"])
+def test_usage_errors_exit_2_with_one_line(case: str, tiny_run: Path, jpegs: list[Path], tmp_path: Path) -> None:  # noqa: F811
+    model = str(tiny_run / "model.npz")
+    truncated = tmp_path / "truncated.npz"
+    data = (tiny_run / "model.npz").read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    argv = {
+        "truncated-npz": [str(truncated), str(jpegs[0])],
+        "no-model": [str(tmp_path / "nope.npz"), str(jpegs[0])],
+        "not-npz": [str(jpegs[0]), str(jpegs[0])],
+        "no-images": [model],
+        "bad-gradcam-suffix": [model, str(jpegs[0]), "--gradcam", str(tmp_path / "cam.jpg")],
+        "bad-gradcam-dir": [model, str(jpegs[0]), "--gradcam", str(tmp_path / "no" / "cam.png")],
+    }[case]
+    status, out, err = _run(argv)
+    assert status == 2 and out == ""
+    assert err.startswith("python -m minarn.predict: error:") and err.count("\n") == 1, err
+
+
+def test_gradcam_overlay_written(tiny_run: Path, jpegs: list[Path], tmp_path: Path) -> None:  # noqa: F811
+    target = tmp_path / "cam.png"
+    status, out, err = _run([str(tiny_run / "model.npz"), *map(str, jpegs[:2]), "--gradcam", str(target)])
+    assert status == 0, err
+    assert out.count("\n") == 2 and str(target) in err
+    assert_png(target, min_size=(250, 250))
