@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -374,7 +375,7 @@ def load_model(path: str | os.PathLike[str]) -> ARNCNN:
                 raise ValueError(f"load_model: {path} holds no minarn model configuration ({_CONFIG_KEY!r} missing)")
             config = json.loads(str(data[_CONFIG_KEY]))
             weights = {k: data[k] for k in data.files if k != _CONFIG_KEY}
-    except (OSError, EOFError, ValueError) as err:
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
         if "minarn model configuration" in str(err):
             raise
         raise ValueError(f"load_model: cannot read {path} as a minarn model (.npz): {err}") from None
