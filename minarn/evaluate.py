@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -217,10 +216,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
         say(f"warning: {w}")
     try:
         model = load_model(model_path)
-    except ValueError as err:
+    except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
         raise EvaluationError(str(err)) from None
-    except (zipfile.BadZipFile, EOFError, KeyError, OSError) as err:  # a damaged archive: one line, no traceback
-        raise EvaluationError(f"cannot read {model_path} as a minarn model: {type(err).__name__}: {err}") from None
     names = list(config["class_names"])
     if model.num_classes != len(names):
         raise EvaluationError(f"{model_path}: {model.num_classes} outputs but {len(names)} classes in config.json")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
@@ -49,10 +48,8 @@ def resolve_model(path: str | Path) -> tuple[ARNCNN, list[str], Path]:
         raise PredictError(f"model {path}: no such file" + (" (no model.npz in this folder)" if path.is_dir() else ""))
     try:
         model = load_model(model_path)
-    except ValueError as err:
+    except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
         raise PredictError(str(err)) from None
-    except (zipfile.BadZipFile, EOFError, KeyError, OSError) as err:  # a damaged archive: one line, no traceback
-        raise PredictError(f"cannot read {model_path} as a minarn model: {type(err).__name__}: {err}") from None
     return model, class_names_for(model, model_path), model_path
 
 

@@ -105,7 +105,7 @@ class Conv2D(Layer):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check_input(x, 4, self.in_channels)
         N, OH, OW, F = self.compute_output_shape(x.shape)
-        (kh, kw), s = self.kernel_size, self.strides
+        kh, kw = self.kernel_size
         K = kernels.get_backend()
         kernel = self.params["kernel"].astype(x.dtype, copy=False).reshape(kh * kw * self.in_channels, F)
         pads = self._pads(x.shape[1], x.shape[2])
