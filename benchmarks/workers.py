@@ -87,7 +87,7 @@ class Minarn:
         self.opt.apply(self.model.parameters(), grads)
 
     def infer(self, batch: int) -> None:
-        self.model.forward(self.x[batch], training=False)
+        self.model.predict(self.x[batch])  # streams the batch through in cache-sized chunks
 
     def layers(self, repeats: int) -> dict:
         """Per-layer forward/backward wall time (ms, median over ``repeats`` training steps)."""
@@ -133,8 +133,56 @@ class Minarn:
         ms = lambda v: 1000.0 * float(np.median(v))  # noqa: E731
         forward = {k: ms(v) for k, v in fwd.items()}
         backward = {k: ms(bwd.get(k, [0.0])) for k in fwd}  # 0: fused into the attention module's backward
+        products_ms, gflop, count = self.products(repeats)
         return {"forward": forward, "backward": backward,
-                "other": {"forward+backward (whole step, no optimizer)": ms(step), "Adamax apply": ms(opt)}}
+                "other": {"forward+backward (whole step, no optimizer)": ms(step), "Adamax apply": ms(opt),
+                          f"matrix products alone ({count} products, {gflop:.1f} GFLOP, timed one by one)":
+                              products_ms,
+                          "rate of the matrix products alone (GFLOP/s)": gflop / products_ms * 1000.0}}
+
+    def product_shapes(self) -> list[tuple[tuple[int, int], tuple[int, int], bool]]:
+        """The (a shape, b shape, a transposed) of every matrix product of one training step, read from the
+        layers' caches: per Conv2D / Dense a forward product, a weight-gradient product (long reduction,
+        small output) and, except for the first layer, an input-gradient product."""
+        from minarn.layers import Conv2D, Dense
+
+        self.model.loss_and_grads(self.x[BATCH], self.y)
+        shapes = []
+        for layer in self.model.layers:
+            if isinstance(layer, Conv2D):
+                x = layer._cache[0]
+                n, oh, ow, f = layer.compute_output_shape(x.shape)
+                m, k = n * oh * ow, layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels
+            elif isinstance(layer, Dense):
+                x = layer._cache[0]
+                m, k, f = x.shape[0], x.shape[1], layer.params["kernel"].shape[1]
+            else:
+                continue
+            shapes += [((m, k), (k, f), False), ((k, m), (m, f), True)]
+            if layer is not self.model.conv_in:
+                shapes.append(((m, f), (f, k), False))
+        return shapes
+
+    def products(self, repeats: int) -> tuple[float, float, int]:
+        """Time every matrix product of a training step on its own (same shapes, float32, same layouts):
+        the floor that im2col + BLAS puts under a step. Returns (ms, GFLOP, number of products)."""
+        np = self.np
+        rng = np.random.default_rng(0)
+        total, flop = 0.0, 0.0
+        shapes = self.product_shapes()
+        for a_shape, b_shape, transposed in shapes:
+            a = rng.random(a_shape[::-1] if transposed else a_shape, dtype=np.float32)
+            a = a.T if transposed else a
+            b = rng.random(b_shape, dtype=np.float32)
+            a @ b  # warm-up
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                a @ b
+                times.append(time.perf_counter() - t)
+            total += float(np.median(times))
+            flop += 2.0 * a_shape[0] * a_shape[1] * b_shape[1]
+        return 1000.0 * total, flop / 1e9, len(shapes)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -258,8 +258,9 @@ class ARNCNN:
         """Class probabilities (N, K) for one batch."""
         return _softmax(self.logits(x, training))
 
-    def backward_features(self, dfeatures: np.ndarray) -> np.ndarray:
-        """Backward through the convolutional part: d(conv2d_22 output) -> d(input). Fills every layer's grads."""
+    def backward_features(self, dfeatures: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Backward through the convolutional part: d(conv2d_22 output) -> d(input) (N, 64, 64, 1).
+        Fills every layer's grads; with ``input_grad=False`` (training) the image gradient is skipped: None."""
         dh = self.conv_out.backward(dfeatures)
         for att in reversed(self.deep_attention):
             dh = att.backward(dh)
@@ -270,7 +271,7 @@ class ARNCNN:
         dh = self.block.backward(dh)
         for att in reversed(self.stem_attention):
             dh = att.backward(dh)
-        return self.conv_in.backward(self.pool_in.backward(dh))
+        return self.conv_in.backward(self.pool_in.backward(dh), input_grad)
 
     def backward_head(self, dlogits: np.ndarray, ddense_extra: np.ndarray | None = None) -> np.ndarray:
         """Backward through the dense head: d(logits) -> d(conv2d_22 output).
@@ -307,14 +308,18 @@ class ARNCNN:
         pen = self.penalties(n)
         self.last_terms = {"crossentropy": ce, **{k: v for k, (v, _) in pen.items()}}
         self.last_probs = _softmax(logits)
-        self.backward_features(self.backward_head(dlogits, pen["activity_l1"][1]))
+        self.backward_features(self.backward_head(dlogits, pen["activity_l1"][1]), input_grad=False)
         grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
         grads[f"{self.dense.name}/kernel"] = grads[f"{self.dense.name}/kernel"] + pen["kernel_l2"][1]
         grads[f"{self.dense.name}/bias"] = grads[f"{self.dense.name}/bias"] + pen["bias_l1"][1]
         return ce + sum(v for v, _ in pen.values()), grads
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N, K) in inference mode (dropout off, batch norm on moving statistics)."""
+    def predict(self, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (N, K) in inference mode (dropout off, batch norm on moving statistics).
+
+        The images go through ``batch_size`` at a time, which bounds the working memory: the largest im2col
+        block (conv2d_6) holds batch x 961 x 576 floats, 142 MB at 64 images but 567 MB at 256; smaller blocks
+        are also faster to stream through (see benchmarks/RESULTS.md)."""
         x = np.asarray(x)
         if batch_size < 1:
             raise ValueError(f"ARNCNN.predict: batch_size must be >= 1, got {batch_size}")

@@ -285,3 +285,21 @@ def test_input_smaller_than_kernel_raises(backend):
     layer = Conv2D(1, 1, 3, name="conv2d_small")
     with kernels.backend(backend), pytest.raises(ValueError, match="conv2d_small"):
         layer.forward(np.zeros((1, 2, 5, 1), np.float32))
+
+
+@backends
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "gelu", None])
+def test_backward_without_input_grad_gives_the_same_weight_grads(backend, activation):
+    rng = np.random.default_rng(5)
+    layer = Conv2D(2, 3, 3, padding="same", activation=activation, seed=1, dtype=np.float64)
+    x = rng.standard_normal((2, 5, 6, 2))
+    dout = rng.standard_normal((2, 5, 6, 3))
+    with kernels.backend(backend):
+        layer.forward(x, training=True)
+        dx = layer.backward(dout)
+        full = {k: g.copy() for k, g in layer.grads.items()}
+        layer.forward(x, training=True)
+        assert layer.backward(dout, input_grad=False) is None
+    assert dx.shape == x.shape and np.abs(dx).max() > 0
+    for k, g in full.items():
+        np.testing.assert_array_equal(layer.grads[k], g, err_msg=k)

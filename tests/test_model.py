@@ -244,3 +244,26 @@ def test_bad_options_are_refused() -> None:
     model = minarn.ARNCNN(input_shape=SMALL, seed=0)
     with pytest.raises(ValueError, match=r"one-hot labels of shape \(2, 6\)"):
         model.loss_and_grads(np.zeros((2, *SMALL), np.float32), np.zeros((2, 5), np.float32))
+
+
+def test_backward_features_input_gradient_is_numeric_gradient() -> None:
+    """Training skips the image gradient (``input_grad=False``); asked for, it is the true dL/dx."""
+    rng = np.random.default_rng(2)
+    model = minarn.ARNCNN(input_shape=SMALL, seed=3, dtype=np.float64)
+    x = rng.random((2, *SMALL))
+    weights = rng.standard_normal(model.features(x, training=False).shape)
+
+    def loss(inputs: np.ndarray) -> float:
+        return float(np.sum(model.features(inputs, training=False) * weights))
+
+    with minarn.kernels.backend("numpy"):
+        loss(x)
+        dx = model.backward_features(weights)
+        model.features(x, training=False)
+        assert model.backward_features(weights, input_grad=False) is None
+        for i in sample_indices(x.shape, 6, rng):
+            xp, xm = x.copy(), x.copy()
+            xp[i] += 1e-6
+            xm[i] -= 1e-6
+            estimate = (loss(xp) - loss(xm)) / 2e-6
+            assert np.isclose(dx[i], estimate, rtol=1e-4, atol=1e-8), (i, dx[i], estimate)

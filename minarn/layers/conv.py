@@ -135,19 +135,22 @@ class Conv2D(Layer):
         out = kernels.workspace((N * OH * OW, kh * kw * C), x.dtype)
         return K.im2col_padded(x, kh, kw, s, pads, out=out)
 
-    def backward(self, dout: np.ndarray) -> np.ndarray:
+    def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Fill ``grads`` and return dL/dx (N, H, W, C); with ``input_grad=False`` skip dx and return None
+        (the first layer of a network: nothing upstream needs the gradient of the images)."""
         *_, out, kind = self._saved()
         self._check_dout(dout, out.shape)
         if kind is None:
-            return self.backward_linear(self.activation.backward(dout))
+            return self.backward_linear(self.activation.backward(dout), input_grad)
         if kind == "linear":
-            return self.backward_linear(dout)  # backward_linear never writes into dz
+            return self.backward_linear(dout, input_grad)  # backward_linear never writes into dz
         F = self.filters
         dz = kernels.get_backend().activation_backward(dout.reshape(-1, F), out.reshape(-1, F), kind)
-        return self.backward_linear(dz.reshape(out.shape))
+        return self.backward_linear(dz.reshape(out.shape), input_grad)
 
-    def backward_linear(self, dz: np.ndarray) -> np.ndarray:
-        """Backward through the convolution only, given dz = dL/dz for the pre-activation z (N, OH, OW, F)."""
+    def backward_linear(self, dz: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Backward through the convolution only, given dz = dL/dz for the pre-activation z (N, OH, OW, F).
+        Returns dL/dx, or None when ``input_grad`` is False (the products for dx are then skipped)."""
         x, pads, out, _ = self._saved()
         self._check_dout(dz, out.shape)
         (kh, kw), s = self.kernel_size, self.strides
@@ -159,6 +162,8 @@ class Conv2D(Layer):
         self.grads["kernel"] = (cols.T @ dz).reshape(kernel.shape).astype(kernel.dtype, copy=False)
         if "bias" in self.params:
             self.grads["bias"] = dz.sum(axis=0).astype(self.params["bias"].dtype, copy=False)
+        if not input_grad:
+            return None
         kernel_t = kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
         if self._is_pointwise():
             return (dz @ kernel_t).reshape(x.shape)
