@@ -316,3 +316,23 @@ def test_layers_follow_the_switch_at_once(fresh_selection):
     fresh_selection.setattr(kernels, "_active", Spy)
     MaxPooling2D(2).forward(np.zeros((1, 4, 4, 1)))
     assert calls == [(2, 2)]
+
+
+@pytest.mark.parametrize("name", kernels.available_backends())
+def test_batchnorm_sums_keep_float32_accuracy_over_many_rows(name):
+    """Batch norm's statistics over 38,440 same-signed float32 rows (conv2d_6's map at batch 40) stay within
+    a few float32 ulps of the float64 truth: the sums must not drift row by row."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((38_440, 8)) * 3 + 1).astype(np.float32)
+    dout = (rng.random((38_440, 8)) + 0.5).astype(np.float32)
+    x64 = x.astype(np.float64)
+    with kernels.backend(name) as K:
+        mean, var = K.channel_moments(x)
+        inv_std = (1 / np.sqrt(var + 1e-3)).astype(np.float32)
+        gamma = np.ones(8, np.float32)
+        _, dgamma, dbeta = K.batchnorm_backward(dout, x, mean, inv_std, gamma)
+    np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(var, x64.var(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(dbeta, dout.astype(np.float64).sum(axis=0), rtol=1e-6)
+    x_hat = (x64 - mean.astype(np.float64)) * inv_std.astype(np.float64)
+    np.testing.assert_allclose(dgamma, (dout * x_hat).sum(axis=0), rtol=1e-5, atol=1e-2)
