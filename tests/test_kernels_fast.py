@@ -56,6 +56,36 @@ def test_im2col_col2im_padded_match_pad_then_unfold(name, dtype, case):
         np.testing.assert_allclose(np.vdot(got, cols), np.vdot(x, dx), rtol=1e-4 if dtype == "float32" else 1e-10)
 
 
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("kind", numpy_ref.ACTIVATION_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", BACKENDS)
+def test_shallow_conv_kernels_match_the_definition(name, dtype, kind, case):
+    """Direct short-patch convolution: forward = act(cols @ kernel + bias) (cols from zero padding), weight
+    gradient = cols^T @ dz, bias gradient = sum of dz; with and without a bias."""
+    N, H, W, C, kh, kw, s, pads = case
+    x = rng_array((N, H, W, C), dtype, seed=1)
+    F = 5
+    kernel = rng_array((kh, kw, C, F), dtype, seed=2)
+    bias = rng_array((F,), dtype, seed=3)
+    cols = numpy_ref.im2col(np.pad(x, ((0, 0), *pads, (0, 0))), kh, kw, s).astype(np.float64)
+    z = cols @ kernel.reshape(-1, F).astype(np.float64)
+    act = {"linear": lambda v: v, "relu": lambda v: np.maximum(v, 0), "sigmoid": special.expit}[kind]
+    OH = (H + sum(pads[0]) - kh) // s + 1
+    OW = (W + sum(pads[1]) - kw) // s + 1
+    dz = rng_array((N, OH, OW, F), dtype, seed=4)
+    with kernels.backend(name) as K:
+        for b in (bias, None):
+            got = K.shallow_conv_forward(x, kernel, b, s, pads, kind)
+            want = act(z + (0 if b is None else b)).reshape(N, OH, OW, F)
+            assert got.dtype == x.dtype and got.shape == want.shape
+            np.testing.assert_allclose(got, want, **TOL[dtype])
+        dkernel, dbias = K.shallow_conv_weight_grad(x, dz, kh, kw, s, pads)
+    assert dkernel.dtype == x.dtype and dbias.dtype == x.dtype
+    np.testing.assert_allclose(dkernel, (cols.T @ dz.reshape(-1, F)).reshape(kh, kw, C, F), **TOL[dtype])
+    np.testing.assert_allclose(dbias, dz.reshape(-1, F).sum(axis=0, dtype=np.float64), **TOL[dtype])
+
+
 @pytest.mark.parametrize("kind", numpy_ref.ACTIVATION_KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", BACKENDS)

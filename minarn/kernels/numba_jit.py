@@ -61,22 +61,25 @@ def _col2im(cols, N, H, W, C, kh, kw, stride, dx):  # pragma: no cover - compile
 
 @_jit
 def _maxpool_forward(x, pool, stride, out, argmax):  # pragma: no cover - compiled
+    # channels innermost: each window position is one contiguous, vectorizable pass over C
     N, OH, OW, C = out.shape
     for r in prange(N * OH):
         n = r // OH
         p = r % OH
         for q in range(OW):
             for c in range(C):
-                best = x[n, p * stride, q * stride, c]
-                where = 0
-                for i in range(pool):
-                    for j in range(pool):
+                out[n, p, q, c] = x[n, p * stride, q * stride, c]
+                argmax[n, p, q, c] = 0
+            for i in range(pool):
+                for j in range(pool):
+                    if i == 0 and j == 0:
+                        continue
+                    k = i * pool + j
+                    for c in range(C):
                         v = x[n, p * stride + i, q * stride + j, c]
-                        if v > best:  # strict: ties keep the first maximum, as in numpy_ref
-                            best = v
-                            where = i * pool + j
-                out[n, p, q, c] = best
-                argmax[n, p, q, c] = where
+                        if v > out[n, p, q, c]:  # strict: ties keep the first maximum, as in numpy_ref
+                            out[n, p, q, c] = v
+                            argmax[n, p, q, c] = k
 
 
 @_jit
@@ -88,6 +91,23 @@ def _maxpool_backward(dout, argmax, pool, stride, dx):  # pragma: no cover - com
                 for c in range(C):
                     w = argmax[n, p, q, c]
                     dx[n, p * stride + w // pool, q * stride + w % pool, c] += dout[n, p, q, c]
+
+
+@_jit
+def _maxpool_backward_tiled(dout, argmax, pool, dx):  # pragma: no cover - compiled
+    # windows tile the input (stride == pool): every covered input is written once, the winner gets dout
+    N, OH, OW, C = dout.shape
+    zero = dx.dtype.type(0)
+    for r in prange(N * OH):
+        n = r // OH
+        p = r % OH
+        for q in range(OW):
+            for i in range(pool):
+                for j in range(pool):
+                    k = i * pool + j
+                    for c in range(C):
+                        g = dout[n, p, q, c]
+                        dx[n, p * pool + i, q * pool + j, c] = g if argmax[n, p, q, c] == k else zero
 
 
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
@@ -123,8 +143,16 @@ def maxpool_backward(
     dout: np.ndarray, argmax: np.ndarray, x_shape: tuple[int, int, int, int], pool: int, stride: int
 ) -> np.ndarray:
     """See ``numpy_ref.maxpool_backward``."""
-    dx = np.zeros(x_shape, dtype=dout.dtype)
-    _maxpool_backward(np.ascontiguousarray(dout), np.ascontiguousarray(argmax), pool, stride, dx)
+    dout, argmax = np.ascontiguousarray(dout), np.ascontiguousarray(argmax)
+    if stride != pool:
+        dx = np.zeros(x_shape, dtype=dout.dtype)
+        _maxpool_backward(dout, argmax, pool, stride, dx)
+        return dx
+    N, OH, OW, C = dout.shape
+    dx = np.empty(x_shape, dtype=dout.dtype)
+    dx[:, OH * pool :] = 0  # the last row / column a "valid" pool dropped
+    dx[:, : OH * pool, OW * pool :] = 0
+    _maxpool_backward_tiled(dout, argmax, pool, dx)
     return dx
 
 
@@ -185,6 +213,77 @@ def _col2im_padded(cols, kh, kw, stride, top, left, OH, OW, dx):  # pragma: no c
                         k0 = (i * kw + j) * C
                         for c in range(C):
                             dx[n, h, w, c] += cols[row, k0 + c]
+
+
+@_jit
+def _shallow_conv_forward(x, w, bias, has_bias, kind, stride, top, left, out):  # pragma: no cover - compiled
+    # out[n, p, q, :] = act(bias + sum over the patch of x * w), the patch loop unrolled by hand
+    N, H, W, C = x.shape
+    _, OH, OW, F = out.shape
+    kh, kw = w.shape[0], w.shape[1]
+    zero, one = out.dtype.type(0), out.dtype.type(1)
+    for r in prange(N * OH):
+        n = r // OH
+        p = r % OH
+        acc = np.empty(F, dtype=out.dtype)
+        for q in range(OW):
+            for f in range(F):
+                acc[f] = bias[f] if has_bias else zero
+            for i in range(kh):
+                h = p * stride + i - top
+                if h < 0 or h >= H:
+                    continue
+                for j in range(kw):
+                    v = q * stride + j - left
+                    if v < 0 or v >= W:
+                        continue
+                    for c in range(C):
+                        xv = x[n, h, v, c]
+                        for f in range(F):
+                            acc[f] += xv * w[i, j, c, f]
+            for f in range(F):
+                a = acc[f]
+                if kind == 1:
+                    a = max(a, zero)
+                elif kind == 2:
+                    a = _sigmoid(a, one)
+                out[n, p, q, f] = a
+
+
+@_jit
+def _shallow_conv_weight_grad(x, dz, kh, kw, stride, top, left, partial):  # pragma: no cover - compiled
+    # partial[t] (kh*kw*C + 1, F), float64: over chunk t of output rows, sums of patch value * dz; the last
+    # row sums dz (the bias gradient). Accumulated in float32 along one output row, then added in float64.
+    N, H, W, C = x.shape
+    _, OH, OW, F = dz.shape
+    chunks = partial.shape[0]
+    K = kh * kw * C
+    rows = N * OH
+    for t in prange(chunks):
+        acc = np.zeros((K + 1, F), dtype=dz.dtype)
+        for r in range(t * rows // chunks, (t + 1) * rows // chunks):
+            n = r // OH
+            p = r % OH
+            acc[:] = 0
+            for q in range(OW):
+                for i in range(kh):
+                    h = p * stride + i - top
+                    if h < 0 or h >= H:
+                        continue
+                    for j in range(kw):
+                        v = q * stride + j - left
+                        if v < 0 or v >= W:
+                            continue
+                        for c in range(C):
+                            xv = x[n, h, v, c]
+                            k = (i * kw + j) * C + c
+                            for f in range(F):
+                                acc[k, f] += xv * dz[n, p, q, f]
+                for f in range(F):
+                    acc[K, f] += dz[n, p, q, f]
+            for k in range(K + 1):
+                for f in range(F):
+                    partial[t, k, f] += acc[k, f]
 
 
 @_jit
@@ -313,6 +412,33 @@ def col2im_padded(cols, x_shape, kh, kw, stride, pads):
     dx = np.zeros(x_shape, dtype=cols.dtype)
     _col2im_padded(np.ascontiguousarray(cols), kh, kw, stride, top, left, OH, OW, dx)
     return dx
+
+
+def shallow_conv_forward(x, kernel, bias, stride, pads, kind):
+    """See ``numpy_ref.shallow_conv_forward``."""
+    (top, bottom), (left, right) = pads
+    N, H, W, _ = x.shape
+    kh, kw, _, F = kernel.shape
+    OH = (H + top + bottom - kh) // stride + 1
+    OW = (W + left + right - kw) // stride + 1
+    out = np.empty((N, OH, OW, F), dtype=x.dtype)
+    has_bias = bias is not None
+    b = bias.astype(x.dtype) if has_bias else np.zeros(F, dtype=x.dtype)
+    _shallow_conv_forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel, dtype=x.dtype), b, has_bias,
+                          _KIND[kind], stride, top, left, out)
+    return out
+
+
+def shallow_conv_weight_grad(x, dz, kh, kw, stride, pads):
+    """See ``numpy_ref.shallow_conv_weight_grad``."""
+    (top, _), (left, _) = pads
+    C, F = x.shape[-1], dz.shape[-1]
+    chunks = max(1, min(numba.get_num_threads() * 4, dz.shape[0] * dz.shape[1]))  # of the N * OH output rows
+    partial = np.zeros((chunks, kh * kw * C + 1, F))
+    _shallow_conv_weight_grad(np.ascontiguousarray(x), np.ascontiguousarray(dz), kh, kw, stride, top, left,
+                              partial)
+    total = partial.sum(axis=0).astype(dz.dtype)
+    return total[:-1].reshape(kh, kw, C, F), total[-1].copy()
 
 
 def bias_activation(z, bias, kind):

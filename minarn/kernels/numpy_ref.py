@@ -133,6 +133,38 @@ def col2im_padded(
     return np.ascontiguousarray(dxp[:, top : top + H, left : left + W, :])
 
 
+def shallow_conv_forward(
+    x: np.ndarray, kernel: np.ndarray, bias: np.ndarray | None, stride: int,
+    pads: tuple[tuple[int, int], tuple[int, int]], kind: str,
+) -> np.ndarray:
+    """Convolution + bias + activation for a short patch (kh * kw * C small, e.g. the first layer's 3x3x1).
+
+    Shapes: x (N, H, W, C), kernel (kh, kw, C, F) -> out (N, OH, OW, F), a new array. The reference is the
+    general path (im2col, product, ``bias_activation``); ``numba_jit`` loops over the patch directly, because
+    a product with a reduction of ~9 is all memory traffic for BLAS.
+    """
+    kh, kw, _, F = kernel.shape
+    cols = im2col_padded(x, kh, kw, stride, pads)
+    N, H, W, _ = x.shape
+    OH = (H + sum(pads[0]) - kh) // stride + 1
+    OW = (W + sum(pads[1]) - kw) // stride + 1
+    return bias_activation(cols @ kernel.reshape(-1, F), bias, kind).reshape(N, OH, OW, F)
+
+
+def shallow_conv_weight_grad(
+    x: np.ndarray, dz: np.ndarray, kh: int, kw: int, stride: int, pads: tuple[tuple[int, int], tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weight and bias gradients of a short-patch convolution: (cols^T @ dz as (kh, kw, C, F), sum of dz (F,)).
+
+    Shapes: x (N, H, W, C), dz (N, OH, OW, F). Sums run in float64 (see ``channel_moments``).
+    """
+    F = dz.shape[-1]
+    dz = dz.reshape(-1, F)
+    cols = im2col_padded(x, kh, kw, stride, pads)
+    dkernel = (cols.T @ dz).reshape(kh, kw, x.shape[-1], F)
+    return dkernel, dz.sum(axis=0, dtype=np.float64).astype(dz.dtype)
+
+
 def bias_activation(z: np.ndarray, bias: np.ndarray | None, kind: str) -> np.ndarray:
     """In place: z = act(z + bias) for a (rows, C) array; ``kind`` is "linear", "relu" or "sigmoid".
 

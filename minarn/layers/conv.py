@@ -14,6 +14,9 @@ from minarn.layers.base import Layer, glorot_uniform
 
 # Activations the fast path fuses with the bias (see ``kernels.bias_activation``).
 _FUSABLE = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid"}
+# A patch of at most this many values (kh * kw * C; the first layer's 3x3x1 is 9) goes through the direct
+# kernels ``kernels.shallow_conv_*``: a matrix product with so short a reduction only moves memory.
+SHALLOW_PATCH = 16
 
 
 def conv_output_size(size: int, k: int, stride: int, padding: str) -> int:
@@ -39,6 +42,7 @@ class Conv2D(Layer):
     out = act(z).
     Backward: dz = act'(dout); dkernel = cols^T @ dz; dbias = sum_rows dz; dx = crop(col2im(dz @ kernel^T)).
     A 1x1 kernel at stride 1 skips im2col: the channels-last input viewed as (N*H*W, C) already is ``cols``.
+    A short patch (kh*kw*C <= ``SHALLOW_PATCH``) with a fusable activation uses direct loops instead.
     Fast path: padding is folded into im2col (no padded copy), the columns live in a shared reused workspace
     and are rebuilt in backward from the kept input, and bias + linear/ReLU/sigmoid run as one fused kernel
     whose backward needs only the output (``kernels.bias_activation`` / ``activation_backward``).
@@ -97,6 +101,10 @@ class Conv2D(Layer):
     def _is_pointwise(self) -> bool:
         return self.kernel_size == (1, 1) and self.strides == 1
 
+    def _is_shallow(self) -> bool:
+        kh, kw = self.kernel_size
+        return kh * kw * self.in_channels <= SHALLOW_PATCH and not self._is_pointwise()
+
     def _fused_kind(self) -> str | None:
         """The activation as a kernel ``kind`` when bias and activation can be fused into one pass
         (linear, ReLU, sigmoid: their derivative follows from the output alone), else None."""
@@ -109,10 +117,15 @@ class Conv2D(Layer):
         K = kernels.get_backend()
         kernel = self.params["kernel"].astype(x.dtype, copy=False).reshape(kh * kw * self.in_channels, F)
         pads = self._pads(x.shape[1], x.shape[2])
-        cols = self._columns(K, x, pads)
-        z = cols @ kernel
         bias = self.params["bias"].astype(x.dtype, copy=False) if "bias" in self.params else None
         kind = self._fused_kind()
+        if kind is not None and self._is_shallow():
+            out = K.shallow_conv_forward(x, kernel.reshape(kh, kw, self.in_channels, F), bias, self.strides, pads,
+                                         kind)
+            self._cache = (x, pads, out, kind)
+            return out
+        cols = self._columns(K, x, pads)
+        z = cols @ kernel
         if kind is not None:  # fast path: z = act(z + bias) in place, one pass
             out = K.bias_activation(z, bias, kind).reshape(N, OH, OW, F)
         else:
@@ -156,8 +169,17 @@ class Conv2D(Layer):
         (kh, kw), s = self.kernel_size, self.strides
         F = self.filters
         K = kernels.get_backend()
-        dz = dz.reshape(-1, F)
         kernel = self.params["kernel"]
+        if self._is_shallow():
+            dkernel, dbias = K.shallow_conv_weight_grad(x.astype(dz.dtype, copy=False), dz, kh, kw, s, pads)
+            self.grads["kernel"] = dkernel.astype(kernel.dtype, copy=False)
+            if "bias" in self.params:
+                self.grads["bias"] = dbias.astype(self.params["bias"].dtype, copy=False)
+            if not input_grad:
+                return None
+            dcols = dz.reshape(-1, F) @ kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
+            return K.col2im_padded(dcols, x.shape, kh, kw, s, pads)
+        dz = dz.reshape(-1, F)
         cols = self._columns(K, x.astype(dz.dtype, copy=False), pads)
         self.grads["kernel"] = (cols.T @ dz).reshape(kernel.shape).astype(kernel.dtype, copy=False)
         if "bias" in self.params:
