@@ -1,0 +1,595 @@
+"""Publish a training run into ``results/`` and regenerate the generated parts of ``results/README.md``.
+
+Usage::
+
+    python results/publish.py RUN_DIR [--name NAME] [--weights]   # copy a run, then regenerate the tables
+    python results/publish.py --tables                            # regenerate the tables from results/*/
+    python results/publish.py --check                             # exit 1 if the tables are out of date
+
+A finished run (``config.json`` has a ``test`` block with the accuracy, and ``report.md`` exists) is copied
+with ``report.md``, ``history.csv``, ``config.json``, ``train.log`` and ``figures/*.png``; ``model.npz`` only
+with ``--weights`` (meant for the default run). A run still in progress is copied without its report, figures
+and weights (they would be those of an earlier, shorter session). ``checkpoint.npz`` is never copied.
+
+``results/README.md`` is hand-written except between marker comments::
+
+    <!-- generated:table1 -->
+    ...                        written by this script from the files under results/*/
+    <!-- end:table1 -->
+
+Every table is computed from the published files alone (and the paper's values, copied below from
+``arn-cnn.md``), so ``--check`` gives the same answer on any clone of the repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minarn.figures import FIGURE_FILES, read_history
+from minarn.metrics import SUMMARY_COLUMNS
+from minarn.train import HISTORY_COLUMNS
+
+RESULTS = Path(__file__).resolve().parent
+COPIED_ALWAYS = ("history.csv", "config.json", "train.log")
+COPIED_WHEN_FINISHED = ("report.md",)
+WEIGHTS = "model.npz"
+FIG10 = FIGURE_FILES["dense_activations"]
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+# The paper's recipe as minarn.train records it in config.json "options" (data aside).
+PAPER_RECIPE: dict[str, Any] = {
+    "epochs": 100, "batch_size": 40, "lr": 0.001, "seed": 123, "attention": True, "residual": True,
+    "dense_activation": "gelu", "optimizer": "adamax", "augment": "none", "dedupe": False, "limit_per_class": None,
+}
+# minarn.train's parser defaults for the options the command line leaves out when they have these values.
+PARSER_DEFAULTS = {"dense_activation": "gelu", "optimizer": "adamax", "augment": "none"}
+
+# The paper's numbers, as /work/shared/design/arn-cnn.md gives them (strings: printed exactly as there).
+PAPER_TABLE1 = [
+    ["1", "0.455", "99.129", "0.12981", "99.859", "0.001", "0.001", "val_loss", "0.00", "104.09 s"],
+    ["2", "0.117", "99.945", "0.08788", "99.943", "0.001", "0.001", "val_loss", "32.30", "93.52 s"],
+    ["3", "0.086", "99.972", "0.06450", "99.972", "0.001", "0.001", "val_loss", "26.61", "92.83 s"],
+    ["4", "0.067", "99.987", "0.05427", "99.972", "0.001", "0.001", "val_loss", "15.86", "90.68 s"],
+    ["5", "0.059", "99.932", "0.04867", "99.972", "0.001", "0.001", "val_loss", "10.32", "83.18 s"],
+]
+PAPER_TABLE2 = ["1.0000", "1.0000", "1.0000", "0.9996", "0.99", "0.0037"]  # SUMMARY_COLUMNS order
+PAPER_TABLE6 = {  # variant -> (accuracy, loss)
+    "attention off, residual block on": ("0.967", "0.106"),
+    "attention on, residual block off": ("0.975", "0.012"),
+    "both on (ARN-CNN)": ("0.996 (0.9996 in Table 2)", "0.0037"),
+}
+EPOCH_COLUMNS = ["Epoch", "Loss", "Accuracy", "V_loss", "V_acc", "LR", "Next LR", "Monitor", "% Improv", "Duration"]
+
+
+class PublishError(Exception):
+    """A run folder or results/README.md that cannot be used: one line naming the file, exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a run folder
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """The files of one run folder that the tables use, read and checked."""
+
+    name: str
+    folder: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    report: str | None  # report.md, None when absent
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.config["options"]
+
+    @property
+    def test(self) -> dict[str, Any]:
+        return self.config.get("test") or {}
+
+    @property
+    def finished(self) -> bool:
+        """Trained to its end and evaluated: the test metrics are in config.json and report.md exists."""
+        return "accuracy" in self.test and self.report is not None
+
+    @property
+    def status(self) -> str:
+        n = len(self.history)
+        if self.finished:
+            limit = self.options["epochs"]
+            return f"{n} epochs (" + ("stopped by the controller)" if n < limit else f"`--epochs {limit}` reached)")
+        if self.test:
+            return f"trained {n} epochs, not evaluated yet"
+        return f"in progress, {n} epochs so far"
+
+    @property
+    def differences(self) -> dict[str, Any]:
+        """Options that differ from the paper's recipe (``data`` only when the run used the shipped sample)."""
+        diff = {k: self.options.get(k) for k, v in PAPER_RECIPE.items() if self.options.get(k) != v}
+        if not self.options.get("data"):
+            diff["data"] = "sample"
+        return diff
+
+    def is_variant(self, *allowed: str) -> bool:
+        """True if the run differs from the paper's recipe in the ``allowed`` options at most."""
+        return set(self.differences) <= set(allowed)
+
+    @property
+    def trained_in(self) -> str:
+        """The run folder named on the first line of train.log (``... run folder: X``), or "?"."""
+        log = self.folder / "train.log"
+        first = log.read_text(encoding="utf-8").partition("\n")[0] if log.is_file() else ""
+        return first.rpartition("run folder: ")[2].strip() if "run folder: " in first else "?"
+
+
+def read_run(folder: Path, name: str | None = None) -> Run:
+    """Read ``config.json``, ``history.csv`` and (if present) ``report.md`` of a run folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PublishError(f"{folder}: no such run folder")
+    config_path, history_path = folder / "config.json", folder / "history.csv"
+    for path in (config_path, history_path):
+        if not path.is_file():
+            raise PublishError(f"{path}: missing (not a minarn.train run folder, or no epoch finished yet?)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        options = config["options"]
+        missing = [k for k in PAPER_RECIPE if k not in options]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PublishError(f"{config_path}: unreadable run configuration ({type(err).__name__}: {err})") from None
+    if missing:
+        raise PublishError(f"{config_path}: options lack {missing}")
+    try:
+        history = read_history(history_path)
+    except (OSError, ValueError, TypeError) as err:
+        raise PublishError(f"{history_path}: unreadable history ({type(err).__name__}: {err})") from None
+    lacking = sorted({c for row in history for c in HISTORY_COLUMNS if row.get(c) is None})
+    if lacking or not history:
+        raise PublishError(f"{history_path}: " + (f"columns {lacking} missing" if lacking else "no epoch in it"))
+    report_path = folder / "report.md"
+    report = report_path.read_text(encoding="utf-8") if report_path.is_file() else None
+    return Run(name or folder.name, folder, config, history, report)
+
+
+def read_published(results: Path) -> list[Run]:
+    """Every published run: the sub-folders of ``results`` that hold a config.json, sorted by name."""
+    return [read_run(d) for d in sorted(results.iterdir()) if d.is_dir() and (d / "config.json").is_file()]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# publishing
+# ---------------------------------------------------------------------------------------------------------
+
+
+def publish(run_dir: Path, results: Path = RESULTS, name: str | None = None, weights: bool = False,
+            say: Callable[[str], Any] = print) -> Path:
+    """Copy a run folder into ``results/<name>/`` (replacing an earlier copy); returns that folder."""
+    run_dir = Path(run_dir)
+    run = read_run(run_dir, name)
+    if not NAME_PATTERN.fullmatch(run.name):
+        raise PublishError(f"--name {run.name!r}: use letters, digits, '.', '_' and '-' only")
+    dest = results / run.name
+    if dest.resolve() == run_dir.resolve():
+        raise PublishError(f"{run_dir}: already the published folder; nothing to copy")
+    if weights and not run.finished:
+        raise PublishError(f"{run_dir}: --weights needs a finished run; this one is {run.status} "
+                           f"(its {WEIGHTS} is not the final model)")
+    if weights and not (run_dir / WEIGHTS).is_file():
+        raise PublishError(f"{run_dir / WEIGHTS}: missing")
+    files = list(COPIED_ALWAYS) + (list(COPIED_WHEN_FINISHED) if run.finished else [])
+    files = [f for f in files if (run_dir / f).is_file()]
+    figures = sorted((run_dir / "figures").glob("*.png")) if run.finished else []
+
+    for stale in [*COPIED_ALWAYS, *COPIED_WHEN_FINISHED, WEIGHTS]:  # the copy mirrors the run as it is now
+        (dest / stale).unlink(missing_ok=True)
+    shutil.rmtree(dest / "figures", ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copy2(run_dir / f, dest / f)
+    if figures:
+        (dest / "figures").mkdir()
+        for png in figures:
+            shutil.copy2(png, dest / "figures" / png.name)
+    if weights:
+        shutil.copy2(run_dir / WEIGHTS, dest / WEIGHTS)
+    copied = list(files)
+    if figures:
+        copied.append(f"figures/ ({len(figures)} PNG, {sum(p.stat().st_size for p in figures) / 1e6:.2f} MB)")
+    if weights:
+        copied.append(WEIGHTS)
+    say(f"{run_dir} -> {dest}: {', '.join(copied)}; {read_run(dest).status}")
+    return dest
+
+
+def draw_fig10(results: Path, runs: Sequence[Run], say: Callable[[str], Any] = print) -> Path | None:
+    """Fig. 10 with minarn's own code (``minarn.evaluate.compare_runs``) once two dense activations exist."""
+    chosen = fig10_runs(runs)
+    if len({r.options["dense_activation"] for r in chosen}) < 2:
+        return None
+    from minarn.evaluate import compare_runs
+
+    return compare_runs([r.folder for r in chosen], results / FIG10, report=say)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading report.md (Tables 2-4 as minarn.evaluate writes them)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def report_table(run: Run, heading: str) -> tuple[list[str], list[list[str]]]:
+    """(header, body rows) of the first Markdown table after the line of report.md that starts with ``heading``."""
+    lines = (run.report or "").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        raise PublishError(f"{run.folder / 'report.md'}: no section {heading!r}")
+    table: list[list[str]] = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif table or line.startswith("#"):
+            break
+    if len(table) < 3:
+        raise PublishError(f"{run.folder / 'report.md'}: no table under {heading!r}")
+    return table[0], table[2:]
+
+
+def table2_values(run: Run) -> dict[str, float]:
+    """Table 2 of report.md, keyed like ``minarn.metrics.SUMMARY_COLUMNS``; checked against config.json."""
+    header, rows = report_table(run, "## Table 2")
+    keys = {label: key for key, label in SUMMARY_COLUMNS.items()}
+    try:
+        values = {keys[label]: float(v) for label, v in zip(header, rows[0])}
+    except (KeyError, ValueError) as err:
+        raise PublishError(f"{run.folder / 'report.md'}: unexpected Table 2 ({type(err).__name__}: {err})") from None
+    if set(values) != set(SUMMARY_COLUMNS):
+        raise PublishError(f"{run.folder / 'report.md'}: Table 2 has columns {header}")
+    for key in ("accuracy", "log_loss"):
+        if abs(values[key] - float(run.test[key])) > 5e-5:
+            raise PublishError(f"{run.folder}: report.md gives {key} {values[key]} but config.json "
+                               f"{run.test[key]}: the two files come from different evaluations")
+    return values
+
+
+def uncertainty_values(run: Run) -> dict[str, tuple[str, str, str]]:
+    """Class -> (n, mean entropy, std of normalized max probability) from report.md's Tables 3 and 4."""
+    t3 = {row[0]: (row[1], row[2]) for row in report_table(run, "## Table 3")[1]}
+    t4 = {row[0]: row[2] for row in report_table(run, "## Table 4")[1]}
+    return {c: (n, entropy, t4.get(c, "?")) for c, (n, entropy) in t3.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# formatting
+# ---------------------------------------------------------------------------------------------------------
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> str:
+    """A Markdown table; ``align`` has one letter per column, ``l`` or ``r`` (default: all left)."""
+    align = align or "l" * len(header)
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    lines = ["| " + " | ".join(header) + " |", rule] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def link(run: Run) -> str:
+    return f"[`{run.name}`]({run.name}/)"
+
+
+def variant(run: Run) -> str:
+    """How a run differs from the paper's recipe, as command-line flags."""
+    flags = []
+    for key, value in run.differences.items():
+        if key == "data":
+            flags.append("shipped sample")
+        elif key in ("attention", "residual"):
+            flags.append(f"`--no-{key}`")
+        elif key == "dedupe":
+            flags.append("`--dedupe`")
+        else:
+            flags.append(f"`--{key.replace('_', '-')} {value}`")
+    return ", ".join(flags) or "paper recipe"
+
+
+def command(run: Run) -> str:
+    """The ``python -m minarn.train`` line that makes this run (options of config.json; --out runs/<name>)."""
+    o = run.options
+    parts = ["python", "-m", "minarn.train"]
+    if o.get("data"):
+        parts += ["--data", str(o["data"])]
+    parts += ["--epochs", str(o["epochs"]), "--batch-size", str(o["batch_size"]), "--lr", f"{o['lr']:g}",
+              "--seed", str(o["seed"])]
+    parts += ["--no-attention"] * (not o["attention"]) + ["--no-residual"] * (not o["residual"])
+    for key, default in PARSER_DEFAULTS.items():
+        if o[key] != default:
+            parts += [f"--{key.replace('_', '-')}", str(o[key])]
+    parts += ["--dedupe"] * bool(o["dedupe"])
+    if o["limit_per_class"]:
+        parts += ["--limit-per-class", str(o["limit_per_class"])]
+    return shlex.join(parts + ["--out", f"runs/{run.name}"])
+
+
+def duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def exact_fraction(value: float, total: int) -> float:
+    """An accuracy that history.csv rounded to 6 digits, recovered as (correct images) / total.
+
+    Rounding it again to the paper's 3 decimals of a percent could otherwise move the last digit (99.9435 ->
+    99.944 where minarn.train printed 99.943 for 3,535 of 3,537).
+    """
+    return round(value * total) / total if total else value
+
+
+def epoch_cells(run: Run, row: dict[str, Any]) -> list[str]:
+    """One history row with the paper's columns and precision (accuracies in percent)."""
+    acc = exact_fraction(row["accuracy"], run.config["split"]["train"]["total"])
+    v_acc = exact_fraction(row["val_accuracy"], run.config["split"]["valid"]["total"])
+    return [str(row["epoch"]), f"{row['loss']:.3f}", f"{100 * acc:.3f}", f"{row['val_loss']:.5f}",
+            f"{100 * v_acc:.3f}", f"{row['lr']:g}", f"{row['next_lr']:g}", row["monitor"],
+            f"{row['improvement']:.2f}", f"{row['duration']:.2f} s"]
+
+
+def test_result(run: Run) -> str:
+    """Test accuracy in percent with the error count ("-" before the run is finished)."""
+    if not run.finished:
+        return "-"
+    n = run.config["split"]["test"]["total"]
+    return f"{100 * run.test['accuracy']:.3f} % ({run.test['errors']} of {n:,} wrong)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the generated blocks of results/README.md
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fig10_runs(runs: Sequence[Run]) -> list[Run]:
+    """Runs that differ from the paper's recipe at most in the dense activation and the number of epochs."""
+    return [r for r in runs if r.is_variant("dense_activation", "epochs")]
+
+
+def block_runs(runs: Sequence[Run]) -> str:
+    rows = []
+    for r in runs:
+        extras = [name for name, there in (("report", (r.folder / "report.md").is_file()),
+                                           ("figures", (r.folder / "figures").is_dir()),
+                                           ("weights", (r.folder / WEIGHTS).is_file())) if there]
+        rows.append([link(r), variant(r), r.status, str(r.test["best_epoch"]) if r.finished else "", test_result(r),
+                     f"{r.test['log_loss']:.4f}" if r.finished else "", f"`{r.trained_in}`", ", ".join(extras) or "-"])
+    return md_table(["run", "differs from the paper's recipe", "epochs", "best epoch", "test accuracy", "log loss",
+                     "trained in", "published"], rows, "lllrrrll") if rows else "No run published yet.\n"
+
+
+def block_table1(runs: Sequence[Run]) -> str:
+    chosen = [r for r in runs if r.is_variant("epochs", "seed")]
+    rows = []
+    for k, paper in enumerate(PAPER_TABLE1):
+        rows.append(["paper"] + paper)
+        rows += [[link(r)] + epoch_cells(r, r.history[k]) for r in chosen if len(r.history) > k]
+    note = "".join(f"- {link(r)}: {r.status}.\n" for r in chosen if len(r.history) < len(PAPER_TABLE1))
+    return md_table(["run"] + EPOCH_COLUMNS, rows, "lrrrrrrrlrr") + ("\n" + note if note else "")
+
+
+def block_table2(runs: Sequence[Run]) -> str:
+    chosen = [r for r in runs if r.is_variant("epochs", "seed", "dedupe")]
+    rows = [["paper", "", *PAPER_TABLE2, "1 of 2,359"]]
+    for r in chosen:
+        if r.finished:
+            v = table2_values(r)
+            v.update(accuracy=r.test["accuracy"], log_loss=r.test["log_loss"])  # full precision from config.json
+            n = r.config["split"]["test"]["total"]
+            rows.append([link(r), r.status, *(f"{v[k]:.4f}" for k in SUMMARY_COLUMNS), f"{r.test['errors']} of {n:,}"])
+        else:
+            rows.append([link(r), r.status] + [""] * (len(SUMMARY_COLUMNS) + 1))
+    return md_table(["run", "epochs", *SUMMARY_COLUMNS.values(), "test errors"], rows, "llrrrrrrr")
+
+
+def block_tables34(runs: Sequence[Run]) -> str:
+    chosen = [r for r in runs if r.is_variant("epochs", "seed", "dedupe") and r.finished]
+    waiting = [r for r in runs if r.is_variant("epochs", "seed", "dedupe") and not r.finished]
+    note = "".join(f"- {link(r)}: {r.status}; its tables come with its evaluation.\n" for r in waiting)
+    if not chosen:
+        return "No finished run yet.\n" + note
+    values = [uncertainty_values(r) for r in chosen]
+    classes = list(values[0])
+    header = ["class", "n"] + [f"{link(r)} entropy" for r in chosen] + [f"{link(r)} std max p" for r in chosen]
+    rows = [[c, values[0][c][0]] + [v.get(c, ("", "?", ""))[1] for v in values]
+            + [v.get(c, ("", "", "?"))[2] for v in values] for c in classes]
+    return md_table(header, rows, "lr" + "r" * 2 * len(chosen)) + ("\n" + note if note else "")
+
+
+def block_table6(runs: Sequence[Run]) -> str:
+    groups = {
+        "attention off, residual block on": [r for r in runs if r.is_variant("attention", "epochs", "seed")
+                                             and not r.options["attention"]],
+        "attention on, residual block off": [r for r in runs if r.is_variant("residual", "epochs", "seed")
+                                             and not r.options["residual"]],
+        "both on (ARN-CNN)": [r for r in runs if r.is_variant("epochs", "seed")],
+    }
+    rows = []
+    for name, (acc, loss) in PAPER_TABLE6.items():
+        minarn = [[link(r), r.status, f"{r.test['accuracy']:.4f}" if r.finished else "",
+                   f"{r.test['log_loss']:.4f}" if r.finished else ""] for r in groups[name]]
+        for k, cells in enumerate(minarn or [["not run yet", "", "", ""]]):
+            rows.append(([name, acc, loss] if k == 0 else ["", "", ""]) + cells)
+    return md_table(["variant", "paper accuracy", "paper loss", "minarn run", "epochs", "minarn accuracy",
+                     "minarn log loss"], rows, "lrrllrr")
+
+
+def block_fig7(runs: Sequence[Run]) -> str:
+    out = []
+    for r in runs:
+        fig = f"{r.name}/figures/{FIGURE_FILES['learning_curves']}"
+        if r.is_variant():
+            out.append(f"**{link(r)}** ({r.status}):\n")
+            if r.finished and (r.folder / "figures" / FIGURE_FILES["learning_curves"]).is_file():
+                out.append(f"![Fig. 7, {r.name}]({fig})\n")
+            else:
+                out.append("Fig. 7 is drawn by the evaluation at the end of the run. Every epoch so far:\n")
+            out.append(md_table(EPOCH_COLUMNS, [epoch_cells(r, h) for h in r.history], "rrrrrrrlrr"))
+        elif r.finished and (r.folder / "figures" / FIGURE_FILES["learning_curves"]).is_file():
+            out.append(f"Fig. 7 of {link(r)} ({variant(r)}): [{fig}]({fig})\n")
+    return "\n".join(out) if out else "No run of the paper's recipe published yet.\n"
+
+
+def block_fig10(runs: Sequence[Run]) -> str:
+    chosen = fig10_runs(runs)
+    labels = [f"{r.options['dense_activation']} ({link(r)})" for r in chosen]
+    most = max((len(r.history) for r in chosen), default=0)
+    rows = [[str(k + 1)] + [f"{r.history[k]['loss']:.4f}" if len(r.history) > k else "" for r in chosen]
+            for k in range(most)]
+    out = [md_table(["epoch"] + labels, rows, "r" * (len(chosen) + 1)) if chosen else ""]
+    missing = [a for a in ("gelu", "relu") if a not in {r.options["dense_activation"] for r in chosen}]
+    if missing:
+        out.append(f"Not run yet: dense activation {', '.join(missing)}.\n")
+    if chosen and (chosen[0].folder.parent / FIG10).is_file():  # the results folder
+        folders = " ".join(f"results/{r.name}" for r in chosen)
+        out.append(f"![Fig. 10]({FIG10})\n\nDrawn by `python -m minarn.evaluate --compare {folders} "
+                   f"--out results/{FIG10}`.\n")
+    return "\n".join(out)
+
+
+def block_seeds(runs: Sequence[Run]) -> str:
+    chosen = [r for r in runs if r.is_variant("seed")]
+    rows = [[link(r), str(r.options["seed"]), r.status, test_result(r),
+             f"{r.test['log_loss']:.4f}" if r.finished else ""] for r in chosen]
+    table = md_table(["run", "seed", "epochs", "test accuracy", "log loss"], rows, "lrlrr") if rows else ""
+    if len({r.options["seed"] for r in chosen}) < 2:
+        table += ("\n" if table else "") + "Second seed: not run yet.\n"
+    return table
+
+
+def block_dedupe(runs: Sequence[Run]) -> str:
+    chosen = [r for r in runs if r.is_variant("dedupe", "seed")]
+    rows = []
+    for r in chosen:
+        s, dup = r.config["split"], r.config.get("duplicates_in_train", {})
+        rows.append([link(r), "yes" if r.options["dedupe"] else "no",
+                     f"{s['train']['total']:,} / {s['valid']['total']:,} / {s['test']['total']:,}",
+                     f"{dup.get('test', '?')} / {dup.get('valid', '?')}", r.status, test_result(r),
+                     f"{r.test['log_loss']:.4f}" if r.finished else ""])
+    table = md_table(["run", "`--dedupe`", "train / valid / test", "test / valid images with a copy in train",
+                      "epochs", "test accuracy", "log loss"], rows, "llrrlrr") if rows else ""
+    if not any(r.options["dedupe"] for r in chosen):
+        table += ("\n" if table else "") + "`--dedupe` run: not run yet.\n"
+    return table
+
+
+def block_times(runs: Sequence[Run]) -> str:
+    rows = []
+    for r in runs:
+        d = [h["duration"] for h in r.history]
+        rows.append([link(r), str(len(d)), duration(sum(d)) + ("" if r.finished else " so far"),
+                     f"{sum(d) / len(d):.0f} s" if d else "", f"{min(d):.0f} s" if d else "",
+                     f"{max(d):.0f} s" if d else "", r.config.get("backend", "?")])
+    return md_table(["run", "epochs", "total", "mean epoch", "fastest", "slowest", "kernels"], rows, "lrrrrrl")
+
+
+def block_versions(runs: Sequence[Run]) -> str:
+    keys = ["minarn", "python", "numpy", "numba", "platform"]
+    rows = [[link(r)] + [r.config.get("versions", {}).get(k, "-") for k in keys] for r in runs]
+    return md_table(["run"] + keys, rows)
+
+
+def block_data(runs: Sequence[Run]) -> str:
+    rows = [[link(r), f"`{r.config.get('data_source') or r.options.get('data') or 'shipped sample'}`",
+             f"`{r.config.get('data_identity', '?')}`", f"{sum(r.config['split'][k]['total'] for k in r.config['split']):,}",
+             str(len(r.config.get("skipped_files", [])))] for r in runs]
+    return md_table(["run", "data source (as recorded)", "data_identity", "images", "skipped files"], rows, "lllrr")
+
+
+def block_commands(runs: Sequence[Run]) -> str:
+    return "".join(f"{link(r)}:\n\n```\n{command(r)}\n```\n\n" for r in runs).rstrip("\n") + "\n" if runs else \
+        "No run published yet.\n"
+
+
+BLOCKS: dict[str, Callable[[Sequence[Run]], str]] = {
+    "runs": block_runs, "table1": block_table1, "table2": block_table2, "tables34": block_tables34,
+    "table6": block_table6, "fig7": block_fig7, "fig10": block_fig10, "seeds": block_seeds, "dedupe": block_dedupe,
+    "times": block_times, "versions": block_versions, "data": block_data, "commands": block_commands,
+}
+OPENING, CLOSING = re.compile(r"<!-- generated:[\w-]+ -->"), re.compile(r"<!-- end:[\w-]+ -->")
+MARKED = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.DOTALL)
+
+
+def render(results: Path = RESULTS) -> tuple[str, str]:
+    """(current text, regenerated text) of ``results/README.md``."""
+    readme = results / "README.md"
+    if not readme.is_file():
+        raise PublishError(f"{readme}: missing")
+    text = readme.read_text(encoding="utf-8")
+    found = MARKED.findall(text)
+    if len(found) != len(OPENING.findall(text)) or len(found) != len(CLOSING.findall(text)):
+        raise PublishError(f"{readme}: unbalanced <!-- generated:NAME --> / <!-- end:NAME --> markers")
+    unknown = [m[1] for m in found if m[1] not in BLOCKS]
+    if unknown:
+        raise PublishError(f"{readme}: unknown generated block(s) {unknown}; known: {list(BLOCKS)}")
+    runs = read_published(results)
+    blocks = {name: make(runs) for name, make in BLOCKS.items()}
+    return text, MARKED.sub(lambda m: m.group(1) + blocks[m["name"]] + m.group(4), text)
+
+
+def outdated(results: Path = RESULTS) -> list[str]:
+    """Names of the generated blocks of README.md whose text differs from a fresh rendering."""
+    old, new = render(results)
+    fresh = {m["name"]: m["body"] for m in MARKED.finditer(new)}
+    return [m["name"] for m in MARKED.finditer(old) if fresh[m["name"]] != m["body"]]
+
+
+def write_tables(results: Path = RESULTS, say: Callable[[str], Any] = print) -> None:
+    old, new = render(results)
+    if new != old:
+        (results / "README.md").write_text(new, encoding="utf-8")
+    say(f"{results / 'README.md'}: " + ("updated" if new != old else "already up to date"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status: 0 done, 1 ``--check`` found README.md out of date, 2 bad usage or unusable files."""
+    p = argparse.ArgumentParser(prog="python results/publish.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run folder written by python -m minarn.train")
+    p.add_argument("--name", help="folder name under results/ (default: the run folder's name)")
+    p.add_argument("--weights", action="store_true", help=f"also copy {WEIGHTS} (finished runs only)")
+    p.add_argument("--tables", action="store_true", help="regenerate the generated parts of results/README.md")
+    p.add_argument("--check", action="store_true", help="exit 1 if the generated parts of README.md are out of date")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default: %(default)s)")
+    args = p.parse_args(argv)
+    if not (args.run_dir or args.tables or args.check) or (args.run_dir and args.check):
+        p.error("give RUN_DIR, --tables or --check")
+    if (args.name or args.weights) and not args.run_dir:
+        p.error("--name and --weights need RUN_DIR")
+    try:
+        if args.check:
+            stale = outdated(args.results)
+            if stale:
+                print(f"{args.results / 'README.md'}: generated blocks out of date: {', '.join(stale)}; "
+                      f"run python results/publish.py --tables", file=sys.stderr)
+                return 1
+            print(f"{args.results / 'README.md'}: up to date")
+            return 0
+        if args.run_dir:
+            publish(Path(args.run_dir), args.results, args.name, args.weights)
+            draw_fig10(args.results, read_published(args.results))
+        write_tables(args.results)
+        return 0
+    except PublishError as err:
+        print(f"python results/publish.py: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

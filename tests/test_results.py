@@ -1,0 +1,247 @@
+"""results/: publish.py copies run folders and keeps the generated tables of results/README.md up to date."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from minarn import metrics
+from minarn.evaluate import _uncertainty_tables
+from minarn.train import HISTORY_COLUMNS, _options_from_args, build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+DATA = (ROOT.parent / "shared" / "data" / "MedNIST.tar.gz").resolve()
+CLASSES = ["AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT"]
+
+_spec = importlib.util.spec_from_file_location("publish", RESULTS / "publish.py")
+publish = importlib.util.module_from_spec(_spec)
+sys.modules["publish"] = publish  # dataclasses look the module up while the class is built
+_spec.loader.exec_module(publish)
+
+
+# -- a synthetic run folder -------------------------------------------------------------------------------
+def make_run(folder: Path, epochs_done: int, finished: bool, **options: object) -> Path:
+    """A run folder as minarn.train writes it: config.json, history.csv, train.log, checkpoint.npz and, for a
+    finished run, a test block, report.md (Tables 2-4 in minarn.evaluate's format), figures/ and model.npz."""
+    folder.mkdir(parents=True)
+    opts = {"data": "/data/MedNIST.tar.gz", **publish.PAPER_RECIPE, **options}
+    split = {k: {"total": n} for k, n in (("train", 53058), ("valid", 3537), ("test", 2359))}
+    config = {"options": opts, "class_names": CLASSES, "data_source": opts["data"], "data_identity": "ab" * 20,
+              "split": split, "duplicates_in_train": {"valid": 41, "test": 32}, "skipped_files": [],
+              "versions": {"minarn": "0.1.0", "python": "3.11.7", "numpy": "2.4.6"}, "backend": "numpy"}
+    if finished:
+        config["test"] = {"best_epoch": epochs_done, "accuracy": 2357 / 2359, "log_loss": 0.00612, "errors": 2}
+        rows = [metrics.ClassUncertainty(i, c, 400, 0.01 * (i + 1), 0.001 * (i + 1), "low")
+                for i, c in enumerate(CLASSES)]
+        t3, t4 = _uncertainty_tables(rows)
+        summary = {"precision": 0.99912, "recall": 0.99913, "f1": 0.99911, "accuracy": 2357 / 2359,
+                   "kappa": 0.99898, "log_loss": 0.00612}
+        (folder / "report.md").write_text(
+            f"# Evaluation\n\n## Table 2: test metrics\n\n{metrics.summary_markdown(summary)}\nPaper: ...\n\n"
+            f"## Table 3: uncertainty (entropy) per class\n\nMean ...\n\n{t3}\n"
+            f"## Table 4: standard deviation of the normalized maximum probability per class\n\nStd ...\n\n{t4}\n")
+        (folder / "figures").mkdir()
+        (folder / "figures" / "fig7_learning_curves.png").write_bytes(b"\x89PNG fig7")
+        (folder / "figures" / "fig8_confusion_confidence.png").write_bytes(b"\x89PNG fig8")
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    with open(folder / "history.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        for e in range(1, epochs_done + 1):
+            writer.writerow({"epoch": e, "loss": 0.4 / e, "accuracy": 0.983697, "val_loss": 0.13 / e,
+                             "val_accuracy": 0.998304, "lr": 0.001, "next_lr": 0.001, "monitor": "val_loss",
+                             "improvement": 0, "duration": 600.5})
+    (folder / "train.log").write_text(f"minarn 0.1.0: ARN-CNN training, kernels: numpy, run folder: {folder}\n")
+    (folder / "checkpoint.npz").write_bytes(b"checkpoint")
+    (folder / "model.npz").write_bytes(b"weights")
+    return folder
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    """An empty results folder whose README.md holds every generated block between hand-written lines."""
+    folder = tmp_path / "results"
+    folder.mkdir()
+    blocks = "".join(f"text before {name}\n<!-- generated:{name} -->\nstale\n<!-- end:{name} -->\n"
+                     for name in publish.BLOCKS)
+    (folder / "README.md").write_text("# Results\n\n" + blocks + "closing text\n")
+    return folder
+
+
+def block(readme: Path, name: str) -> str:
+    return re.search(rf"<!-- generated:{name} -->\n(.*?)<!-- end:{name} -->", readme.read_text(), re.DOTALL)[1]
+
+
+# -- the published results ------------------------------------------------------------------------------
+def test_generated_parts_of_results_readme_are_up_to_date() -> None:
+    assert publish.outdated(RESULTS) == [], "run: python results/publish.py --tables"
+    assert publish.main(["--check"]) == 0
+
+
+def test_results_hold_no_checkpoint_and_weights_only_of_finished_runs() -> None:
+    assert not list(RESULTS.rglob("checkpoint.npz"))
+    for weights in RESULTS.glob("*/model.npz"):
+        assert publish.read_run(weights.parent).finished, f"{weights}: the run is not finished"
+    for png in RESULTS.rglob("*.png"):
+        assert png.stat().st_size < 400_000, f"{png}: {png.stat().st_size:,} bytes; keep the repository small"
+
+
+def test_published_commands_parse_back_to_the_runs_options() -> None:
+    runs = publish.read_published(RESULTS)
+    assert runs
+    for run in runs:
+        argv = shlex.split(publish.command(run))
+        assert argv[:3] == ["python", "-m", "minarn.train"]
+        args = build_parser().parse_args(argv[3:])
+        assert _options_from_args(args, args.data) == run.options, run.name
+        assert args.out == f"runs/{run.name}"
+
+
+def test_readme_archive_checksum_is_the_data_checksum() -> None:
+    sha_file = ROOT.parent / "shared" / "data" / "MedNIST.sha256"
+    if not sha_file.is_file():
+        pytest.skip(f"{sha_file} is not on this machine")
+    digest = sha_file.read_text().split()[0]
+    assert digest in (RESULTS / "README.md").read_text()
+
+
+# -- publishing -------------------------------------------------------------------------------------------
+def test_finished_run_is_copied_with_report_and_figures_but_no_checkpoint(tmp_path: Path, results: Path) -> None:
+    run = make_run(tmp_path / "runs" / "train-42", epochs_done=7, finished=True, epochs=7)
+    dest = publish.publish(run, results, name="short-seed123", say=lambda _: None)
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == ["config.json", "figures/fig7_learning_curves.png", "figures/fig8_confusion_confidence.png",
+                     "history.csv", "report.md", "train.log"]
+    assert (dest / "history.csv").read_bytes() == (run / "history.csv").read_bytes()
+    assert (run / "checkpoint.npz").is_file() and (run / "model.npz").is_file()  # copied, not moved
+
+    publish.publish(run, results, name="short-seed123", weights=True, say=lambda _: None)
+    assert (dest / "model.npz").read_bytes() == b"weights"
+    assert not (dest / "checkpoint.npz").exists()
+
+
+def test_finished_run_fills_the_tables(tmp_path: Path, results: Path) -> None:
+    assert publish.main([str(make_run(tmp_path / "a", 7, True)), "--name", "default-seed123", "--results",
+                         str(results)]) == 0
+    readme = results / "README.md"
+    assert publish.outdated(results) == []
+    assert "text before table2" in readme.read_text() and readme.read_text().endswith("closing text\n")
+    table2 = block(readme, "table2")
+    assert "| paper |  | 1.0000 | 1.0000 | 1.0000 | 0.9996 | 0.99 | 0.0037 | 1 of 2,359 |" in table2
+    assert "| 0.9991 | 0.9991 | 0.9991 | 0.9992 | 0.9990 | 0.0061 | 2 of 2,359 |" in table2
+    assert "7 epochs (stopped by the controller)" in table2
+    assert "| ChestCT | 400 | 0.0400 | 0.0040 |" in block(readme, "tables34")
+    assert "![Fig. 7, default-seed123](default-seed123/figures/fig7_learning_curves.png)" in block(readme, "fig7")
+    assert "not run yet" in block(readme, "table6") and "not run yet" in block(readme, "dedupe")
+    assert "| 1 | 0.400 | 98.370 | 0.13000 | 99.830 | 0.001 | 0.001 | val_loss | 0.00 | 600.50 s |" in \
+        block(readme, "table1")
+    assert "--epochs 100 --batch-size 40 --lr 0.001 --seed 123 --out runs/default-seed123" in block(readme, "commands")
+
+
+def test_in_progress_run_is_shown_as_in_progress(tmp_path: Path, results: Path) -> None:
+    run = make_run(tmp_path / "runs" / "default-seed123", epochs_done=3, finished=False)
+    (run / "report.md").write_text("# a report of an earlier, shorter session\n")
+    (run / "figures").mkdir()
+    (run / "figures" / "fig7_learning_curves.png").write_bytes(b"\x89PNG old")
+    dest = publish.publish(run, results, say=lambda _: None)
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "history.csv", "train.log"]
+    publish.write_tables(results, say=lambda _: None)
+    readme = results / "README.md"
+    for name in ("runs", "table2", "table6", "fig7", "seeds", "tables34"):
+        assert "in progress, 3 epochs so far" in block(readme, name), name
+    assert "0:30:02 so far" in block(readme, "times")
+    with pytest.raises(publish.PublishError, match="--weights needs a finished run"):
+        publish.publish(run, results, weights=True, say=lambda _: None)
+
+
+def test_republishing_replaces_the_earlier_copy(tmp_path: Path, results: Path) -> None:
+    finished = make_run(tmp_path / "old", 2, True)
+    publish.publish(finished, results, name="default-seed123", weights=True, say=lambda _: None)
+    dest = publish.publish(make_run(tmp_path / "new", 3, False), results, name="default-seed123", say=lambda _: None)
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "history.csv", "train.log"]
+
+
+def test_two_dense_activations_give_the_fig10_table_and_figure(tmp_path: Path, results: Path) -> None:
+    for act in ("gelu", "relu"):
+        run = make_run(tmp_path / act, 2, True, epochs=2, dense_activation=act)
+        assert publish.main([str(run), "--name", f"fig10-{act}", "--results", str(results)]) == 0
+    assert (results / publish.FIG10).stat().st_size > 10_000  # drawn by minarn.evaluate.compare_runs
+    fig10 = block(results / "README.md", "fig10")
+    assert "| epoch | gelu ([`fig10-gelu`](fig10-gelu/)) | relu ([`fig10-relu`](fig10-relu/)) |" in fig10
+    assert "| 2 | 0.2000 | 0.2000 |" in fig10 and "Not run yet" not in fig10
+    assert f"![Fig. 10]({publish.FIG10})" in fig10
+    assert "`--epochs 2`, `--dense-activation relu`" in block(results / "README.md", "runs")
+
+
+def test_run_folder_without_history_names_the_file(tmp_path: Path, results: Path, capsys) -> None:
+    run = make_run(tmp_path / "broken", 2, True)
+    (run / "history.csv").unlink()
+    with pytest.raises(publish.PublishError, match=re.escape(str(run / "history.csv")) + ": missing"):
+        publish.publish(run, results, say=lambda _: None)
+    assert not (results / "broken").exists()
+    assert publish.main([str(run), "--results", str(results)]) == 2
+    assert str(run / "history.csv") in capsys.readouterr().err
+
+
+def test_report_disagreeing_with_config_is_an_error(tmp_path: Path, results: Path) -> None:
+    run = make_run(tmp_path / "run", 2, True)
+    config = json.loads((run / "config.json").read_text())
+    config["test"]["accuracy"] = 0.9950
+    (run / "config.json").write_text(json.dumps(config))
+    publish.publish(run, results, say=lambda _: None)
+    with pytest.raises(publish.PublishError, match="different evaluations"):
+        publish.write_tables(results, say=lambda _: None)
+
+
+def test_check_fails_on_a_stale_or_hand_edited_block(tmp_path: Path, results: Path) -> None:
+    publish.publish(make_run(tmp_path / "run", 2, True), results, say=lambda _: None)
+    assert publish.main(["--check", "--results", str(results)]) == 1  # still "stale" from the fixture
+    publish.write_tables(results, say=lambda _: None)
+    assert publish.main(["--check", "--results", str(results)]) == 0
+    readme = results / "README.md"
+    readme.write_text(readme.read_text().replace("| paper |", "| the paper |", 1))
+    assert publish.outdated(results) == ["table1"]
+
+
+def test_unknown_or_unbalanced_markers_are_errors(results: Path) -> None:
+    readme = results / "README.md"
+    text = readme.read_text()
+    readme.write_text(text + "<!-- generated:table9 -->\n<!-- end:table9 -->\n")
+    with pytest.raises(publish.PublishError, match="unknown generated block"):
+        publish.outdated(results)
+    readme.write_text(text.replace("<!-- end:table2 -->", ""))
+    with pytest.raises(publish.PublishError, match="unbalanced"):
+        publish.outdated(results)
+
+
+# -- the published default model reproduces its numbers (needs the data and the published weights) ----------
+PUBLISHED_MODELS = sorted(p.parent.name for p in RESULTS.glob("*/model.npz")) or ["default-seed123"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PUBLISHED_MODELS)
+def test_published_model_reproduces_its_test_metrics(name: str, tmp_path: Path) -> None:
+    from minarn.evaluate import evaluate_run
+
+    published = RESULTS / name
+    if not DATA.is_file() or not (published / "model.npz").is_file():
+        pytest.skip(f"needs {DATA} and {published / 'model.npz'}")
+    run = tmp_path / name  # evaluate_run writes report.md into the folder: evaluate a copy
+    run.mkdir()
+    for f in ("config.json", "history.csv", "model.npz"):
+        shutil.copy2(published / f, run / f)
+    result = evaluate_run(run, data=str(DATA), report=None, make_figures=False)
+    expected = json.loads((published / "config.json").read_text())["test"]
+    assert result["warnings"] == []
+    assert int(result["confusion_matrix"].sum() - result["confusion_matrix"].trace()) == expected["errors"]
+    assert result["summary"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert result["summary"]["log_loss"] == pytest.approx(expected["log_loss"], rel=1e-3)
