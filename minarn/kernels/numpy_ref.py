@@ -11,6 +11,10 @@ from scipy import special
 
 NAME = "numpy"
 
+# Whether Conv2D should pick Winograd's algorithm where its sizes qualify: the NumPy tile transforms below are
+# written for clarity (einsum over strided windows) and are slower than im2col, so they only serve as reference.
+WINOGRAD = False
+
 
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
     """Unfold every ``kh x kw`` patch of an (already padded) input into one row.
@@ -163,6 +167,54 @@ def shallow_conv_weight_grad(
     cols = im2col_padded(x, kh, kw, stride, pads)
     dkernel = (cols.T @ dz).reshape(kh, kw, x.shape[-1], F)
     return dkernel, dz.sum(axis=0, dtype=np.float64).astype(dz.dtype)
+
+
+# Winograd F(2x2, 3x3) tile transforms (see ``minarn.layers.winograd`` for the algorithm). Tile t = (n, a, b)
+# covers outputs (2a..2a+1, 2b..2b+1) and reads the 4x4 input window at rows 2a - top.., columns 2b - left..
+# (zeros outside the image). Tiles are numbered t = (n * TH + a) * TW + b.
+_WINOGRAD_B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
+_WINOGRAD_A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+
+
+def _tile_windows(xp: np.ndarray, th: int, tw: int) -> np.ndarray:
+    """The 4x4 windows of a padded map as a view (N, TH, TW, 4, 4, C)."""
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (4, 4), axis=(1, 2))  # (N, H-3, W-3, C, 4, 4)
+    return windows[:, : 2 * th : 2, : 2 * tw : 2].transpose(0, 1, 2, 4, 5, 3)
+
+
+def winograd_input(
+    x: np.ndarray, top: int, left: int, th: int, tw: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """V = B^T d B for every tile and channel: x (N, H, W, C) -> V (16, N*TH*TW, C), optionally into ``out``."""
+    N, H, W, C = x.shape
+    xp = np.pad(x, ((0, 0), (top, 2 * th + 2 - H - top), (left, 2 * tw + 2 - W - left), (0, 0)))
+    d = _tile_windows(xp, th, tw)
+    v = np.einsum("xu,ntbuvc,yv->xyntbc", _WINOGRAD_B_T, d, _WINOGRAD_B_T).astype(x.dtype, copy=False)
+    if out is None:
+        out = np.empty((16, N * th * tw, C), dtype=x.dtype)
+    out[...] = v.reshape(16, -1, C)
+    return out
+
+
+def winograd_output(m: np.ndarray, out_shape: tuple[int, int, int, int], th: int, tw: int) -> np.ndarray:
+    """Y = A^T M A for every tile and filter, cropped to the output: M (16, T, F) -> z (N, OH, OW, F)."""
+    N, OH, OW, F = out_shape
+    mt = m.reshape(4, 4, N, th, tw, F)
+    y = np.einsum("xu,uvntbf,yv->ntxbyf", _WINOGRAD_A_T, mt, _WINOGRAD_A_T).astype(m.dtype, copy=False)
+    return np.ascontiguousarray(y.reshape(N, 2 * th, 2 * tw, F)[:, :OH, :OW])
+
+
+def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, out: np.ndarray | None = None) -> np.ndarray:
+    """dM = A dY A^T for every tile (dY zero beyond the output): dz (N, OH, OW, F) -> dM (16, T, F)."""
+    N, OH, OW, F = dz.shape
+    dy = np.zeros((N, 2 * th, 2 * tw, F), dtype=dz.dtype)
+    dy[:, :OH, :OW] = dz
+    dyt = dy.reshape(N, th, 2, tw, 2, F)
+    dm = np.einsum("xu,ntxbyf,yv->uvntbf", _WINOGRAD_A_T, dyt, _WINOGRAD_A_T).astype(dz.dtype, copy=False)
+    if out is None:
+        out = np.empty((16, N * th * tw, F), dtype=dz.dtype)
+    out[...] = dm.reshape(16, -1, F)
+    return out
 
 
 def bias_activation(z: np.ndarray, bias: np.ndarray | None, kind: str) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from minarn import kernels
+from minarn.layers import winograd
 from minarn.layers.activations import Linear, ReLU, Sigmoid, get_activation
 from minarn.layers.base import Layer, glorot_uniform
 
@@ -17,6 +18,12 @@ _FUSABLE = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid"}
 # A patch of at most this many values (kh * kw * C; the first layer's 3x3x1 is 9) goes through the direct
 # kernels ``kernels.shallow_conv_*``: a matrix product with so short a reduction only moves memory.
 SHALLOW_PATCH = 16
+# A 3x3 stride-1 convolution this wide and this large runs Winograd's F(2x2, 3x3) (``layers.winograd``) when the
+# backend's tile transforms are fast (``K.WINOGRAD``). Below these sizes the transforms' memory traffic costs
+# more than the 2.25x fewer multiplications save (measured on 2 cores: only ARN-CNN's conv2d_6, 64 -> 64
+# channels on 31x31, gains in both passes; see benchmarks/RESULTS.md).
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_OUTPUT = 256  # output positions per image
 
 
 def conv_output_size(size: int, k: int, stride: int, padding: str) -> int:
@@ -42,7 +49,8 @@ class Conv2D(Layer):
     out = act(z).
     Backward: dz = act'(dout); dkernel = cols^T @ dz; dbias = sum_rows dz; dx = crop(col2im(dz @ kernel^T)).
     A 1x1 kernel at stride 1 skips im2col: the channels-last input viewed as (N*H*W, C) already is ``cols``.
-    A short patch (kh*kw*C <= ``SHALLOW_PATCH``) with a fusable activation uses direct loops instead.
+    A short patch (kh*kw*C <= ``SHALLOW_PATCH``) with a fusable activation uses direct loops instead, and a
+    wide 3x3 stride-1 convolution Winograd's algorithm (see ``WINOGRAD_MIN_CHANNELS``).
     Fast path: padding is folded into im2col (no padded copy), the columns live in a shared reused workspace
     and are rebuilt in backward from the kept input, and bias + linear/ReLU/sigmoid run as one fused kernel
     whose backward needs only the output (``kernels.bias_activation`` / ``activation_backward``).
@@ -105,6 +113,14 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         return kh * kw * self.in_channels <= SHALLOW_PATCH and not self._is_pointwise()
 
+    def _is_winograd(self, K: Any, x_shape: tuple[int, ...]) -> bool:
+        """Whether Winograd F(2x2, 3x3) computes this layer for an input of ``x_shape`` on backend ``K``."""
+        if not getattr(K, "WINOGRAD", False) or self.kernel_size != (3, 3) or self.strides != 1:
+            return False
+        _, OH, OW, F = self.compute_output_shape(x_shape)
+        C = self.in_channels
+        return C >= WINOGRAD_MIN_CHANNELS and F <= C and OH * OW >= WINOGRAD_MIN_OUTPUT
+
     def _fused_kind(self) -> str | None:
         """The activation as a kernel ``kind`` when bias and activation can be fused into one pass
         (linear, ReLU, sigmoid: their derivative follows from the output alone), else None."""
@@ -124,8 +140,11 @@ class Conv2D(Layer):
                                          kind)
             self._cache = (x, pads, out, kind)
             return out
-        cols = self._columns(K, x, pads)
-        z = cols @ kernel
+        if self._is_winograd(K, x.shape):
+            z = winograd.forward(K, x, kernel.reshape(kh, kw, self.in_channels, F), pads, (OH, OW),
+                                 kernels.workspace).reshape(-1, F)
+        else:
+            z = self._columns(K, x, pads) @ kernel
         if kind is not None:  # fast path: z = act(z + bias) in place, one pass
             out = K.bias_activation(z, bias, kind).reshape(N, OH, OW, F)
         else:
@@ -179,6 +198,13 @@ class Conv2D(Layer):
                 return None
             dcols = dz.reshape(-1, F) @ kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
             return K.col2im_padded(dcols, x.shape, kh, kw, s, pads)
+        if self._is_winograd(K, x.shape):
+            dkernel, dx = winograd.backward(K, x.astype(dz.dtype, copy=False), kernel.astype(dz.dtype, copy=False),
+                                            dz, pads, kernels.workspace, input_grad)
+            self.grads["kernel"] = dkernel.astype(kernel.dtype, copy=False)
+            if "bias" in self.params:
+                self.grads["bias"] = dz.reshape(-1, F).sum(axis=0).astype(self.params["bias"].dtype, copy=False)
+            return dx
         dz = dz.reshape(-1, F)
         cols = self._columns(K, x.astype(dz.dtype, copy=False), pads)
         self.grads["kernel"] = (cols.T @ dz).reshape(kernel.shape).astype(kernel.dtype, copy=False)

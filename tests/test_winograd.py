@@ -1,0 +1,154 @@
+"""Winograd F(2x2, 3x3): the tile transforms against their matrix definitions, every backend against the NumPy
+reference, the whole algorithm against im2col convolution (forward and both gradients), and Conv2D's choice
+of it (gradient-checked when forced on small layers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+from strategies import BACKENDS, GRAD_TOL, SEEDS, check_layer_on
+
+import minarn
+from minarn import kernels
+from minarn.kernels import numpy_ref
+from minarn.layers import Conv2D, conv, winograd
+
+backends = pytest.mark.parametrize("backend", BACKENDS)
+no_workspace = lambda shape, dtype, slot: np.empty(shape, dtype)  # noqa: E731 - a fresh array per call
+
+
+def tile_windows_by_loops(x, top, left, th, tw):
+    """d[n, a, b] = the 4x4 window at rows 2a - top.., columns 2b - left.. (zeros outside): (N, TH, TW, 4, 4, C)."""
+    N, H, W, C = x.shape
+    d = np.zeros((N, th, tw, 4, 4, C), dtype=x.dtype)
+    for a in range(th):
+        for b in range(tw):
+            for i in range(4):
+                for j in range(4):
+                    h, w = 2 * a + i - top, 2 * b + j - left
+                    if 0 <= h < H and 0 <= w < W:
+                        d[:, a, b, i, j] = x[:, h, w]
+    return d
+
+
+@given(seed=SEEDS, n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 3),
+       top=st.integers(0, 2), left=st.integers(0, 2))
+def test_reference_transforms_match_the_matrix_definitions(seed, n, h, w, c, top, left):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c))
+    th, tw = winograd.tiles(h, w)
+    d = tile_windows_by_loops(x, top, left, th, tw)
+    v = numpy_ref.winograd_input(x, top, left, th, tw)
+    want_v = np.einsum("xu,ntbuvc,yv->xyntbc", winograd.B_T, d, winograd.B_T).reshape(16, -1, c)
+    np.testing.assert_allclose(v, want_v, atol=1e-12)
+
+    m = rng.standard_normal((16, n * th * tw, c))
+    y = numpy_ref.winograd_output(m, (n, h, w, c), th, tw)
+    mt = m.reshape(4, 4, n, th, tw, c)
+    for a in range(th):
+        for b in range(tw):
+            tile = np.einsum("xu,uvnc,yv->nxyc", winograd.A_T, mt[:, :, :, a, b], winograd.A_T)
+            rows, cols = min(2, h - 2 * a), min(2, w - 2 * b)
+            np.testing.assert_allclose(y[:, 2 * a : 2 * a + rows, 2 * b : 2 * b + cols], tile[:, :rows, :cols],
+                                       atol=1e-12)
+
+    # The output transform's adjoint: <winograd_output(m), dz> == <m, winograd_output_adjoint(dz)>
+    dz = rng.standard_normal(y.shape)
+    dm = numpy_ref.winograd_output_adjoint(dz, th, tw)
+    np.testing.assert_allclose(np.vdot(y, dz), np.vdot(m, dm), rtol=1e-10, atol=1e-10)
+
+
+def test_filter_transform_and_its_adjoint():
+    rng = np.random.default_rng(0)
+    g = rng.standard_normal((3, 3, 2, 5))
+    u = winograd.filter_transform(g)
+    assert u.shape == (16, 2, 5)
+    np.testing.assert_allclose(u.reshape(4, 4, 2, 5)[:, :, 1, 3], winograd.G @ g[:, :, 1, 3] @ winograd.G.T)
+    du = rng.standard_normal(u.shape)
+    np.testing.assert_allclose(np.vdot(u, du), np.vdot(g, winograd.filter_transform_adjoint(du)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(2, 7, 6, 3, 1, 1), (1, 9, 8, 5, 0, 0), (3, 4, 5, 2, 2, 0), (1, 1, 1, 1, 1, 1)])
+@backends
+def test_backends_match_the_reference(backend, shape, dtype):
+    n, h, w, c, top, left = shape
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    th, tw = winograd.tiles(h, w)
+    m = rng.standard_normal((16, n * th * tw, c)).astype(dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-12}
+    with kernels.backend(backend) as K:
+        garbage = np.full((16, n * th * tw, c), np.nan, dtype=dtype)  # a reused buffer: must be overwritten
+        v = K.winograd_input(x, top, left, th, tw, out=garbage)
+        y = K.winograd_output(m, (n, h, w, c), th, tw)
+        dm = K.winograd_output_adjoint(x, th, tw, out=np.full_like(garbage, np.nan))
+    assert v is garbage and v.dtype == y.dtype == dm.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(v, numpy_ref.winograd_input(x, top, left, th, tw), **tol)
+    np.testing.assert_allclose(y, numpy_ref.winograd_output(m, (n, h, w, c), th, tw), **tol)
+    np.testing.assert_allclose(dm, numpy_ref.winograd_output_adjoint(x, th, tw), **tol)
+
+
+@backends
+@given(seed=SEEDS, n=st.integers(1, 3), h=st.integers(3, 9), w=st.integers(3, 9), c=st.integers(1, 4),
+       f=st.integers(1, 4), padding=st.sampled_from(["valid", "same"]))
+@example(seed=0, n=2, h=7, w=6, c=3, f=2, padding="same")
+@example(seed=0, n=1, h=3, w=3, c=1, f=1, padding="valid")
+def test_winograd_equals_im2col_convolution(backend, seed, n, h, w, c, f, padding):
+    """Forward and both gradients of the same convolution, by Winograd and by im2col (float64)."""
+    rng = np.random.default_rng(seed)
+    layer = Conv2D(c, f, 3, padding=padding, use_bias=False, seed=seed % 1000, dtype=np.float64)
+    x = rng.standard_normal((n, h, w, c))
+    with kernels.backend("numpy"):  # the numpy backend never picks Winograd: this is the im2col result
+        z = layer.forward(x, training=True)
+        dz = rng.standard_normal(z.shape)
+        dx = layer.backward(dz)
+    pads = layer._pads(h, w)
+    with kernels.backend(backend) as K:
+        z_w = winograd.forward(K, x, layer.params["kernel"], pads, z.shape[1:3], no_workspace)
+        dkernel, dx_w = winograd.backward(K, x, layer.params["kernel"], dz, pads, no_workspace)
+        dkernel_only, none = winograd.backward(K, x, layer.params["kernel"], dz, pads, no_workspace, input_grad=False)
+    np.testing.assert_allclose(z_w, z, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx_w, dx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dkernel, layer.grads["kernel"], rtol=1e-10, atol=1e-10)
+    assert none is None
+    np.testing.assert_array_equal(dkernel_only, dkernel)
+
+
+@pytest.fixture
+def winograd_everywhere(monkeypatch):
+    """Conv2D picks Winograd for every 3x3 stride-1 layer, on every backend."""
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "WINOGRAD_MIN_OUTPUT", 1)
+    monkeypatch.setattr(numpy_ref, "WINOGRAD", True)
+    calls = []
+    original = winograd.forward
+    monkeypatch.setattr(winograd, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@backends
+@pytest.mark.parametrize("activation", ["sigmoid", "gelu", None])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_conv2d_through_winograd_passes_the_gradient_check(backend, activation, padding, winograd_everywhere):
+    rng = np.random.default_rng(3)
+    layer = Conv2D(2, 2, 3, padding=padding, activation=activation, seed=4, dtype=np.float64)
+    layer.params["bias"][...] = rng.uniform(-1, 1, 2)
+    x = rng.standard_normal((2, 5, 4, 2))
+    errors = check_layer_on(backend, layer, x, rng)
+    assert winograd_everywhere, "the layer did not take the Winograd path"
+    assert set(errors) == {"x", "kernel", "bias"}
+    assert max(errors.values()) < GRAD_TOL, errors
+
+
+def test_only_conv2d_6_qualifies_in_arn_cnn():
+    """The rule picks the one layer where Winograd measured faster (64 -> 64 channels on 31x31)."""
+    model = minarn.ARNCNN(seed=0)
+    model.forward(np.zeros((1, 64, 64, 1), np.float32))
+    fast = type("Backend", (), {"WINOGRAD": True})
+    picked = [layer.name for layer in model.layers
+              if isinstance(layer, Conv2D) and layer._is_winograd(fast, layer._cache[0].shape)]
+    assert picked == ["conv2d_6"]
+    assert not model.get_layer("conv2d_6")._is_winograd(numpy_ref, (1, 31, 31, 64))
