@@ -140,37 +140,47 @@ class Minarn:
                               products_ms,
                           "rate of the matrix products alone (GFLOP/s)": gflop / products_ms * 1000.0}}
 
-    def product_shapes(self) -> list[tuple[tuple[int, int], tuple[int, int], bool]]:
-        """The (a shape, b shape, a transposed) of every matrix product of one training step, read from the
-        layers' caches: per Conv2D / Dense a forward product, a weight-gradient product (long reduction,
-        small output) and, except for the first layer, an input-gradient product."""
-        from minarn.layers import Conv2D, Dense
+    def product_shapes(self) -> list[tuple[tuple[int, int], tuple[int, int], bool, int]]:
+        """(a shape, b shape, a transposed, how many) of every matrix product of one training step, read from
+        the layers' caches. im2col layers: a forward product, a weight-gradient product (long reduction, small
+        output) and, except for the first layer, an input-gradient product; Winograd layers: 16 of each;
+        short-patch layers (the first one) run direct loops and have none."""
+        from minarn import kernels
+        from minarn.layers import Conv2D, Dense, winograd
 
+        K = kernels.get_backend()
         self.model.loss_and_grads(self.x[BATCH], self.y)
         shapes = []
         for layer in self.model.layers:
-            if isinstance(layer, Conv2D):
-                x = layer._cache[0]
+            if not isinstance(layer, (Conv2D, Dense)):
+                continue
+            x = layer._cache[0]
+            if isinstance(layer, Dense):
+                m, k, f = x.shape[0], x.shape[1], layer.params["kernel"].shape[1]
+            elif layer._is_shallow() and layer._fused_kind() is not None:
+                continue
+            elif layer._is_winograd(K, x.shape):
+                n, h, w, c = x.shape
+                _, oh, ow, f = layer.compute_output_shape(x.shape)
+                t = n * winograd.tiles(oh, ow)[0] * winograd.tiles(oh, ow)[1]
+                t_in = n * winograd.tiles(h, w)[0] * winograd.tiles(h, w)[1]  # dx: a convolution of dz
+                shapes += [((t, c), (c, f), False, 16), ((c, t), (t, f), True, 16), ((t_in, f), (f, c), False, 16)]
+                continue
+            else:
                 n, oh, ow, f = layer.compute_output_shape(x.shape)
                 m, k = n * oh * ow, layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels
-            elif isinstance(layer, Dense):
-                x = layer._cache[0]
-                m, k, f = x.shape[0], x.shape[1], layer.params["kernel"].shape[1]
-            else:
-                continue
-            shapes += [((m, k), (k, f), False), ((k, m), (m, f), True)]
+            shapes += [((m, k), (k, f), False, 1), ((k, m), (m, f), True, 1)]
             if layer is not self.model.conv_in:
-                shapes.append(((m, f), (f, k), False))
+                shapes.append(((m, f), (f, k), False, 1))
         return shapes
 
     def products(self, repeats: int) -> tuple[float, float, int]:
         """Time every matrix product of a training step on its own (same shapes, float32, same layouts):
-        the floor that im2col + BLAS puts under a step. Returns (ms, GFLOP, number of products)."""
+        the floor that BLAS puts under a step. Returns (ms, GFLOP, number of products)."""
         np = self.np
         rng = np.random.default_rng(0)
-        total, flop = 0.0, 0.0
-        shapes = self.product_shapes()
-        for a_shape, b_shape, transposed in shapes:
+        total, flop, count = 0.0, 0.0, 0
+        for a_shape, b_shape, transposed, times_used in self.product_shapes():
             a = rng.random(a_shape[::-1] if transposed else a_shape, dtype=np.float32)
             a = a.T if transposed else a
             b = rng.random(b_shape, dtype=np.float32)
@@ -180,9 +190,10 @@ class Minarn:
                 t = time.perf_counter()
                 a @ b
                 times.append(time.perf_counter() - t)
-            total += float(np.median(times))
-            flop += 2.0 * a_shape[0] * a_shape[1] * b_shape[1]
-        return 1000.0 * total, flop / 1e9, len(shapes)
+            total += times_used * float(np.median(times))
+            flop += times_used * 2.0 * a_shape[0] * a_shape[1] * b_shape[1]
+            count += times_used
+        return 1000.0 * total, flop / 1e9, count
 
 
 # ----------------------------------------------------------------------------------------------------------
