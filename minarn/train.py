@@ -20,8 +20,10 @@ import csv
 import hashlib
 import json
 import math
+import os
 import platform
 import signal
+import subprocess
 import sys
 import time
 import zipfile
@@ -406,6 +408,29 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _session(argv: list[str], run: RunState) -> dict[str, Any]:
+    """Provenance of one start of a run (a resume starts another session): when, the command, the minarn
+    source revision when it is a git checkout, and the thread settings (float32 sums depend on them)."""
+    commit = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(minarn.__file__).parent,
+                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    threads = {v: os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+               if v in os.environ}
+    try:
+        import numba
+
+        threads["numba"] = numba.get_num_threads()
+    except ImportError:
+        pass
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": "python -m minarn.train " + " ".join(argv),
+            "from": f"epoch {run.epoch + 1}, batch {run.batch + 1}" if run.epoch or run.batch else "the start",
+            "minarn_commit": commit, "backend": kernels.get_backend().NAME, "threads": threads}
+
+
 def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, Any]:
     return dict(data=data_source, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 attention=not args.no_attention, residual=not args.no_residual,
@@ -416,8 +441,11 @@ def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, 
 def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     """Run the command line; returns the exit status (0 done, 1 training failed, 2 bad usage, 130 interrupted)."""
     err = sys.stderr
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return _main(build_parser().parse_args(argv), stream)
+        args = build_parser().parse_args(argv)
+        args.argv = argv
+        return _main(args, stream)
     except UsageError as e:
         print(f"python -m minarn.train: error: {e}", file=err)
         return 2
@@ -496,12 +524,20 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         report(f"resumed from {out / 'checkpoint.npz'} at epoch {run.epoch + 1}, batch {run.batch + 1}")
     else:
         run = RunState()
+    sessions = []
+    if args.resume:
+        try:
+            sessions = list(json.loads((out / "config.json").read_text()).get("sessions", []))
+        except (OSError, ValueError, AttributeError):
+            pass
+    sessions.append(_session(getattr(args, "argv", []), run))
     config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
               "data_identity": _data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
                                                        map(int, d.class_counts())))}
                                                       for k, d in splits._asdict().items()},
               "duplicates_in_train": leaks, "skipped_files": [list(s) for s in ds.skipped],
-              "versions": _versions(), "backend": kernels.get_backend().NAME, "model": model.config}
+              "versions": _versions(), "backend": kernels.get_backend().NAME, "model": model.config,
+              "sessions": sessions}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     report(f"{model.count_params():,} weights; optimizer {optimizer!r}; batch {options['batch_size']}; "
            f"up to {options['epochs']} epochs")
@@ -533,8 +569,12 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         return 1
     summary, confusion = result["summary"], result["confusion_matrix"]
     config["test"].update(accuracy=summary["accuracy"], log_loss=summary["log_loss"], kappa=summary["kappa"],
-                          f1=summary["f1"], errors=int(confusion.sum() - np.trace(confusion)),
-                          loss_with_penalties=result["loss_with_penalties"], ece=result["ece"])
+                          f1=summary["f1"], precision=summary["precision"], recall=summary["recall"],
+                          errors=int(confusion.sum() - np.trace(confusion)), images=int(confusion.sum()),
+                          loss_with_penalties=result["loss_with_penalties"], ece=result["ece"],
+                          uncertainty={u.name: {"count": u.count, "mean_entropy": u.mean_entropy,
+                                                "std_max_prob": u.std_max_prob, "label": u.label}
+                                       for u in result["uncertainty"]})
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     report(f"best model: {out / 'model.npz'} (python -c \"import minarn; minarn.load_model('{out / 'model.npz'}')\")")
     return 0

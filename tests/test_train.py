@@ -209,6 +209,15 @@ def test_outputs_of_a_run(reference, tiny_data, cache_dir):
     assert_arrays_identical(saved, best, "model.npz vs the controller's best weights")
     assert config["test"]["best_epoch"] == int(ck["controller/best_epoch"])
     assert config["test"]["accuracy"] == float(np.mean(probs.argmax(1) == test.labels))
+    assert config["test"]["images"] == 2 and {"precision", "recall", "f1", "kappa", "log_loss"} <= config["test"].keys()
+    assert set(config["test"]["uncertainty"]) == set(CLASSES)
+    assert sum(u["count"] for u in config["test"]["uncertainty"].values()) == 2
+
+    # config.json "sessions": one start, with its command line and thread settings
+    (session,) = config["sessions"]
+    assert session["from"] == "the start" and session["command"].startswith("python -m minarn.train ")
+    assert "--epochs 3" in session["command"] and session["backend"] == kernels.get_backend().NAME
+    assert isinstance(session["threads"], dict) and session["started"].endswith("Z")
 
     # checkpoint.npz: the run is complete
     run = json.loads(str(ck["run"]))
@@ -324,6 +333,9 @@ def test_resume_2_then_3_equals_3_epochs(cli, reference, tmp_path, cache_dir):
     assert status == 0, stream.getvalue()
     assert "resumed from" in stream.getvalue() and "at epoch 3, batch 1" in stream.getvalue()
     assert read_config(out)["options"]["epochs"] == 3
+    first, second = read_config(out)["sessions"]  # the resume added a session, the first one is kept
+    assert first["from"] == "the start" and "--epochs 2" in first["command"]
+    assert second["from"] == "epoch 3, batch 1" and second["command"].startswith("python -m minarn.train --resume")
     assert_same_run(out, reference.out)
 
 
