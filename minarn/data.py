@@ -196,8 +196,9 @@ def _folder_listing(root: Path) -> list[tuple[str, int, int]]:
     return out
 
 
-def _file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
+def file_digest(path: Path, algorithm: str = "sha1") -> str:
+    """Hex digest of a file's bytes (``hashlib`` algorithm name), read in 1 MB blocks."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -409,7 +410,7 @@ def load_mednist(
         identity = ident.hexdigest()
     else:
         try:
-            identity = "archive\0" + _file_sha1(src)
+            identity = "archive\0" + file_digest(src)
         except OSError as exc:
             raise DataError(f"{where}: cannot read: {exc}") from exc
     key = hashlib.sha1(f"v{_CACHE_VERSION}\0{identity}\0{image_size}\0{resample}".encode()).hexdigest()

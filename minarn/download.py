@@ -13,7 +13,6 @@ Typical use::
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -24,7 +23,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from minarn.data import DataError, default_cache_dir
+from minarn.data import DataError, default_cache_dir, file_digest
 
 __all__ = ["MEDNIST_MD5", "MEDNIST_URL", "DownloadError", "download_file", "download_mednist"]
 
@@ -35,14 +34,6 @@ _CHUNK = 1 << 16
 
 class DownloadError(DataError):
     """The download failed (network or HTTP error, incomplete data, or a checksum mismatch)."""
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Progress:
@@ -128,7 +119,7 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
     md5 = md5.lower() if md5 else None
     if dest.is_file():
-        if md5 is None or _md5(dest) == md5:
+        if md5 is None or file_digest(dest, "md5") == md5:
             return dest
         print(f"{dest}: MD5 does not match {md5}; downloading it again", file=sys.stderr)
         dest.unlink()
@@ -185,7 +176,7 @@ def download_file(
             )
 
     if md5 is not None:
-        got = _md5(part)
+        got = file_digest(part, "md5")
         if got != md5:
             part.unlink()
             raise DownloadError(f"{url}: MD5 mismatch (expected {md5}, got {got}); deleted {part}")
