@@ -189,7 +189,8 @@ def winograd_input(
     N, H, W, C = x.shape
     xp = np.pad(x, ((0, 0), (top, 2 * th + 2 - H - top), (left, 2 * tw + 2 - W - left), (0, 0)))
     d = _tile_windows(xp, th, tw)
-    v = np.einsum("xu,ntbuvc,yv->xyntbc", _WINOGRAD_B_T, d, _WINOGRAD_B_T).astype(x.dtype, copy=False)
+    b_t = _WINOGRAD_B_T.astype(x.dtype)  # in the data's precision, as the Numba kernels compute
+    v = np.einsum("xu,ntbuvc,yv->xyntbc", b_t, d, b_t)
     if out is None:
         out = np.empty((16, N * th * tw, C), dtype=x.dtype)
     out[...] = v.reshape(16, -1, C)
@@ -200,7 +201,8 @@ def winograd_output(m: np.ndarray, out_shape: tuple[int, int, int, int], th: int
     """Y = A^T M A for every tile and filter, cropped to the output: M (16, T, F) -> z (N, OH, OW, F)."""
     N, OH, OW, F = out_shape
     mt = m.reshape(4, 4, N, th, tw, F)
-    y = np.einsum("xu,uvntbf,yv->ntxbyf", _WINOGRAD_A_T, mt, _WINOGRAD_A_T).astype(m.dtype, copy=False)
+    a_t = _WINOGRAD_A_T.astype(m.dtype)
+    y = np.einsum("xu,uvntbf,yv->ntxbyf", a_t, mt, a_t)
     return np.ascontiguousarray(y.reshape(N, 2 * th, 2 * tw, F)[:, :OH, :OW])
 
 
@@ -210,7 +212,8 @@ def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, out: np.ndarray | 
     dy = np.zeros((N, 2 * th, 2 * tw, F), dtype=dz.dtype)
     dy[:, :OH, :OW] = dz
     dyt = dy.reshape(N, th, 2, tw, 2, F)
-    dm = np.einsum("xu,ntxbyf,yv->uvntbf", _WINOGRAD_A_T, dyt, _WINOGRAD_A_T).astype(dz.dtype, copy=False)
+    a_t = _WINOGRAD_A_T.astype(dz.dtype)
+    dm = np.einsum("xu,ntxbyf,yv->uvntbf", a_t, dyt, a_t)
     if out is None:
         out = np.empty((16, N * th * tw, F), dtype=dz.dtype)
     out[...] = dm.reshape(16, -1, F)
