@@ -5,8 +5,17 @@ checks (``minarn.gradcheck``), the
 ARN-CNN model (``minarn.ARNCNN``, ``minarn.load_model``).
 """
 
-from minarn import gradcheck, kernels, losses, metrics, optim
-from minarn.layers import (
+import os
+
+# OpenBLAS' threads busy-wait up to 2^28 cycles (~0.1 s) after each matrix product before they sleep. A training
+# step alternates ~100 products with Numba's parallel loops, which then share the cores with spinning threads;
+# 2^8 cycles lets them sleep at once (measured on 2 cores: +3 to +19 % training images/s, benchmarks/README.md).
+# OpenBLAS reads the variable when it loads, so this only acts when minarn is imported before NumPy (as in
+# ``python -m minarn.train``); a value the user set is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")
+
+from minarn import gradcheck, kernels, losses, metrics, optim  # noqa: E402
+from minarn.layers import (  # noqa: E402
     Add,
     BatchNormalization,
     Conv2D,
@@ -21,7 +30,7 @@ from minarn.layers import (
     Softmax,
 )
 
-from minarn.model import ARNCNN, load_model
+from minarn.model import ARNCNN, load_model  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -336,3 +336,14 @@ def test_batchnorm_sums_keep_float32_accuracy_over_many_rows(name):
     np.testing.assert_allclose(dbeta, dout.astype(np.float64).sum(axis=0), rtol=1e-6)
     x_hat = (x64 - mean.astype(np.float64)) * inv_std.astype(np.float64)
     np.testing.assert_allclose(dgamma, (dout * x_hat).sum(axis=0), rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("preset", [None, "20"])
+def test_import_sets_the_openblas_spin_timeout_unless_the_user_did(preset):
+    """minarn shortens OpenBLAS' busy-wait (set before NumPy loads OpenBLAS); a user's value wins."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    code = "import minarn, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == (preset or "8")
