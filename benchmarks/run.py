@@ -211,6 +211,13 @@ def main() -> None:
             lines.append(f"| **sum of layers** | **{tf_:.1f}** | **{tb:.1f}** |")
             for k, v in table["other"].items():
                 lines.append(f"| {k} | {v:.1f} | |")
+            if table.get("kernels"):
+                lines += ["", f"Kernel calls of one training step, {f} (the passes other than matrix products, timed "
+                          "where the model calls them):", "", "| kernel | calls per step | ms per step |", "|---|---|---|"]
+                for k, (calls, ms) in sorted(table["kernels"].items(), key=lambda kv: -kv[1][1]):
+                    lines.append(f"| {k} | {calls:.0f} | {ms:.1f} |")
+                total = sum(ms for _, ms in table["kernels"].values())
+                lines.append(f"| **all these kernels** | | **{total:.1f}** |")
     if data_result is not None:
         lines += ["", "## Data loading (minarn.data.load_mednist on MedNIST.tar.gz)", ""]
         lines += [f"- {k}: {v:.2f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in data_result.items()]

@@ -8,7 +8,7 @@ fixed *before* any framework is imported (environment variables for OpenBLAS/Ope
 Protocol (one line in, one JSON line out, on stdin/stdout):
     train K          -> {"times": [...]}  K training steps (forward, backward, Adamax), seconds each
     infer B K        -> {"times": [...]}  K inference calls on a batch of B images
-    layers K         -> {"forward": {...}, "backward": {...}, "other": {...}}  (minarn only; ms, median of K)
+    layers K         -> {"forward": {...}, "backward": {...}, "kernels": {...}, "other": {...}}  (minarn only; ms)
     quit
 ``--memory N`` instead runs N training steps and prints the peak resident set size (``ru_maxrss``).
 """
@@ -135,11 +135,43 @@ class Minarn:
         forward = {k: ms(v) for k, v in fwd.items()}
         backward = {k: ms(bwd.get(k, [0.0])) for k in fwd}  # 0: fused into the attention module's backward
         products_ms, gflop, count = self.products(repeats)
-        return {"forward": forward, "backward": backward,
+        return {"forward": forward, "backward": backward, "kernels": self.kernel_times(repeats),
                 "other": {"forward+backward (whole step, no optimizer)": ms(step), "Adamax apply": ms(opt),
                           f"matrix products alone ({count} products, {gflop:.1f} GFLOP, timed one by one)":
                               products_ms,
                           "rate of the matrix products alone (GFLOP/s)": gflop / products_ms * 1000.0}}
+
+    def kernel_times(self, repeats: int) -> dict[str, list[float]]:
+        """{backend kernel: [calls per step, ms per step]} over ``repeats`` training steps: the element-wise,
+        im2col, pooling and Winograd passes, timed where the model calls them."""
+        from minarn import kernels
+
+        K = kernels.get_backend()
+        names = [n for n in ("im2col_padded", "col2im_padded", "bias_activation", "activation_backward",
+                             "attention_backward_mask", "maxpool_forward", "maxpool_backward", "channel_moments",
+                             "batchnorm_apply", "batchnorm_backward", "shallow_conv_forward",
+                             "shallow_conv_weight_grad", "winograd_input", "winograd_output",
+                             "winograd_output_adjoint") if hasattr(K, n)]
+        seen: dict[str, list[float]] = {n: [] for n in names}
+
+        def timed(name, original):
+            def run(*args, **kwargs):
+                t = time.perf_counter()
+                out = original(*args, **kwargs)
+                seen[name].append(time.perf_counter() - t)
+                return out
+            return run
+
+        originals = {n: getattr(K, n) for n in names}
+        for n in names:
+            setattr(K, n, timed(n, originals[n]))
+        try:
+            for _ in range(repeats):
+                self.train_step()
+        finally:
+            for n in names:
+                setattr(K, n, originals[n])
+        return {n: [len(v) / repeats, 1000.0 * sum(v) / repeats] for n, v in seen.items() if v}
 
     def product_shapes(self) -> list[tuple[tuple[int, int], tuple[int, int], bool, int]]:
         """(a shape, b shape, a transposed, how many) of every matrix product of one training step, read from
