@@ -134,12 +134,14 @@ class Minarn:
         ms = lambda v: 1000.0 * float(np.median(v))  # noqa: E731
         forward = {k: ms(v) for k, v in fwd.items()}
         backward = {k: ms(bwd.get(k, [0.0])) for k in fwd}  # 0: fused into the attention module's backward
-        products_ms, gflop, count = self.products(repeats)
+        products_ms, gflop, count, forward_products_ms = self.products(repeats)
         return {"forward": forward, "backward": backward, "kernels": self.kernel_times(repeats),
                 "other": {"forward+backward (whole step, no optimizer)": ms(step), "Adamax apply": ms(opt),
                           f"matrix products alone ({count} products, {gflop:.1f} GFLOP, timed one by one)":
                               products_ms,
-                          "rate of the matrix products alone (GFLOP/s)": gflop / products_ms * 1000.0}}
+                          "rate of the matrix products alone (GFLOP/s)": gflop / products_ms * 1000.0,
+                          "matrix products of the forward pass alone (the floor under inference at batch 40)":
+                              forward_products_ms}}
 
     def kernel_times(self, repeats: int) -> dict[str, list[float]]:
         """{backend kernel: [calls per step, ms per step]} over ``repeats`` training steps: the element-wise,
@@ -173,8 +175,9 @@ class Minarn:
                 setattr(K, n, originals[n])
         return {n: [len(v) / repeats, 1000.0 * sum(v) / repeats] for n, v in seen.items() if v}
 
-    def product_shapes(self) -> list[tuple[tuple[int, int], tuple[int, int], bool, int]]:
-        """(a shape, b shape, a transposed, how many) of every matrix product of one training step, read from
+    def product_shapes(self) -> list[tuple[tuple[int, int], tuple[int, int], bool, int, bool]]:
+        """(a shape, b shape, a transposed, how many, in the forward pass) of every matrix product of one
+        training step, read from
         the layers' caches. im2col layers: a forward product, a weight-gradient product (long reduction, small
         output) and, except for the first layer, an input-gradient product; Winograd layers: 16 of each;
         short-patch layers (the first one) run direct loops and have none."""
@@ -197,23 +200,25 @@ class Minarn:
                 _, oh, ow, f = layer.compute_output_shape(x.shape)
                 t = n * winograd.tiles(oh, ow)[0] * winograd.tiles(oh, ow)[1]
                 t_in = n * winograd.tiles(h, w)[0] * winograd.tiles(h, w)[1]  # dx: a convolution of dz
-                shapes += [((t, c), (c, f), False, 16), ((c, t), (t, f), True, 16), ((t_in, f), (f, c), False, 16)]
+                shapes += [((t, c), (c, f), False, 16, True), ((c, t), (t, f), True, 16, False),
+                           ((t_in, f), (f, c), False, 16, False)]
                 continue
             else:
                 n, oh, ow, f = layer.compute_output_shape(x.shape)
                 m, k = n * oh * ow, layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels
-            shapes += [((m, k), (k, f), False, 1), ((k, m), (m, f), True, 1)]
+            shapes += [((m, k), (k, f), False, 1, True), ((k, m), (m, f), True, 1, False)]
             if layer is not self.model.conv_in:
-                shapes.append(((m, f), (f, k), False, 1))
+                shapes.append(((m, f), (f, k), False, 1, False))
         return shapes
 
-    def products(self, repeats: int) -> tuple[float, float, int]:
+    def products(self, repeats: int) -> tuple[float, float, int, float]:
         """Time every matrix product of a training step on its own (same shapes, float32, same layouts):
-        the floor that BLAS puts under a step. Returns (ms, GFLOP, number of products)."""
+        the floor that BLAS puts under a step. Returns (ms, GFLOP, number of products, ms of the forward ones:
+        the floor under inference at batch 40)."""
         np = self.np
         rng = np.random.default_rng(0)
-        total, flop, count = 0.0, 0.0, 0
-        for a_shape, b_shape, transposed, times_used in self.product_shapes():
+        total, flop, count, forward = 0.0, 0.0, 0, 0.0
+        for a_shape, b_shape, transposed, times_used, in_forward in self.product_shapes():
             a = rng.random(a_shape[::-1] if transposed else a_shape, dtype=np.float32)
             a = a.T if transposed else a
             b = rng.random(b_shape, dtype=np.float32)
@@ -224,9 +229,10 @@ class Minarn:
                 a @ b
                 times.append(time.perf_counter() - t)
             total += times_used * float(np.median(times))
+            forward += times_used * float(np.median(times)) if in_forward else 0.0
             flop += times_used * 2.0 * a_shape[0] * a_shape[1] * b_shape[1]
             count += times_used
-        return 1000.0 * total, flop / 1e9, count
+        return 1000.0 * total, flop / 1e9, count, 1000.0 * forward
 
 
 # ----------------------------------------------------------------------------------------------------------
