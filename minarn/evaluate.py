@@ -182,7 +182,8 @@ def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray,
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | None = print, *,
-                 cache_dir: str | None = None, make_figures: bool = True) -> dict[str, Any]:
+                 cache_dir: str | None = None, make_figures: bool = True,
+                 out_dir: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a finished ``minarn.train`` run on its test split; write ``report.md`` and ``figures/``.
 
     Parameters
@@ -192,6 +193,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     report : callback for progress lines (``print`` by default; ``None`` for silence).
     cache_dir : cache folder for the decoded images (``load_mednist``).
     make_figures : False writes only report.md.
+    out_dir : where report.md and figures/ go (default: the run folder; another folder leaves the run as it was).
 
     Returns
     -------
@@ -240,7 +242,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     options = config["options"]
     title = f"{run_dir.name}, dense {options.get('dense_activation', 'gelu')}"
 
-    fig_dir = run_dir / "figures"
+    out_dir = run_dir if out_dir is None else Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / "figures"
     made: dict[str, Path] = {}
     notes: list[str] = []
     if make_figures:
@@ -316,7 +320,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
                 lines += [f"![{key}](figures/{made[key].name})", ""]
         lines += [f"- {n}" for n in notes]
         lines.append("")
-    report_path = run_dir / "report.md"
+    report_path = out_dir / "report.md"
     report_path.write_text("\n".join(lines), encoding="utf-8")
     say(f"test: accuracy {summary['accuracy']:.4f}, macro F1 {summary['f1']:.4f}, kappa {summary['kappa']:.4f}, "
         f"log loss {summary['log_loss']:.4f}, ECE {ece:.4f}")
@@ -376,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="data source (folder or archive) instead of the one saved in config.json")
     p.add_argument("--cache-dir", help="cache folder for decoded images (default ~/.cache/minarn)")
     p.add_argument("--no-figures", action="store_true", help="write report.md only")
+    p.add_argument("--report-dir", metavar="DIR",
+                   help="write report.md and figures/ here instead of into RUN_DIR (one subfolder per run when "
+                   "several are given): checks a published run without changing it")
     p.add_argument("--compare", action="store_true",
                    help="draw Fig. 10 (loss per epoch by dense activation) from the runs instead of evaluating")
     p.add_argument("--out", default=figures.FIGURE_FILES["dense_activations"],
@@ -393,7 +400,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             compare_runs(args.run_dirs, args.out)
             return 0
         for run_dir in args.run_dirs:
-            evaluate_run(run_dir, args.data, cache_dir=args.cache_dir, make_figures=not args.no_figures)
+            out_dir = None
+            if args.report_dir:
+                out_dir = Path(args.report_dir) / Path(run_dir).name if len(args.run_dirs) > 1 else args.report_dir
+            evaluate_run(run_dir, args.data, cache_dir=args.cache_dir, make_figures=not args.no_figures,
+                         out_dir=out_dir)
         return 0
     except (EvaluationError, DataError) as err:
         print(f"python -m minarn.evaluate: error: {err}", file=sys.stderr)

@@ -84,6 +84,23 @@ def test_cli_in_process(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert "report:" in out and (run / "report.md").is_file() and not (run / "figures").exists()
 
 
+def test_report_dir_leaves_the_run_folder_unchanged(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    run = tmp_path / "published"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("figures", "report.md"))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    check = tmp_path / "check"
+    assert main([str(run), "--report-dir", str(check), "--cache-dir", tiny_cache(tiny_run)]) == 0
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert (check / "report.md").is_file() and any((check / "figures").glob("*.png"))
+    # several runs: one subfolder each
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)
+    assert main([str(run), str(twin), "--no-figures", "--report-dir", str(tmp_path / "both"),
+                 "--cache-dir", tiny_cache(tiny_run)]) == 0
+    assert (tmp_path / "both" / "published" / "report.md").is_file()
+    assert (tmp_path / "both" / "twin" / "report.md").is_file()
+
+
 def test_moved_run_needs_data(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     """A run trained on a data path that does not exist here: a one-line error, then --data fixes it."""
     run = tmp_path / "moved"
