@@ -7,7 +7,6 @@ import importlib.util
 import json
 import re
 import shlex
-import shutil
 import sys
 from pathlib import Path
 
