@@ -315,7 +315,8 @@ def _append_history(path: Path, row: dict[str, Any]) -> None:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         if new:
             writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        # repr: the shortest text that reads back as the same float, so the table can be rebuilt exactly
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
 
 
 def _rewrite_history(path: Path, history: list[dict[str, Any]]) -> None:
