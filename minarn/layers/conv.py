@@ -207,7 +207,9 @@ class Conv2D(Layer):
             return dx
         dz = dz.reshape(-1, F)
         cols = self._columns(K, x.astype(dz.dtype, copy=False), pads)
-        self.grads["kernel"] = (cols.T @ dz).reshape(kernel.shape).astype(kernel.dtype, copy=False)
+        # dkernel = cols^T dz, computed as (dz^T cols)^T: OpenBLAS runs this long-reduction product faster with
+        # the wide matrix on the right (conv2d_5: 13.1 -> 10.9 ms, see benchmarks/RESULTS.md)
+        self.grads["kernel"] = (dz.T @ cols).T.reshape(kernel.shape).astype(kernel.dtype, copy=False)
         if "bias" in self.params:
             self.grads["bias"] = dz.sum(axis=0).astype(self.params["bias"].dtype, copy=False)
         if not input_grad:
