@@ -107,6 +107,10 @@ def test_bias_activation_and_backward(name, dtype, kind, with_bias):
         np.testing.assert_allclose(dz, layer.backward(dout), **TOL[dtype])
         np.testing.assert_array_equal(dout, keep)  # never written into
         assert dz.dtype == np.dtype(dtype)
+        dz2, sums = K.activation_backward_and_sum(dout, out, kind)  # the same dz, and its column sums
+        np.testing.assert_array_equal(dz2, dz)
+        assert sums.shape == (7,) and sums.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(sums, dz.astype(np.float64).sum(axis=0), **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

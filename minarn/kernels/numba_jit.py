@@ -448,6 +448,26 @@ def _activation_backward(dout, out, kind, dz):  # pragma: no cover - compiled
 
 
 @_jit
+def _activation_backward_sum(dout, out, kind, dz, partial):  # pragma: no cover - compiled
+    # dz as in _activation_backward; partial[t] (float64) sums dz over the rows of chunk t
+    M, C = dz.shape
+    chunks = partial.shape[0]
+    zero = dz.dtype.type(0)
+    for t in prange(chunks):
+        s = np.zeros(C)
+        for r in range(t * M // chunks, (t + 1) * M // chunks):
+            for c in range(C):
+                g = dout[r, c]
+                if kind == 1:
+                    g = g if out[r, c] > zero else zero
+                elif kind == 2:
+                    g = g * out[r, c] * (1 - out[r, c])
+                dz[r, c] = g
+                s[c] += g
+        partial[t, :] = s
+
+
+@_jit
 def _attention_backward_mask(dout, x, w, dx, dzb):  # pragma: no cover - compiled
     M, C = dout.shape
     tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
@@ -617,6 +637,14 @@ def activation_backward(dout, out, kind):
     dz = np.empty_like(dout)
     _activation_backward(np.ascontiguousarray(dout), np.ascontiguousarray(out), _KIND[kind], dz)
     return dz
+
+
+def activation_backward_and_sum(dout, out, kind):
+    """See ``numpy_ref.activation_backward_and_sum``."""
+    dz = np.empty_like(dout)
+    partial = np.zeros((_chunks(dz.shape[0]), dz.shape[1]))
+    _activation_backward_sum(np.ascontiguousarray(dout), np.ascontiguousarray(out), _KIND[kind], dz, partial)
+    return dz, partial.sum(axis=0).astype(dz.dtype)
 
 
 def attention_backward_mask(dout, x, w):

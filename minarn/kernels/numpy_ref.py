@@ -246,6 +246,13 @@ def activation_backward(dout: np.ndarray, out: np.ndarray, kind: str) -> np.ndar
     return dout.copy()
 
 
+def activation_backward_and_sum(dout: np.ndarray, out: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """``activation_backward`` and the column sums of its result (the bias gradient), (rows, C) -> (dz, (C,)).
+    The sums run in float64 (see ``channel_moments``)."""
+    dz = activation_backward(dout, out, kind)
+    return dz, dz.sum(axis=0, dtype=np.float64).astype(dz.dtype)
+
+
 def attention_backward_mask(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
