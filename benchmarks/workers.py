@@ -50,7 +50,7 @@ def rss_mb() -> float:
 
 class Minarn:
     def __init__(self, threads: int) -> None:
-        import minarn  # before NumPy, as `python -m minarn.train` does (minarn sets OPENBLAS_THREAD_TIMEOUT)
+        import minarn  # noqa: F401 - before NumPy, as `python -m minarn.train` does (sets OPENBLAS_THREAD_TIMEOUT)
         import numpy as np
 
         from minarn import kernels

@@ -148,7 +148,7 @@ print(f"   the three largest of {len(per_layer)} convolutions: " + ", ".join(
     f"{k} {per_layer[k] / 1e9:.2f} GFLOP ({per_layer[k] / total_mm:.0%})" for k in top))
 assert total_mm / (total_mm + other) > 0.9 and sum(per_layer[k] for k in top) > 0.4 * total_mm
 
-print(f"\n4. Milliseconds per group (forward / backward) and the share of the product FLOPs")
+print("\n4. Milliseconds per group (forward / backward) and the share of the product FLOPs")
 print(f"   {'group':22s}" + "".join(f"{b + ' fwd':>12s}{b + ' bwd':>12s}" for b in results) + f"{'FLOPs':>8s}")
 for g in NAMES:
     cells = "".join(f"{1e3 * results[b][2][g][0]:12.1f}{1e3 * results[b][2][g][1]:12.1f}" for b in results)
