@@ -9,7 +9,7 @@ import os
 
 # OpenBLAS' threads busy-wait up to 2^28 cycles (~0.1 s) after each matrix product before they sleep. A training
 # step alternates ~100 products with Numba's parallel loops, which then share the cores with spinning threads;
-# 2^8 cycles lets them sleep at once (measured on 2 cores: +3 to +19 % training images/s, benchmarks/README.md).
+# 2^8 cycles lets them sleep at once (measured on 2 cores: +3 to +19 % training images/s, benchmarks/RESULTS.md).
 # OpenBLAS reads the variable when it loads, so this only acts when minarn is imported before NumPy (as in
 # ``python -m minarn.train``); a value the user set is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")

@@ -413,10 +413,13 @@ def _session(argv: list[str], run: RunState) -> dict[str, Any]:
     """Provenance of one start of a run (a resume starts another session): when, the command, the minarn
     source revision when it is a git checkout, and the thread settings (float32 sums depend on them)."""
     commit = None
+    package = Path(minarn.__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(minarn.__file__).parent,
-                                capture_output=True, text=True, timeout=10, check=True).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
+        top, rev = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=package,
+                                  capture_output=True, text=True, timeout=10, check=True).stdout.split()
+        if (Path(top) / "minarn").resolve() == package:  # minarn's own checkout, not a repo it is installed in
+            commit = rev
+    except (OSError, ValueError, subprocess.SubprocessError):
         pass
     threads = {v: os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
                if v in os.environ}

@@ -220,7 +220,7 @@ def _col2im_padded(cols, kh, kw, stride, top, left, OH, OW, dx):  # pragma: no c
 
 @_jit
 def _shallow_conv_forward(x, w, bias, has_bias, kind, stride, top, left, out):  # pragma: no cover - compiled
-    # out[n, p, q, :] = act(bias + sum over the patch of x * w), the patch loop unrolled by hand
+    # out[n, p, q, :] = act(bias + sum over the patch of x * w): a direct loop over the kh x kw x C patch
     N, H, W, C = x.shape
     _, OH, OW, F = out.shape
     kh, kw = w.shape[0], w.shape[1]
