@@ -183,7 +183,7 @@ class Conv2D(Layer):
             return self.backward_linear(dout, input_grad)  # backward_linear never writes into dz
         F = self.filters
         K = kernels.get_backend()
-        if "bias" not in self.params:
+        if "bias" not in self.params or self._is_shallow():  # (the short-patch kernel sums dz itself)
             return self.backward_linear(K.activation_backward(dout.reshape(-1, F), out.reshape(-1, F), kind).reshape(
                 out.shape), input_grad)
         # one pass gives dz and its column sums, the bias gradient
