@@ -156,11 +156,6 @@ class Conv2D(Layer):
         self._cache = (x, pads, out, kind)
         return out
 
-    def _set_bias_grad(self, dz: np.ndarray, dbias: np.ndarray | None) -> None:
-        """grads["bias"] = sum of dz over every position (N, OH, OW), or the ``dbias`` already summed."""
-        total = dz.reshape(-1, self.filters).sum(axis=0) if dbias is None else dbias
-        self.grads["bias"] = total.astype(self.params["bias"].dtype, copy=False)
-
     def _columns(self, K: Any, x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
         """cols (N*OH*OW, kh*kw*C) of the padded input; built in the shared workspace (they die right away)."""
         if self._is_pointwise():
@@ -202,10 +197,10 @@ class Conv2D(Layer):
         K = kernels.get_backend()
         kernel = self.params["kernel"]
         if self._is_shallow():
-            dkernel, dbias = K.shallow_conv_weight_grad(x.astype(dz.dtype, copy=False), dz, kh, kw, s, pads)
+            dkernel, summed = K.shallow_conv_weight_grad(x.astype(dz.dtype, copy=False), dz, kh, kw, s, pads)
             self.grads["kernel"] = dkernel.astype(kernel.dtype, copy=False)
             if "bias" in self.params:
-                self.grads["bias"] = dbias.astype(self.params["bias"].dtype, copy=False)
+                self._set_bias_grad(dz, summed)
             if not input_grad:
                 return None
             dcols = dz.reshape(-1, F) @ kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
@@ -232,3 +227,8 @@ class Conv2D(Layer):
         # cols is dead now: the input-side gradient dcols reuses its workspace.
         dcols = np.matmul(dz, kernel_t, out=cols)
         return K.col2im_padded(dcols, x.shape, kh, kw, s, pads)
+
+    def _set_bias_grad(self, dz: np.ndarray, dbias: np.ndarray | None) -> None:
+        """grads["bias"] = sum of dz over every position (N, OH, OW), or the ``dbias`` already summed."""
+        total = dz.reshape(-1, self.filters).sum(axis=0) if dbias is None else dbias
+        self.grads["bias"] = total.astype(self.params["bias"].dtype, copy=False)
