@@ -69,8 +69,8 @@ def maxpool_forward(x: np.ndarray, pool: int, stride: int) -> tuple[np.ndarray, 
                 out = window.copy()
                 continue
             better = window > out  # strict: an equal later value does not steal the gradient
-            np.maximum(out, window, out=out)
-            np.copyto(argmax, i * pool + j, where=better)  # (a masked copy, much faster than argmax[better] = ...)
+            np.copyto(out, window, where=better)  # (masked copies, much faster than out[better] = ...)
+            np.copyto(argmax, i * pool + j, where=better)
     assert out is not None
     return out, argmax
 
