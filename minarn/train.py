@@ -29,6 +29,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import numpy as np
@@ -240,8 +241,12 @@ def fit(
     run: RunState,
     out: Path,
     report: Reporter,
+    on_batch: Callable[[RunState], None] | None = None,
 ) -> RunState:
-    """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C)."""
+    """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C).
+
+    ``on_batch(run)``, when given, is called after every optimizer step (``run.batch`` is then the number of
+    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py)."""
     n = len(train)
     steps = math.ceil(n / batch_size)
     history_path = out / "history.csv"
@@ -270,6 +275,8 @@ def fit(
                 run.correct += int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx]))
                 run.seen += len(idx)
                 run.batch = b + 1
+                if on_batch is not None:
+                    on_batch(run)
                 elapsed = time.perf_counter() - started
                 rate = (run.seen) / max(elapsed, 1e-9)
                 eta = (n - run.seen) / max(rate, 1e-9)

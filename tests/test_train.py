@@ -316,6 +316,42 @@ def test_fit_applies_the_controllers_decisions(tmp_path, monkeypatch):
     assert len(read_history(tmp_path)) == 5 and checkpoint_run(tmp_path)["finished"] is True
 
 
+def test_on_batch_sees_every_step_and_a_probe_inside_it_changes_nothing(tmp_path):
+    """fit calls on_batch after each optimizer step; evaluating (with recomputed batch norm statistics, put
+    back afterwards) inside it leaves the run bit for bit the same as a run without the callback."""
+    from minarn.bn_statistics import recompute_batchnorm_statistics, set_moving_statistics
+
+    rng = np.random.default_rng(0)
+    n = 8
+    ds = Dataset(images=rng.integers(0, 256, (n, 32, 32, 1), dtype=np.uint8), labels=np.arange(n) % 2,
+                 paths=np.array([f"{'AB'[i % 2]}/{i}.png" for i in range(n)]),
+                 sha1=np.array([f"{i:040x}" for i in range(n)]), class_names=("A", "B"))
+
+    def one_run(folder, on_batch=None):
+        model = ARNCNN(num_classes=2, input_shape=(32, 32, 1), seed=1)
+        optimizer = get_optimizer("adamax", 0.001, form="paper")
+        controller = EpochEndController(model.state_dict())
+        folder.mkdir()
+        run = train.fit(model, optimizer, controller, ds, ds.subset([0, 1]), epochs=2, batch_size=3, seed=3,
+                        augment="hflip", run=train.RunState(), out=folder, report=train.Reporter(None, io.StringIO()),
+                        on_batch=None if on_batch is None else lambda r: on_batch(model, r))
+        return model.state_dict(), [{k: v for k, v in row.items() if k != "duration"} for row in run.history]
+
+    seen = []
+
+    def probe(model, run):
+        seen.append((run.epoch, run.batch))
+        old = recompute_batchnorm_statistics(model, ds.images[:5], batch_size=2)
+        train.evaluate_split(model, ds.images, ds.labels, batch_size=4)
+        set_moving_statistics(model, old)
+
+    plain, probed = one_run(tmp_path / "plain"), one_run(tmp_path / "probed", probe)
+    assert seen == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
+    assert plain[1] == probed[1]
+    for k, v in plain[0].items():
+        np.testing.assert_array_equal(probed[0][k], v, err_msg=k)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # resume
 
