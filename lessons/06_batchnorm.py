@@ -14,6 +14,11 @@ What it teaches
 - Backward (training) must include how mu and var depend on x:
       dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(var + eps),  g = dout * gamma.
   With dout = ones that is exactly 0, so gradient checks need a random upstream gradient.
+- The moving average lags: while training changes the weights, the activations' true mean drifts, and the
+  exponential average trails a steady drift of s per step by m/(1 - m) * s = 99 s. Inference then meets
+  statistics of about 100 steps ago. ``minarn.bn_statistics.recompute_batchnorm_statistics`` removes the lag
+  by averaging the batch statistics over some images at the frozen current weights ("precise BN");
+  results/trace_epoch.py uses it to ask whether a validation spike is this lag or the weights themselves.
 
 Run:  python lessons/06_batchnorm.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
 """
@@ -29,6 +34,7 @@ import numpy as np  # noqa: E402
 
 import minarn  # noqa: E402
 from minarn import kernels  # noqa: E402
+from minarn.bn_statistics import recompute_batchnorm_statistics  # noqa: E402
 from minarn.gradcheck import check_layer  # noqa: E402
 
 FAST = os.environ.get("MINARN_LESSON_FAST") == "1"
@@ -118,7 +124,26 @@ print(f"   the trap: with dout = ones, dx = 0 (max |dx| = {np.abs(dx_ones).max()
 print("   dout = ones (loss = out.sum()) compares 0 with 0 and passes even for a wrong backward")
 assert np.abs(dx_ones).max() < 1e-12
 
-print("\n5. Figures: the four channels before and after BN, and the moving mean warming up")
+print("\n5. The lag: moving statistics trail a drifting mean by m / (1 - m) = 99 steps")
+drift = 0.01  # the true mean of channel 0 grows by this much per step, as if the weights before it changed
+lagging = minarn.BatchNormalization(1, dtype=np.float64)
+lag_steps = 1500
+for t in range(lag_steps):
+    lagging.forward(drift * t + 0.1 * rng.standard_normal((16, 5, 5, 1)), training=True)
+gap = drift * (lag_steps - 1) - lagging.state["moving_mean"][0]
+print(f"   after {lag_steps} steps the data mean is {drift * (lag_steps - 1):.2f}, the moving mean "
+      f"{lagging.state['moving_mean'][0]:.2f}: behind by {gap:.3f} = {gap / drift:.1f} steps of drift")
+assert abs(gap / drift - 0.99 / 0.01) < 2
+tiny = minarn.ARNCNN(num_classes=3, input_shape=(32, 32, 1), seed=0, dtype=np.float64)
+pixels = rng.integers(0, 256, (8, 32, 32, 1), dtype=np.uint8)
+recompute_batchnorm_statistics(tiny, pixels, batch_size=8)  # the statistics of exactly these 8 images
+same = np.abs(tiny.features(tiny._prepare(pixels), training=False)
+              - tiny.features(tiny._prepare(pixels), training=True)).max()
+print(f"   an ARN-CNN with its moving statistics recomputed from 8 images: inference on them = training mode "
+      f"(max diff {same:.1e})")
+assert same < 1e-9
+
+print("\n6. Figures: the four channels before and after BN, and the moving mean warming up")
 fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
 for c in range(4):
     ax[0].hist(x[..., c].ravel(), bins=40, alpha=0.6, label=f"channel {c}: mean {mu[c]:.1f}, std {np.sqrt(var[c]):.1f}")
