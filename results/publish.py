@@ -105,12 +105,13 @@ class Run:
     @property
     def status(self) -> str:
         n = len(self.history)
+        epochs = f"{n} epoch" + ("" if n == 1 else "s")
         if self.finished:
             limit = self.options["epochs"]
-            return f"{n} epochs (" + ("stopped by the controller)" if n < limit else f"`--epochs {limit}` reached)")
+            return f"{epochs} (" + ("stopped by the controller)" if n < limit else f"`--epochs {limit}` reached)")
         if self.test:
-            return f"trained {n} epochs, not evaluated yet"
-        return f"in progress, {n} epochs so far"
+            return f"trained {epochs}, not evaluated yet"
+        return f"in progress, {epochs} so far"
 
     @property
     def differences(self) -> dict[str, Any]:

@@ -162,6 +162,12 @@ def test_in_progress_run_is_shown_as_in_progress(tmp_path: Path, results: Path) 
         publish.publish(run, results, weights=True, say=lambda _: None)
 
 
+def test_one_epoch_is_singular(tmp_path: Path) -> None:
+    one = publish.read_run(make_run(tmp_path / "a", epochs_done=1, finished=False))
+    assert one.status == "in progress, 1 epoch so far"
+    assert publish.read_run(make_run(tmp_path / "b", epochs_done=2, finished=False)).status == "in progress, 2 epochs so far"
+
+
 def test_republishing_replaces_the_earlier_copy(tmp_path: Path, results: Path) -> None:
     finished = make_run(tmp_path / "old", 2, True)
     publish.publish(finished, results, name="default-seed123", weights=True, say=lambda _: None)
