@@ -13,7 +13,9 @@ seeded sample of ``--images`` validation images:
 - ``val_loss`` / ``val_accuracy``: inference as Keras does it, batch norm on its moving statistics;
 - ``recomputed_loss`` / ``recomputed_accuracy``: the same weights with the moving statistics recomputed from
   ``--images`` training images (``minarn.bn_statistics``), i.e. without the lag of the moving average;
-- ``lag_<layer>``: the largest |moving mean - recomputed mean| / sqrt(recomputed variance) over the channels.
+- ``mean_lag_<layer>``: the largest |moving mean - recomputed mean| / sqrt(recomputed variance + eps) over the
+  channels, and ``var_lag_<layer>``: the largest |ln((moving variance + eps) / (recomputed variance + eps))|
+  (0.69 means a factor of 2 between the variance inference divides by and the activations' own).
 
 If the validation loss jumps while the recomputed loss stays low, the jump is batch norm's moving statistics
 lagging the weights; if both jump, the weights themselves went somewhere bad. Writes ``trace.csv`` (a row per
@@ -101,9 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     fit_idx = np.random.default_rng(1).choice(len(train), size=min(args.images, len(train)), replace=False)
     val_images, val_labels, fit_images = valid.images[val_idx], valid.labels[val_idx], train.images[np.sort(fit_idx)]
     steps = -(-len(train) // options["batch_size"])
-    layers = [bn.name for bn in batchnorm_layers(model)]
+    eps = {bn.name: bn.epsilon for bn in batchnorm_layers(model)}
+    layers = list(eps)
     columns = ["epoch", "batch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "recomputed_loss",
-               "recomputed_accuracy"] + [f"lag_{name}" for name in layers]
+               "recomputed_accuracy"] + [f"{kind}_lag_{name}" for kind in ("mean", "var") for name in layers]
     trace_path = args.out / "trace.csv"
     with open(trace_path, "w", newline="") as f:
         csv.writer(f).writerow(columns)
@@ -117,16 +120,18 @@ def main(argv: list[str] | None = None) -> int:
         recomputed = moving_statistics(model)
         r_loss, r_acc, _ = evaluate_split(model, val_images, val_labels, options["batch_size"])
         set_moving_statistics(model, moving)
-        lags = [float(np.max(np.abs(moving[n][0] - recomputed[n][0]) / np.sqrt(recomputed[n][1] + 1e-3)))
+        lags = [float(np.max(np.abs(moving[n][0] - recomputed[n][0]) / np.sqrt(recomputed[n][1] + eps[n])))
                 for n in layers]
+        lags += [float(np.max(np.abs(np.log((moving[n][1] + eps[n]) / (recomputed[n][1] + eps[n])))))
+                 for n in layers]
         nan = float("nan")  # no training batch yet at batch 0
         row = [state.epoch + 1, state.batch, state.loss_sum / state.seen if state.seen else nan,
                state.correct / state.seen if state.seen else nan, v_loss, v_acc, r_loss, r_acc, *lags]
         with open(trace_path, "a", newline="") as f:
             csv.writer(f).writerow([repr(float(v)) if isinstance(v, float) else v for v in row])
         report(f"epoch {state.epoch + 1} batch {state.batch}/{steps}: val loss {v_loss:.4f} (acc {100 * v_acc:.2f}%), "
-               f"recomputed statistics {r_loss:.4f} ({100 * r_acc:.2f}%), lag "
-               + ", ".join(f"{n} {lag:.2f}" for n, lag in zip(layers, lags)))
+               f"recomputed statistics {r_loss:.4f} ({100 * r_acc:.2f}%), lag (mean, var) "
+               + ", ".join(f"{n} ({lags[i]:.2f}, {lags[i + len(layers)]:.2f})" for i, n in enumerate(layers)))
 
     report(f"tracing epoch {run.epoch + 1} of {args.run_dir}: a probe every {args.every} of {steps} batches, "
            f"{len(val_idx)} validation images, statistics from {len(fit_idx)} training images")
@@ -158,9 +163,11 @@ def plot(trace_path: Path, png: Path) -> None:
     top.set_ylabel("loss (with penalties)")
     top.legend(fontsize=8)
     top.set_title(f"epoch {rows[0]['epoch']} from inside" if rows else "no probes")
-    for key in (k for k in (rows[0] if rows else {}) if k.startswith("lag_")):
-        bottom.plot(batch, [float(r[key]) for r in rows], "o-", label=key[4:])
-    bottom.set_ylabel("max |moving - recomputed mean| / std")
+    for key in (k for k in (rows[0] if rows else {}) if "_lag_" in k):
+        kind, _, layer = key.partition("_lag_")
+        bottom.plot(batch, [float(r[key]) for r in rows], "o-" if kind == "mean" else "s--",
+                    label=f"{layer}: " + ("|mean shift| / std" if kind == "mean" else "|ln variance ratio|"))
+    bottom.set_ylabel("largest over the channels")
     bottom.set_xlabel("batch")
     bottom.legend(fontsize=8)
     fig.tight_layout()

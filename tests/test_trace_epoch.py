@@ -57,9 +57,11 @@ def test_trace_follows_the_epoch_that_resume_trains(tiny_run, tmp_path):  # noqa
     for r in rows:
         assert 0 <= float(r["val_accuracy"]) <= 1 and 0 <= float(r["recomputed_accuracy"]) <= 1
         assert float(r["val_loss"]) > 0 and float(r["recomputed_loss"]) > 0
-        lags = [float(v) for k, v in r.items() if k.startswith("lag_")]
-        assert len(lags) == 2 and all(np.isfinite(lags)) and all(v >= 0 for v in lags)
-    assert any(float(v) > 0 for r in rows for k, v in r.items() if k.startswith("lag_"))
+        lags = [float(v) for k, v in r.items() if "_lag_" in k]
+        assert len(lags) == 4 and all(np.isfinite(lags)) and all(v >= 0 for v in lags)
+    assert list(rows[0])[-4:] == [f"{kind}_lag_{bn}" for kind in ("mean", "var")
+                                  for bn in ("batch_normalization", "batch_normalization_1")]
+    assert any(float(v) > 0 for r in rows for k, v in r.items() if "_lag_" in k)
     assert not (out / "checkpoint.npz").exists()
     assert_png(out / "trace.png")
 
