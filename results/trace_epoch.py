@@ -44,7 +44,8 @@ from minarn.train import Reporter, RunState, evaluate_split, fit, load_checkpoin
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """``n`` indices (all if fewer), each class in proportion to its count, sorted; seeded."""
+    """About ``n`` indices (all if fewer; per-class counts are rounded), each class in proportion to its count,
+    sorted; seeded."""
     if n >= len(labels):
         return np.arange(len(labels))
     order = np.random.default_rng(seed).permutation(len(labels))
