@@ -44,9 +44,9 @@ def set_moving_statistics(model: ARNCNN, stats: Statistics) -> None:
 def recompute_batchnorm_statistics(model: ARNCNN, images: np.ndarray, batch_size: int = 40) -> Statistics:
     """Set each batch norm layer's moving statistics to its batch statistics averaged over ``images``.
 
-    Shapes: images (N, H, W, 1), uint8 pixels (scaled by 1/255) or floats. The images go through the convolutional part in training mode (batch
-    statistics, as in a training step; no dropout is involved: it sits in the dense head), ``batch_size`` at a
-    time; for each layer, mean_bar = sum_b n_b mean_b / N and var_bar = sum_b n_b var_b / N, with var_b the
+    Shapes: images (N, H, W, 1), uint8 pixels (scaled by 1/255) or floats. The images go through the
+    convolutional part in training mode (batch statistics, as in a training step; no dropout is involved: it
+    sits in the dense head), ``batch_size`` at a time; for each layer, mean_bar = sum_b n_b mean_b / N and var_bar = sum_b n_b var_b / N, with var_b the
     biased batch variance that Keras also averages. Only the moving statistics change: no weight does.
     Returns the statistics that were replaced (``set_moving_statistics`` puts them back).
     """

@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if state.batch % args.every and state.batch != steps:
             return
         v_loss, v_acc, _ = evaluate_split(model, val_images, val_labels, options["batch_size"])
-        moving = moving_statistics(model)
-        recompute_batchnorm_statistics(model, fit_images, options["batch_size"])
+        moving = recompute_batchnorm_statistics(model, fit_images, options["batch_size"])  # returns the old ones
         recomputed = moving_statistics(model)
         r_loss, r_acc, _ = evaluate_split(model, val_images, val_labels, options["batch_size"])
         set_moving_statistics(model, moving)
