@@ -39,7 +39,6 @@ from minarn.data import (
     duplicates_in_train,
     load_mednist,
     sample_path,
-    split_dataset,
 )
 from minarn.model import ARNCNN, load_model
 
@@ -90,7 +89,7 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
     Returns (splits, the dataset before splitting, config.json as a dict, warnings). A split whose class
     counts differ from the ones saved in config.json (other data under the same path) gives a warning.
     """
-    from minarn.train import _limit_per_class  # the same selection as the training run
+    from minarn.train import select_and_split  # the same selection as the training run
 
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
@@ -99,9 +98,7 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
     ds = load_mednist(source, cache_dir=cache_dir, report=report)
     if list(ds.class_names) != list(config["class_names"]):
         raise EvaluationError(f"{source}: classes {list(ds.class_names)} differ from the run's {config['class_names']}")
-    if options.get("limit_per_class"):
-        ds = _limit_per_class(ds, int(options["limit_per_class"]), seed=123)
-    splits = split_dataset(ds, seed=123, dedupe=bool(options.get("dedupe")))
+    ds, splits = select_and_split(ds, options)
     warnings = []
     saved = config.get("split") or {}
     for name, part in splits._asdict().items():

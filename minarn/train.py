@@ -40,6 +40,7 @@ from minarn.controller import EpochEndController
 from minarn.data import (
     DataError,
     Dataset,
+    Splits,
     count_table,
     duplicate_groups,
     duplicates_in_train,
@@ -61,6 +62,7 @@ SAMPLE_EPOCHS = 8
 SAMPLE_BATCH_SIZE = 5
 PAPER_BATCH_SIZE = 40
 PAPER_EPOCHS = 100
+SPLIT_SEED = 123  # the paper's split, whatever --seed is
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "next_lr", "monitor",
                    "improvement", "duration"]
 
@@ -396,6 +398,25 @@ def _limit_per_class(ds: Dataset, n: int, seed: int) -> Dataset:
     return ds.subset(np.sort(np.concatenate(keep)))
 
 
+def select_and_split(ds: Dataset, options: dict[str, Any]) -> tuple[Dataset, Splits]:
+    """The images a run uses and their train / valid / test split, from the run's options: at most
+    ``limit_per_class`` images per class (seeded), then the paper's stratified split (seed 123; byte-identical
+    copies removed first with ``dedupe``). Raises ValueError when a class is too small to split."""
+    if options.get("limit_per_class"):
+        ds = _limit_per_class(ds, int(options["limit_per_class"]), seed=SPLIT_SEED)
+    return ds, split_dataset(ds, seed=SPLIT_SEED, dedupe=bool(options.get("dedupe")))
+
+
+def build_training(options: dict[str, Any], num_classes: int) -> tuple[ARNCNN, Optimizer, EpochEndController]:
+    """A fresh run's model (initialised from ``seed``), optimizer (Adamax in the paper's form, Eq. 3-6) and
+    epoch-end controller, from the run's options; ``load_checkpoint`` then puts a saved run's state into them."""
+    model = ARNCNN(num_classes=num_classes, attention=options["attention"], residual=options["residual"],
+                   dense_activation=options["dense_activation"], seed=options["seed"])
+    extra = {"form": "paper"} if options["optimizer"] == "adamax" else {}
+    optimizer = get_optimizer(options["optimizer"], options["lr"], **extra)
+    return model, optimizer, EpochEndController(model.state_dict())
+
+
 def _data_identity(ds: Dataset) -> str:
     """SHA-1 over the (relative path, file SHA-1) of every decoded image: same digest = same files."""
     h = hashlib.sha1()
@@ -509,25 +530,19 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     ds = load_mednist(source, cache_dir=args.cache_dir, report=lambda msg: report(msg))
     report(f"data: {source} ({len(ds):,} images, {ds.num_classes} classes"
            + (f", {len(ds.skipped)} files skipped" if ds.skipped else "") + ")")
-    if options["limit_per_class"]:
-        ds = _limit_per_class(ds, options["limit_per_class"], seed=123)
-    groups = duplicate_groups(ds)
     try:
-        splits = split_dataset(ds, seed=123, dedupe=options["dedupe"])
+        ds, splits = select_and_split(ds, options)
     except ValueError as e:
         hint = f" (--limit-per-class {options['limit_per_class']} leaves too few images)" \
             if options["limit_per_class"] else ""
         raise UsageError(f"cannot split {source} into train/valid/test{hint}: {e}") from None
     report(count_table(splits))
+    groups = duplicate_groups(ds)
     leaks = duplicates_in_train(splits)
     report(f"exact duplicates: {sum(len(g) - 1 for g in groups)} extra copies in {len(groups)} groups"
            + (" (removed before splitting)" if options["dedupe"] else "")
            + f"; images with an identical copy in train: valid {leaks['valid']}, test {leaks['test']}")
-    model = ARNCNN(num_classes=ds.num_classes, attention=options["attention"], residual=options["residual"],
-                   dense_activation=options["dense_activation"], seed=options["seed"])
-    extra = {"form": "paper"} if options["optimizer"] == "adamax" else {}
-    optimizer = get_optimizer(options["optimizer"], options["lr"], **extra)
-    controller = EpochEndController(model.state_dict())
+    model, optimizer, controller = build_training(options, ds.num_classes)
     if args.resume:
         run = load_checkpoint(out / "checkpoint.npz", model, optimizer, controller)
         run.finished = run.finished and options["epochs"] <= run.epoch

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -37,10 +36,11 @@ import numpy as np
 from minarn.bn_statistics import batchnorm_layers, moving_statistics, recompute_batchnorm_statistics, \
     set_moving_statistics
 from minarn.controller import EpochEndController
-from minarn.data import load_mednist, split_dataset
+from minarn.data import Dataset
+from minarn.evaluate import EvaluationError, load_run_splits
 from minarn.model import ARNCNN
-from minarn.optim import get_optimizer
-from minarn.train import Reporter, RunState, evaluate_split, fit, load_checkpoint
+from minarn.optim import Optimizer
+from minarn.train import Reporter, RunState, build_training, evaluate_split, fit, load_checkpoint
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -54,25 +54,19 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 def build(run_dir: Path, trace_dir: Path, report: Reporter, cache_dir: str | None = None
-          ) -> tuple[ARNCNN, Any, EpochEndController, RunState, Any, Any, dict[str, Any]]:
-    """Model, optimizer, controller and run state from ``run_dir``'s checkpoint, and the run's splits."""
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as err:
-        raise SystemExit(f"trace_epoch: cannot read {run_dir / 'config.json'}: {err}") from None
-    options = config["options"]
-    ds = load_mednist(config["data_source"], cache_dir=cache_dir, report=lambda msg: report(msg))
-    if options.get("limit_per_class"):
-        from minarn.train import _limit_per_class
-
-        ds = _limit_per_class(ds, options["limit_per_class"], seed=123)
-    splits = split_dataset(ds, seed=123, dedupe=options["dedupe"])
-    model = ARNCNN(**{**config["model"], "input_shape": tuple(config["model"]["input_shape"])})
-    optimizer = get_optimizer(options["optimizer"], options["lr"],
-                              **({"form": "paper"} if options["optimizer"] == "adamax" else {}))
-    controller = EpochEndController(model.state_dict())
+          ) -> tuple[ARNCNN, Optimizer, EpochEndController, RunState, Dataset, Dataset, dict[str, Any]]:
+    """Model, optimizer, controller and run state from ``run_dir``'s checkpoint, and the run's splits, all
+    built as ``python -m minarn.train --resume`` builds them."""
     if not (run_dir / "checkpoint.npz").is_file():
         raise SystemExit(f"trace_epoch: {run_dir} has no checkpoint.npz")
+    try:
+        splits, _, config, warnings = load_run_splits(run_dir, cache_dir=cache_dir, report=lambda msg: report(msg))
+    except EvaluationError as err:
+        raise SystemExit(f"trace_epoch: {err}") from None
+    for warning in warnings:
+        report(f"warning: {warning}")
+    options = config["options"]
+    model, optimizer, controller = build_training(options, len(config["class_names"]))
     run = load_checkpoint(run_dir / "checkpoint.npz", model, optimizer, controller)
     if run.batch != 0:
         raise SystemExit(f"trace_epoch: the checkpoint in {run_dir} is in the middle of epoch {run.epoch + 1} "
