@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m minarn.evaluate RUN_DIR [RUN_DIR ...] [--data PATH] [--cache-dir DIR]
+    python -m minarn.evaluate RUN_DIR [RUN_DIR ...] [--data PATH] [--cache-dir DIR] [--checkpoint]
     python -m minarn.evaluate --compare RUN_DIR RUN_DIR [...] [--out FILE.png]
 
 The first form rebuilds the run's test split from its ``config.json`` (data source, ``--limit-per-class``,
@@ -11,9 +11,15 @@ folder moved to another machine), loads ``model.npz`` and writes into the run fo
 
 - ``report.md``: the paper's Table 2 (macro precision, recall, F1, accuracy, Cohen's kappa, log loss, 4 decimals),
   Table 3 (mean entropy of the prediction per true class), Table 4 (std of the normalized maximum probability per
-  true class), the per-class report, the confusion matrix, calibration (ECE, MCE) and the duplicate leakage of the
-  split (test images with a byte-identical copy in train);
+  true class), the per-class report, the confusion matrix, the misclassified images by file, calibration (ECE,
+  MCE) and the duplicate leakage of the split (test images with a byte-identical copy in train);
 - ``figures/*.png``: Fig. 3-9 of the paper and a reliability diagram (``minarn.figures``).
+
+With ``--checkpoint`` the first form evaluates a run that is still training: the best weights so far, which
+the run's ``checkpoint.npz`` holds (the epoch-end controller's ``best_weights``), go through the same evaluation,
+written into ``RUN_DIR/interim/`` (``report.md``, ``test.json`` and, unless ``--no-figures``, ``figures/``) so
+that the run folder itself stays as training left it. The test split plays no part in training, so looking at
+it midway changes nothing; the final result is still the one ``minarn.train`` computes at the end.
 
 The second form draws Fig. 10, the loss per epoch of runs that differ in the dense layer's activation.
 Exit status: 0 done, 2 bad usage or unreadable run/data (one line on stderr).
@@ -42,9 +48,10 @@ from minarn.data import (
 )
 from minarn.model import ARNCNN, load_model
 
-__all__ = ["EvaluationError", "compare_runs", "evaluate_run", "load_run_splits", "main"]
+__all__ = ["INTERIM_DIR", "EvaluationError", "compare_runs", "evaluate_run", "load_run_splits", "main"]
 
 Report = Callable[[str], Any]
+INTERIM_DIR = "interim"  # where --checkpoint writes, inside the run folder
 
 
 class EvaluationError(ValueError):
@@ -108,6 +115,24 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
     return splits, ds, config, warnings
 
 
+def load_checkpoint_best(run_dir: Path, config: dict[str, Any]) -> tuple[ARNCNN, int, int]:
+    """(model with the best weights so far, best epoch, epochs finished) from a run's ``checkpoint.npz``."""
+    from minarn.train import UsageError, build_training, load_checkpoint
+
+    path = run_dir / "checkpoint.npz"
+    if not path.is_file():
+        raise EvaluationError(f"{run_dir}: no checkpoint.npz (--checkpoint evaluates a run that is still training)")
+    try:
+        model, optimizer, controller = build_training(config["options"], len(config["class_names"]))
+        run = load_checkpoint(path, model, optimizer, controller)
+    except (UsageError, KeyError, TypeError, ValueError) as err:
+        raise EvaluationError(f"{path}: unusable checkpoint ({err})") from None
+    if not run.history:
+        raise EvaluationError(f"{path}: no epoch finished yet, so there are no best weights to evaluate")
+    model.load_state_dict(controller.best_weights)
+    return model, controller.best_epoch, len(run.history)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # report.md
 # ---------------------------------------------------------------------------------------------------------
@@ -118,6 +143,22 @@ def _confusion_markdown(C: np.ndarray, names: Sequence[str]) -> str:
     for name, row in zip(names, C):
         lines.append(f"| {name} | " + " | ".join(f"{v:,}" for v in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _errors_markdown(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, names: Sequence[str],
+                     most: int = 25) -> str:
+    """The misclassified images (at most ``most``, least confident in the true class first) as a table."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    if len(wrong) == 0:
+        return "None: every test image is classified correctly.\n"
+    wrong = wrong[np.argsort(probs[wrong, y[wrong]], kind="stable")]
+    lines = ["| image | true class | predicted | p(predicted) | p(true) |", "|---|---|---|---:|---:|"]
+    for i in wrong[:most]:
+        lines.append(f"| `{paths[i]}` | {names[y[i]]} | {names[pred[i]]} | {probs[i, pred[i]]:.4f} | "
+                     f"{probs[i, y[i]]:.4f} |")
+    more = f"\n{len(wrong) - most} more not listed.\n" if len(wrong) > most else ""
+    return "\n".join(lines) + "\n" + more
 
 
 def _level(value: float, threshold: float) -> str:
@@ -180,7 +221,7 @@ def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray,
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | None = print, *,
                  cache_dir: str | None = None, make_figures: bool = True,
-                 out_dir: str | Path | None = None) -> dict[str, Any]:
+                 out_dir: str | Path | None = None, checkpoint: bool = False) -> dict[str, Any]:
     """Evaluate a finished ``minarn.train`` run on its test split; write ``report.md`` and ``figures/``.
 
     Parameters
@@ -190,7 +231,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     report : callback for progress lines (``print`` by default; ``None`` for silence).
     cache_dir : cache folder for the decoded images (``load_mednist``).
     make_figures : False writes only report.md.
-    out_dir : where report.md and figures/ go (default: the run folder; another folder leaves the run as it was).
+    out_dir : where report.md and figures/ go (default: the run folder, or its ``interim/`` with ``checkpoint``;
+        another folder leaves the run as it was).
+    checkpoint : evaluate the best weights so far from ``checkpoint.npz`` (a run still training) instead of
+        ``model.npz``; also writes ``test.json`` (the Table 2 values, errors, best epoch, epochs finished).
 
     Returns
     -------
@@ -206,17 +250,24 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
 
     say: Report = report or (lambda _msg: None)
     run_dir = Path(run_dir)
-    model_path = run_dir / "model.npz"
+    model_path = run_dir / ("checkpoint.npz" if checkpoint else "model.npz")
     _read_config(run_dir)
     if not model_path.is_file():
-        raise EvaluationError(f"{run_dir}: no model.npz (the training run did not finish?)")
+        raise EvaluationError(f"{run_dir}: no model.npz (the training run did not finish? --checkpoint evaluates "
+                              "its best weights so far)" if not checkpoint else
+                              f"{run_dir}: no checkpoint.npz (--checkpoint evaluates a run that is still training)")
     splits, ds, config, warnings = load_run_splits(run_dir, data, cache_dir, report)
     for w in warnings:
         say(f"warning: {w}")
-    try:
-        model = load_model(model_path)
-    except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
-        raise EvaluationError(str(err)) from None
+    epochs_finished = None
+    if checkpoint:
+        model, best_epoch, epochs_finished = load_checkpoint_best(run_dir, config)
+    else:
+        try:
+            model = load_model(model_path)
+        except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
+            raise EvaluationError(str(err)) from None
+        best_epoch = (config.get("test") or {}).get("best_epoch")
     names = list(config["class_names"])
     if model.num_classes != len(names):
         raise EvaluationError(f"{model_path}: {model.num_classes} outputs but {len(names)} classes in config.json")
@@ -235,11 +286,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     C = metrics.confusion_matrix(y, probs.argmax(axis=1), len(names))
     leaks = duplicates_in_train(splits)
     groups = duplicate_groups(ds)
-    best_epoch = (config.get("test") or {}).get("best_epoch")
     options = config["options"]
     title = f"{run_dir.name}, dense {options.get('dense_activation', 'gelu')}"
+    if checkpoint:
+        title += f", interim (epoch {best_epoch} of {epochs_finished})"
 
-    out_dir = run_dir if out_dir is None else Path(out_dir)
+    out_dir = (run_dir / INTERIM_DIR if checkpoint else run_dir) if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / "figures"
     made: dict[str, Path] = {}
@@ -256,12 +308,15 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
                  + ("; byte-identical duplicates removed before splitting" if options.get("dedupe") else ""))
     model_line = (f"- model: `{model_path}` ({model.count_params():,} weights; {variant}; dense activation "
                   f"{options.get('dense_activation', 'gelu')})" + (f"; best epoch {best_epoch}" if best_epoch else ""))
+    if checkpoint:
+        model_line += (f" of the {epochs_finished} finished so far. **Interim**: the run is still training; these "
+                       "are its best weights at the time of this evaluation, not its final result")
     leak_line = (f"Test images with a byte-identical copy in train: {leaks['test']:,} of {len(test):,}; "
                  f"validation images: {leaks['valid']:,} of {len(splits.valid):,}.")
     if leaks["test"] and not options.get("dedupe"):
         leak_line += " These test images were, in effect, seen in training; `python -m minarn.train --dedupe` avoids that."
     lines = [
-        f"# Evaluation of `{run_dir.name}`",
+        f"# {'Interim evaluation' if checkpoint else 'Evaluation'} of `{run_dir.name}`",
         "",
         model_line,
         data_line,
@@ -298,6 +353,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
         "## Confusion matrix (rows: true class, columns: predicted class)",
         "",
         _confusion_markdown(C, names),
+        "## Misclassified test images",
+        "",
+        _errors_markdown(list(test.paths), y, probs, names),
         "## Calibration (not in the paper)",
         "",
         (f"Expected calibration error (ECE) {ece:.4f}, maximum calibration error (MCE) {mce:.4f}, with 15 "
@@ -319,6 +377,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
         lines.append("")
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(lines), encoding="utf-8")
+    if checkpoint:
+        interim = {**{k: float(summary[k]) for k in metrics.SUMMARY_COLUMNS}, "errors": errors,
+                   "images": len(test), "best_epoch": best_epoch, "epochs_finished": epochs_finished}
+        (out_dir / "test.json").write_text(json.dumps(interim, indent=2) + "\n", encoding="utf-8")
     say(f"test: accuracy {summary['accuracy']:.4f}, macro F1 {summary['f1']:.4f}, kappa {summary['kappa']:.4f}, "
         f"log loss {summary['log_loss']:.4f}, ECE {ece:.4f}")
     say(f"report: {report_path}" + (f"; {len(made)} figures in {fig_dir}" if made else ""))
@@ -372,11 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m minarn.evaluate",
                 description="Evaluate a finished training run on its test split: writes RUN_DIR/report.md (paper "
                 "Tables 2-4, per-class report, calibration, duplicate leakage) and RUN_DIR/figures/*.png. With "
-                "--compare: draw Fig. 10 (loss per epoch by dense activation) from several runs.")
+                "--compare: draw Fig. 10 (loss per epoch by dense activation) from several runs. With --checkpoint: "
+                "evaluate the best weights so far of a run still training.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by python -m minarn.train")
     p.add_argument("--data", help="data source (folder or archive) instead of the one saved in config.json")
     p.add_argument("--cache-dir", help="cache folder for decoded images (default ~/.cache/minarn)")
     p.add_argument("--no-figures", action="store_true", help="write report.md only")
+    p.add_argument("--checkpoint", action="store_true",
+                   help=f"evaluate the best weights so far in checkpoint.npz of a run still training; writes "
+                   f"RUN_DIR/{INTERIM_DIR}/ (report.md, test.json, figures/)")
     p.add_argument("--report-dir", metavar="DIR",
                    help="write report.md and figures/ here instead of into RUN_DIR (one subfolder per run when "
                    "several are given): checks a published run without changing it")
@@ -401,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.report_dir:
                 out_dir = Path(args.report_dir) / Path(run_dir).name if len(args.run_dirs) > 1 else args.report_dir
             evaluate_run(run_dir, args.data, cache_dir=args.cache_dir, make_figures=not args.no_figures,
-                         out_dir=out_dir)
+                         out_dir=out_dir, checkpoint=args.checkpoint)
         return 0
     except (EvaluationError, DataError) as err:
         print(f"python -m minarn.evaluate: error: {err}", file=sys.stderr)

@@ -3,6 +3,7 @@
 Usage::
 
     python results/publish.py RUN_DIR [--name NAME] [--weights]   # copy a run, then regenerate the tables
+    python results/publish.py RUN_DIR --interim                   # a run in progress, with its best weights' test
     python results/publish.py --tables                            # regenerate the tables from results/*/
     python results/publish.py --check                             # exit 1 if the tables are out of date
 
@@ -10,6 +11,10 @@ A finished run (``config.json`` has a ``test`` block with the accuracy, and ``re
 with ``report.md``, ``history.csv``, ``config.json``, ``train.log`` and ``figures/*.png``; ``model.npz`` only
 with ``--weights`` (meant for the default run). A run still in progress is copied without its report, figures
 and weights (they would be those of an earlier, shorter session). ``checkpoint.npz`` is never copied.
+
+``--interim`` (a run in progress) first evaluates the best weights its checkpoint holds (``python -m
+minarn.evaluate RUN_DIR --checkpoint --no-figures``) and publishes that evaluation as ``interim/report.md`` and
+``interim/test.json``; the tables then show its numbers marked "interim", until the finished run replaces them.
 
 ``results/README.md`` is hand-written except between marker comments::
 
@@ -42,6 +47,8 @@ RESULTS = Path(__file__).resolve().parent
 COPIED_ALWAYS = ("history.csv", "config.json", "train.log")
 COPIED_WHEN_FINISHED = ("report.md",)
 WEIGHTS = "model.npz"
+INTERIM = "interim"  # minarn.evaluate --checkpoint's folder inside a run: report.md and test.json
+INTERIM_FILES = ("report.md", "test.json")
 FIG10 = FIGURE_FILES["dense_activations"]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -88,6 +95,8 @@ class Run:
     config: dict[str, Any]
     history: list[dict[str, Any]]
     report: str | None  # report.md, None when absent
+    interim: dict[str, Any] | None = None  # interim/test.json of a run in progress, None when absent
+    interim_report: str | None = None  # interim/report.md
 
     @property
     def options(self) -> dict[str, Any]:
@@ -112,6 +121,13 @@ class Run:
         if self.test:
             return f"trained {epochs}, not evaluated yet"
         return f"in progress, {epochs} so far"
+
+    @property
+    def results(self) -> dict[str, Any] | None:
+        """The test numbers to show: the finished run's (config.json), else the interim ones, else None."""
+        if self.finished:
+            return self.test
+        return self.interim
 
     @property
     def differences(self) -> dict[str, Any]:
@@ -159,7 +175,19 @@ def read_run(folder: Path, name: str | None = None) -> Run:
         raise PublishError(f"{history_path}: " + (f"columns {lacking} missing" if lacking else "no epoch in it"))
     report_path = folder / "report.md"
     report = report_path.read_text(encoding="utf-8") if report_path.is_file() else None
-    return Run(name or folder.name, folder, config, history, report)
+    run = Run(name or folder.name, folder, config, history, report)
+    interim_json, interim_md = folder / INTERIM / "test.json", folder / INTERIM / "report.md"
+    if not run.finished and interim_json.is_file() and interim_md.is_file():
+        try:
+            run.interim = json.loads(interim_json.read_text(encoding="utf-8"))
+            missing = [k for k in (*SUMMARY_COLUMNS, "errors", "images", "best_epoch", "epochs_finished")
+                       if k not in run.interim]
+        except (OSError, ValueError, TypeError) as err:
+            raise PublishError(f"{interim_json}: unreadable ({type(err).__name__}: {err})") from None
+        if missing:
+            raise PublishError(f"{interim_json}: lacks {missing}")
+        run.interim_report = interim_md.read_text(encoding="utf-8")
+    return run
 
 
 def read_published(results: Path) -> list[Run]:
@@ -172,11 +200,31 @@ def read_published(results: Path) -> list[Run]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def evaluate_interim(run_dir: Path, say: Callable[[str], Any] = print) -> None:
+    """Evaluate the best weights in ``run_dir/checkpoint.npz`` into ``run_dir/interim/`` (a run in progress)."""
+    from minarn.data import DataError
+    from minarn.evaluate import EvaluationError, evaluate_run
+
+    try:
+        evaluate_run(run_dir, report=say, make_figures=False, checkpoint=True)
+    except (EvaluationError, DataError, OSError) as err:
+        raise PublishError(f"--interim: {err}") from None
+
+
 def publish(run_dir: Path, results: Path = RESULTS, name: str | None = None, weights: bool = False,
-            say: Callable[[str], Any] = print) -> Path:
-    """Copy a run folder into ``results/<name>/`` (replacing an earlier copy); returns that folder."""
+            interim: bool = False, say: Callable[[str], Any] = print) -> Path:
+    """Copy a run folder into ``results/<name>/`` (replacing an earlier copy); returns that folder.
+
+    ``interim``: first evaluate the best weights of a run in progress (:func:`evaluate_interim`). An interim
+    evaluation is copied only while it matches the run's history (made after its last finished epoch).
+    """
     run_dir = Path(run_dir)
     run = read_run(run_dir, name)
+    if interim:
+        if run.finished:
+            raise PublishError(f"{run_dir}: --interim is for a run in progress; this one is {run.status}")
+        evaluate_interim(run_dir, say)
+        run = read_run(run_dir, name)
     if not NAME_PATTERN.fullmatch(run.name):
         raise PublishError(f"--name {run.name!r}: use letters, digits, '.', '_' and '-' only")
     dest = results / run.name
@@ -188,14 +236,22 @@ def publish(run_dir: Path, results: Path = RESULTS, name: str | None = None, wei
     if weights and not (run_dir / WEIGHTS).is_file():
         raise PublishError(f"{run_dir / WEIGHTS}: missing")
     files = list(COPIED_ALWAYS) + (list(COPIED_WHEN_FINISHED) if run.finished else [])
+    if run.interim is not None:
+        if run.interim["epochs_finished"] == len(run.history):
+            files += [f"{INTERIM}/{f}" for f in INTERIM_FILES]
+        else:
+            say(f"{run_dir / INTERIM}: made after epoch {run.interim['epochs_finished']}, but the run has finished "
+                f"{len(run.history)}: not copied (--interim evaluates again)")
     files = [f for f in files if (run_dir / f).is_file()]
     figures = sorted((run_dir / "figures").glob("*.png")) if run.finished else []
 
     for stale in [*COPIED_ALWAYS, *COPIED_WHEN_FINISHED, WEIGHTS]:  # the copy mirrors the run as it is now
         (dest / stale).unlink(missing_ok=True)
     shutil.rmtree(dest / "figures", ignore_errors=True)
+    shutil.rmtree(dest / INTERIM, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     for f in files:
+        (dest / f).parent.mkdir(exist_ok=True)
         shutil.copy2(run_dir / f, dest / f)
     if figures:
         (dest / "figures").mkdir()
@@ -229,10 +285,11 @@ def draw_fig10(results: Path, runs: Sequence[Run], say: Callable[[str], Any] = p
 
 def report_table(run: Run, heading: str) -> tuple[list[str], list[list[str]]]:
     """(header, body rows) of the first Markdown table after the line of report.md that starts with ``heading``."""
-    lines = (run.report or "").splitlines()
+    path = run.folder / ("report.md" if run.finished else f"{INTERIM}/report.md")
+    lines = ((run.report if run.finished else run.interim_report) or "").splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
     if start is None:
-        raise PublishError(f"{run.folder / 'report.md'}: no section {heading!r}")
+        raise PublishError(f"{path}: no section {heading!r}")
     table: list[list[str]] = []
     for line in lines[start + 1:]:
         if line.startswith("|"):
@@ -240,7 +297,7 @@ def report_table(run: Run, heading: str) -> tuple[list[str], list[list[str]]]:
         elif table or line.startswith("#"):
             break
     if len(table) < 3:
-        raise PublishError(f"{run.folder / 'report.md'}: no table under {heading!r}")
+        raise PublishError(f"{path}: no table under {heading!r}")
     return table[0], table[2:]
 
 
@@ -341,12 +398,23 @@ def epoch_cells(run: Run, row: dict[str, Any]) -> list[str]:
             f"{row['improvement']:.2f}", f"{row['duration']:.2f} s"]
 
 
+def interim_label(run: Run) -> str:
+    """" (interim, best epoch N)" for a run in progress with an interim evaluation, else ""."""
+    return f" (interim, best epoch {run.interim['best_epoch']})" if run.interim and not run.finished else ""
+
+
 def test_result(run: Run) -> str:
-    """Test accuracy in percent with the error count ("-" before the run is finished)."""
-    if not run.finished:
+    """Test accuracy in percent with the error count, marked interim for a run in progress ("-" if none)."""
+    t = run.results
+    if t is None:
         return "-"
     n = run.config["split"]["test"]["total"]
-    return f"{100 * run.test['accuracy']:.3f} % ({run.test['errors']} of {n:,} wrong)"
+    return f"{100 * t['accuracy']:.3f} % ({t['errors']} of {n:,} wrong)" + interim_label(run)
+
+
+def log_loss_cell(run: Run) -> str:
+    t = run.results
+    return f"{t['log_loss']:.4f}" if t is not None else ""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,8 +433,10 @@ def block_runs(runs: Sequence[Run]) -> str:
         extras = [name for name, there in (("report", (r.folder / "report.md").is_file()),
                                            ("figures", (r.folder / "figures").is_dir()),
                                            ("weights", (r.folder / WEIGHTS).is_file())) if there]
-        rows.append([link(r), variant(r), r.status, str(r.test["best_epoch"]) if r.finished else "", test_result(r),
-                     f"{r.test['log_loss']:.4f}" if r.finished else "", f"`{r.trained_in}`", ", ".join(extras) or "-"])
+        extras += ["interim evaluation"] * (r.interim is not None)
+        best = str(r.results["best_epoch"]) if r.results else ""
+        rows.append([link(r), variant(r), r.status, best, test_result(r), log_loss_cell(r), f"`{r.trained_in}`",
+                     ", ".join(extras) or "-"])
     return md_table(["run", "differs from the paper's recipe", "epochs", "best epoch", "test accuracy", "log loss",
                      "trained in", "published"], rows, "lllrrrll") if rows else "No run published yet.\n"
 
@@ -390,15 +460,22 @@ def block_table2(runs: Sequence[Run]) -> str:
             v.update(accuracy=r.test["accuracy"], log_loss=r.test["log_loss"])  # full precision from config.json
             n = r.config["split"]["test"]["total"]
             rows.append([link(r), r.status, *(f"{v[k]:.4f}" for k in SUMMARY_COLUMNS), f"{r.test['errors']} of {n:,}"])
+        elif r.interim:
+            v, n = r.interim, r.config["split"]["test"]["total"]
+            rows.append([link(r), r.status + interim_label(r), *(f"{v[k]:.4f}" for k in SUMMARY_COLUMNS),
+                         f"{v['errors']} of {n:,}"])
         else:
             rows.append([link(r), r.status] + [""] * (len(SUMMARY_COLUMNS) + 1))
     return md_table(["run", "epochs", *SUMMARY_COLUMNS.values(), "test errors"], rows, "llrrrrrrr")
 
 
 def block_tables34(runs: Sequence[Run]) -> str:
-    chosen = [r for r in runs if r.is_variant("epochs", "seed", "dedupe") and r.finished]
-    waiting = [r for r in runs if r.is_variant("epochs", "seed", "dedupe") and not r.finished]
+    chosen = [r for r in runs if r.is_variant("epochs", "seed", "dedupe") and r.results]
+    waiting = [r for r in runs if r.is_variant("epochs", "seed", "dedupe") and not r.results]
     note = "".join(f"- {link(r)}: {r.status}; its tables come with its evaluation.\n" for r in waiting)
+    note += "".join(f"- {link(r)}: {r.status}; its columns are interim, from the best weights of epoch "
+                    f"{r.interim['best_epoch']} ([report]({r.name}/{INTERIM}/report.md)).\n"
+                    for r in chosen if not r.finished)
     if not chosen:
         return "No finished run yet.\n" + note
     values = [uncertainty_values(r) for r in chosen]
@@ -462,8 +539,7 @@ def block_fig10(runs: Sequence[Run]) -> str:
 
 def block_seeds(runs: Sequence[Run]) -> str:
     chosen = [r for r in runs if r.is_variant("seed")]
-    rows = [[link(r), str(r.options["seed"]), r.status, test_result(r),
-             f"{r.test['log_loss']:.4f}" if r.finished else ""] for r in chosen]
+    rows = [[link(r), str(r.options["seed"]), r.status, test_result(r), log_loss_cell(r)] for r in chosen]
     table = md_table(["run", "seed", "epochs", "test accuracy", "log loss"], rows, "lrlrr") if rows else ""
     if len({r.options["seed"] for r in chosen}) < 2:
         table += ("\n" if table else "") + "Second seed: not run yet.\n"
@@ -477,8 +553,7 @@ def block_dedupe(runs: Sequence[Run]) -> str:
         s, dup = r.config["split"], r.config.get("duplicates_in_train", {})
         rows.append([link(r), "yes" if r.options["dedupe"] else "no",
                      f"{s['train']['total']:,} / {s['valid']['total']:,} / {s['test']['total']:,}",
-                     f"{dup.get('test', '?')} / {dup.get('valid', '?')}", r.status, test_result(r),
-                     f"{r.test['log_loss']:.4f}" if r.finished else ""])
+                     f"{dup.get('test', '?')} / {dup.get('valid', '?')}", r.status, test_result(r), log_loss_cell(r)])
     table = md_table(["run", "`--dedupe`", "train / valid / test", "test / valid images with a copy in train",
                       "epochs", "test accuracy", "log loss"], rows, "llrrlrr") if rows else ""
     if not any(r.options["dedupe"] for r in chosen):
@@ -565,14 +640,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run folder written by python -m minarn.train")
     p.add_argument("--name", help="folder name under results/ (default: the run folder's name)")
     p.add_argument("--weights", action="store_true", help=f"also copy {WEIGHTS} (finished runs only)")
+    p.add_argument("--interim", action="store_true",
+                   help="a run in progress: evaluate the best weights of its checkpoint first and publish that")
     p.add_argument("--tables", action="store_true", help="regenerate the generated parts of results/README.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the generated parts of README.md are out of date")
     p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default: %(default)s)")
     args = p.parse_args(argv)
     if not (args.run_dir or args.tables or args.check) or (args.run_dir and args.check):
         p.error("give RUN_DIR, --tables or --check")
-    if (args.name or args.weights) and not args.run_dir:
-        p.error("--name and --weights need RUN_DIR")
+    if (args.name or args.weights or args.interim) and not args.run_dir:
+        p.error("--name, --weights and --interim need RUN_DIR")
     try:
         if args.check:
             stale = outdated(args.results)
@@ -583,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.results / 'README.md'}: up to date")
             return 0
         if args.run_dir:
-            publish(Path(args.run_dir), args.results, args.name, args.weights)
+            publish(Path(args.run_dir), args.results, args.name, args.weights, args.interim)
             draw_fig10(args.results, read_published(args.results))
         write_tables(args.results)
         return 0

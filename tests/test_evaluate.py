@@ -67,6 +67,35 @@ def test_report_has_every_section(evaluated: tuple[Path, dict]) -> None:
         assert f"figures/{figures.FIGURE_FILES[key]}" in text
 
 
+def test_report_lists_the_misclassified_images(evaluated: tuple[Path, dict], tiny_run: Path) -> None:  # noqa: F811
+    run, result = evaluated
+    splits, _, config, _ = load_run_splits(run, cache_dir=tiny_cache(tiny_run))
+    probs = load_model(run / "model.npz").predict(scale_images(splits.test.images))
+    names = config["class_names"]
+    section = (run / "report.md").read_text().split("## Misclassified test images")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    C = result["confusion_matrix"]
+    assert len(rows) == int(C.sum() - np.trace(C))
+    listed = {row.split("`")[1]: row for row in rows}
+    for i in np.flatnonzero(probs.argmax(1) != splits.test.labels):
+        row = listed[splits.test.paths[i]]
+        assert f"| {names[splits.test.labels[i]]} | {names[probs[i].argmax()]} |" in row
+    if not rows:
+        assert "every test image is classified correctly" in section
+
+
+def test_errors_table_orders_and_caps() -> None:
+    from minarn.evaluate import _errors_markdown
+
+    y = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.7, 0.3], [0.95, 0.05], [0.2, 0.8]])
+    text = _errors_markdown(["a.jpeg", "b.jpeg", "c.jpeg", "d.jpeg"], y, probs, ["A", "B"], most=2)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert rows == ["| `c.jpeg` | B | A | 0.9500 | 0.0500 |", "| `d.jpeg` | A | B | 0.8000 | 0.2000 |"]
+    assert "1 more not listed" in text
+    assert "every test image" in _errors_markdown(["a"], np.array([0]), np.array([[1.0, 0.0]]), ["A", "B"])
+
+
 def test_every_figure_is_written(evaluated: tuple[Path, dict]) -> None:
     run, result = evaluated
     assert sorted(result["figures"]) == sorted(SINGLE_RUN_FIGURES)
@@ -99,6 +128,42 @@ def test_report_dir_leaves_the_run_folder_unchanged(tiny_run: Path, tmp_path: Pa
                  "--cache-dir", tiny_cache(tiny_run)]) == 0
     assert (tmp_path / "both" / "published" / "report.md").is_file()
     assert (tmp_path / "both" / "twin" / "report.md").is_file()
+
+
+def test_checkpoint_evaluates_the_best_weights_so_far_into_interim(
+        evaluated: tuple[Path, dict], tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    """--checkpoint reads the controller's best weights from checkpoint.npz (after the tiny run's single epoch:
+    the weights of model.npz) and writes interim/ only; the numbers equal the finished run's."""
+    run = tmp_path / "in-progress"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("figures", "report.md", "model.npz"))
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main([str(run), "--checkpoint", "--no-figures", "--cache-dir", tiny_cache(tiny_run)]) == 0
+    after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert sorted(set(after) - set(before)) == [Path("interim/report.md"), Path("interim/test.json")]
+    assert all(after[k] == v for k, v in before.items())
+    interim = json.loads((run / "interim" / "test.json").read_text())
+    _, finished = evaluated
+    for key in metrics.SUMMARY_COLUMNS:
+        assert interim[key] == pytest.approx(finished["summary"][key], rel=1e-6, abs=1e-9, nan_ok=True), key
+    C = finished["confusion_matrix"]
+    assert interim["errors"] == int(C.sum() - np.trace(C)) and interim["images"] == 6
+    assert interim["best_epoch"] == 1 and interim["epochs_finished"] == 1
+    text = (run / "interim" / "report.md").read_text()
+    assert text.startswith("# Interim evaluation of `in-progress`") and "checkpoint.npz" in text
+    assert "best epoch 1 of the 1 finished so far" in text
+
+
+def test_checkpoint_without_checkpoint_is_a_one_line_error(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "no-checkpoint"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("checkpoint.npz", "figures", "report.md"))
+    assert main([str(run), "--checkpoint", "--cache-dir", tiny_cache(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint.npz" in err and err.count("\n") == 1
+    (run / "checkpoint.npz").write_bytes(b"not an npz")
+    assert main([str(run), "--checkpoint", "--cache-dir", tiny_cache(tiny_run)]) == 2
+    err = capsys.readouterr().err
+    assert "unusable checkpoint" in err and err.count("\n") == 1 and not (run / "interim").exists()
 
 
 def test_moved_run_needs_data(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811

@@ -39,15 +39,9 @@ def make_run(folder: Path, epochs_done: int, finished: bool, **options: object) 
               "versions": {"minarn": "0.1.0", "python": "3.11.7", "numpy": "2.4.6"}, "backend": "numpy"}
     if finished:
         config["test"] = {"best_epoch": epochs_done, "accuracy": 2357 / 2359, "log_loss": 0.00612, "errors": 2}
-        rows = [metrics.ClassUncertainty(i, c, 400, 0.01 * (i + 1), 0.001 * (i + 1), "low")
-                for i, c in enumerate(CLASSES)]
-        t3, t4 = _uncertainty_tables(rows)
         summary = {"precision": 0.99912, "recall": 0.99913, "f1": 0.99911, "accuracy": 2357 / 2359,
                    "kappa": 0.99898, "log_loss": 0.00612}
-        (folder / "report.md").write_text(
-            f"# Evaluation\n\n## Table 2: test metrics\n\n{metrics.summary_markdown(summary)}\nPaper: ...\n\n"
-            f"## Table 3: uncertainty (entropy) per class\n\nMean ...\n\n{t3}\n"
-            f"## Table 4: standard deviation of the normalized maximum probability per class\n\nStd ...\n\n{t4}\n")
+        (folder / "report.md").write_text(report_text(summary))
         (folder / "figures").mkdir()
         (folder / "figures" / "fig7_learning_curves.png").write_bytes(b"\x89PNG fig7")
         (folder / "figures" / "fig8_confusion_confidence.png").write_bytes(b"\x89PNG fig8")
@@ -63,6 +57,27 @@ def make_run(folder: Path, epochs_done: int, finished: bool, **options: object) 
     (folder / "checkpoint.npz").write_bytes(b"checkpoint")
     (folder / "model.npz").write_bytes(b"weights")
     return folder
+
+
+def report_text(summary: dict[str, float], scale: float = 1.0) -> str:
+    """report.md's Tables 2-4 in minarn.evaluate's format; ``scale`` multiplies the uncertainty values."""
+    rows = [metrics.ClassUncertainty(i, c, 400, scale * 0.01 * (i + 1), scale * 0.001 * (i + 1), "low")
+            for i, c in enumerate(CLASSES)]
+    t3, t4 = _uncertainty_tables(rows)
+    return (f"# Evaluation\n\n## Table 2: test metrics\n\n{metrics.summary_markdown(summary)}\nPaper: ...\n\n"
+            f"## Table 3: uncertainty (entropy) per class\n\nMean ...\n\n{t3}\n"
+            f"## Table 4: standard deviation of the normalized maximum probability per class\n\nStd ...\n\n{t4}\n")
+
+
+def add_interim(run: Path, epochs_finished: int, best_epoch: int) -> None:
+    """An interim/ folder as ``python -m minarn.evaluate RUN --checkpoint --no-figures`` writes it."""
+    summary = {"precision": 0.99955, "recall": 0.99956, "f1": 0.99954, "accuracy": 2358 / 2359, "kappa": 0.99949,
+               "log_loss": 0.00171}
+    (run / "interim").mkdir()
+    (run / "interim" / "report.md").write_text(report_text(summary, scale=0.5))
+    (run / "interim" / "test.json").write_text(json.dumps({**summary, "errors": 1, "images": 2359,
+                                                           "best_epoch": best_epoch,
+                                                           "epochs_finished": epochs_finished}))
 
 
 @pytest.fixture
@@ -160,6 +175,54 @@ def test_in_progress_run_is_shown_as_in_progress(tmp_path: Path, results: Path) 
     assert "0:30:02 so far" in block(readme, "times")
     with pytest.raises(publish.PublishError, match="--weights needs a finished run"):
         publish.publish(run, results, weights=True, say=lambda _: None)
+
+
+def test_interim_evaluation_fills_the_tables_marked_interim(tmp_path: Path, results: Path) -> None:
+    run = make_run(tmp_path / "runs" / "default-seed123", epochs_done=32, finished=False)
+    add_interim(run, epochs_finished=32, best_epoch=31)
+    dest = publish.publish(run, results, say=lambda _: None)
+    files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
+    assert files == ["config.json", "history.csv", "interim/report.md", "interim/test.json", "train.log"]
+    publish.write_tables(results, say=lambda _: None)
+    readme = results / "README.md"
+    assert ("| in progress, 32 epochs so far (interim, best epoch 31) | 0.9996 | 0.9996 | 0.9995 | 0.9996 | 0.9995 "
+            "| 0.0017 | 1 of 2,359 |") in block(readme, "table2")
+    for name in ("runs", "seeds"):
+        assert "99.958 % (1 of 2,359 wrong) (interim, best epoch 31) | 0.0017 |" in block(readme, name), name
+    tables34 = block(readme, "tables34")
+    assert "| ChestCT | 400 | 0.0200 | 0.0020 |" in tables34
+    assert "columns are interim, from the best weights of epoch 31" in tables34
+    assert "[report](default-seed123/interim/report.md)" in tables34
+    # the finished run replaces the interim numbers; its copy drops interim/
+    finished = make_run(tmp_path / "later" / "default-seed123", epochs_done=40, finished=True)
+    add_interim(finished, epochs_finished=38, best_epoch=37)
+    publish.publish(finished, results, say=lambda _: None)
+    publish.write_tables(results, say=lambda _: None)
+    assert not (dest / "interim").exists() and "interim" not in block(readme, "table2")
+
+
+def test_stale_interim_evaluation_is_not_copied(tmp_path: Path, results: Path) -> None:
+    run = make_run(tmp_path / "runs" / "default-seed7", epochs_done=10, finished=False, seed=7)
+    add_interim(run, epochs_finished=9, best_epoch=9)  # made before the 10th epoch finished
+    said: list[str] = []
+    dest = publish.publish(run, results, say=said.append)
+    assert not (dest / "interim").exists()
+    assert any("made after epoch 9, but the run has finished 10" in line for line in said)
+    publish.write_tables(results, say=lambda _: None)
+    assert "interim" not in block(results / "README.md", "seeds")
+
+
+def test_interim_option_needs_a_run_in_progress_with_a_checkpoint(tmp_path: Path, results: Path, capsys) -> None:
+    finished = make_run(tmp_path / "done", 7, True)
+    assert publish.main([str(finished), "--interim", "--results", str(results)]) == 2
+    assert "--interim is for a run in progress" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: --interim needs RUN_DIR
+        publish.main(["--tables", "--interim", "--results", str(results)])
+    assert exit_info.value.code == 2 and "--interim need RUN_DIR" in capsys.readouterr().err
+    running = make_run(tmp_path / "running", 3, False)  # neither its data path nor its checkpoint.npz is real
+    assert publish.main([str(running), "--interim", "--results", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python results/publish.py: error: --interim:") and err.count("\n") == 1
 
 
 def test_one_epoch_is_singular(tmp_path: Path) -> None:
