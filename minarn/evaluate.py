@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = ["INTERIM_DIR", "EvaluationError", "compare_runs", "evaluate_run", "lo
 
 Report = Callable[[str], Any]
 INTERIM_DIR = "interim"  # where --checkpoint writes, inside the run folder
+MISCLASSIFIED_SHOWN = 6  # images in the Grad-CAM figure of the misclassified test images (each shown twice)
 
 
 class EvaluationError(ValueError):
@@ -181,8 +182,10 @@ def _pick_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.
 
 
 def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray, history_path: Path,
-                  best_epoch: int | None, out: Path, title: str) -> tuple[dict[str, Path], list[str]]:
-    """All single-run figures into ``out``; returns their paths and notes on figures that were skipped."""
+                  best_epoch: int | None, out: Path, title: str, wanted: Collection[str] = figures.FIGURE_FILES
+                  ) -> tuple[dict[str, Path], list[str]]:
+    """The single-run figures named in ``wanted`` (keys of ``FIGURE_FILES``) into ``out``; returns their paths
+    and notes on figures that were skipped."""
     from minarn.gradcam import gradcam
 
     names = list(ds.class_names)
@@ -191,36 +194,53 @@ def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray,
     files = figures.FIGURE_FILES
     made: dict[str, Path] = {}
     notes: list[str] = []
-    made["activations"] = figures.activation_functions(out / files["activations"])
-    made["samples"] = figures.sample_images(ds.images, ds.labels, names, out / files["samples"])
-    counts = {k: part.class_counts() for k, part in splits._asdict().items()}
-    made["label_frequency"] = figures.label_frequency(counts, names, out / files["label_frequency"])
-    if history_path.is_file() and figures.read_history(history_path):
-        made["learning_curves"] = figures.learning_curves(figures.read_history(history_path),
-                                                          out / files["learning_curves"], best_epoch, title)
-    else:
-        notes.append("Fig. 7 skipped: history.csv is missing or empty")
-    if len(test):
-        made["confusion"] = figures.confusion_and_confidence(test.labels, probs, names, out / files["confusion"], title)
-        made["reliability"] = figures.reliability_diagram(test.labels, probs, out / files["reliability"])
-        pick = _pick_per_class(test.labels, K, 2)
-        result = gradcam(model, test.images[pick])
-        made["gradcam"] = figures.gradcam_grid(test.images[pick], result, names, out / files["gradcam"],
-                                               y_true=test.labels[pick])
-        if model.stem_attention:
-            classes = sorted({round(float(c)) for c in np.linspace(0, K - 1, min(3, K))})
-            pick3 = np.concatenate([np.flatnonzero(test.labels == c)[:1] for c in classes]).astype(np.int64)
-            made["attention"] = figures.attention_illustration(model, test.images[pick3], out / files["attention"],
-                                                               test.labels[pick3], names)
+    if "activations" in wanted:
+        made["activations"] = figures.activation_functions(out / files["activations"])
+    if "samples" in wanted:
+        made["samples"] = figures.sample_images(ds.images, ds.labels, names, out / files["samples"])
+    if "label_frequency" in wanted:
+        counts = {k: part.class_counts() for k, part in splits._asdict().items()}
+        made["label_frequency"] = figures.label_frequency(counts, names, out / files["label_frequency"])
+    if "learning_curves" in wanted:
+        if history_path.is_file() and figures.read_history(history_path):
+            made["learning_curves"] = figures.learning_curves(figures.read_history(history_path),
+                                                              out / files["learning_curves"], best_epoch, title)
         else:
-            notes.append("Fig. 3 skipped: the model has no attention modules (ablation)")
-    else:
+            notes.append("Fig. 7 skipped: history.csv is missing or empty")
+    if not len(test):
         notes.append("Fig. 3, 8, 9 and the reliability diagram skipped: the test split is empty")
+        return made, notes
+    if "confusion" in wanted:
+        made["confusion"] = figures.confusion_and_confidence(test.labels, probs, names, out / files["confusion"], title)
+    if "reliability" in wanted:
+        made["reliability"] = figures.reliability_diagram(test.labels, probs, out / files["reliability"])
+    if "gradcam" in wanted:
+        pick = _pick_per_class(test.labels, K, 2)
+        made["gradcam"] = figures.gradcam_grid(test.images[pick], gradcam(model, test.images[pick]), names,
+                                               out / files["gradcam"], y_true=test.labels[pick])
+    wrong = np.flatnonzero(probs.argmax(axis=1) != test.labels)
+    if "misclassified" in wanted and len(wrong):  # where the network looked: the class it chose, then the true one
+        wrong = wrong[np.argsort(probs[wrong, test.labels[wrong]], kind="stable")][:MISCLASSIFIED_SHOWN]
+        twice = np.repeat(wrong, 2)
+        explained = np.stack([probs[wrong].argmax(axis=1), test.labels[wrong]], axis=1).ravel()
+        made["misclassified"] = figures.gradcam_grid(
+            test.images[twice], gradcam(model, test.images[twice], explained), names, out / files["misclassified"],
+            y_true=test.labels[twice], names=[Path(p).name for p in test.paths[twice]], cols=min(6, len(twice)),
+            title="Misclassified test images\nGrad-CAM of the predicted class, then of the true class")
+    elif "misclassified" in wanted:
+        notes.append("No Grad-CAM of misclassified images: every test image is classified correctly")
+    if "attention" in wanted and model.stem_attention:
+        classes = sorted({round(float(c)) for c in np.linspace(0, K - 1, min(3, K))})
+        pick3 = np.concatenate([np.flatnonzero(test.labels == c)[:1] for c in classes]).astype(np.int64)
+        made["attention"] = figures.attention_illustration(model, test.images[pick3], out / files["attention"],
+                                                           test.labels[pick3], names)
+    elif "attention" in wanted:
+        notes.append("Fig. 3 skipped: the model has no attention modules (ablation)")
     return made, notes
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | None = print, *,
-                 cache_dir: str | None = None, make_figures: bool = True,
+                 cache_dir: str | None = None, make_figures: bool | Collection[str] = True,
                  out_dir: str | Path | None = None, checkpoint: bool = False) -> dict[str, Any]:
     """Evaluate a finished ``minarn.train`` run on its test split; write ``report.md`` and ``figures/``.
 
@@ -230,7 +250,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     data : data source overriding the one saved in config.json (a moved run folder).
     report : callback for progress lines (``print`` by default; ``None`` for silence).
     cache_dir : cache folder for the decoded images (``load_mednist``).
-    make_figures : False writes only report.md.
+    make_figures : False writes only report.md; a collection of ``minarn.figures.FIGURE_FILES`` keys makes
+        only those figures.
     out_dir : where report.md and figures/ go (default: the run folder, or its ``interim/`` with ``checkpoint``;
         another folder leaves the run as it was).
     checkpoint : evaluate the best weights so far from ``checkpoint.npz`` (a run still training) instead of
@@ -249,6 +270,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     from minarn.train import evaluate_split
 
     say: Report = report or (lambda _msg: None)
+    wanted = list(figures.FIGURE_FILES) if make_figures is True else list(make_figures or [])
+    unknown = sorted(set(wanted) - set(figures.FIGURE_FILES))
+    if unknown:
+        raise EvaluationError(f"make_figures: unknown figures {unknown}; known: {list(figures.FIGURE_FILES)}")
     run_dir = Path(run_dir)
     model_path = run_dir / ("checkpoint.npz" if checkpoint else "model.npz")
     _read_config(run_dir)
@@ -296,8 +321,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     fig_dir = out_dir / "figures"
     made: dict[str, Path] = {}
     notes: list[str] = []
-    if make_figures:
-        made, notes = _make_figures(model, splits, ds, probs, run_dir / "history.csv", best_epoch, fig_dir, title)
+    if wanted:
+        made, notes = _make_figures(model, splits, ds, probs, run_dir / "history.csv", best_epoch, fig_dir, title,
+                                    wanted)
 
     errors = int(C.sum() - np.trace(C))
     t3, t4 = _uncertainty_tables(unc)

@@ -61,6 +61,7 @@ FIGURE_FILES = {
     "gradcam": "fig9_gradcam.png",
     "dense_activations": "fig10_dense_activation_loss.png",
     "reliability": "reliability.png",
+    "misclassified": "misclassified_gradcam.png",
 }
 DPI = 110
 SPLIT_COLOURS = {"train": "#1f77b4", "valid": "#ff7f0e", "test": "#2ca02c"}

@@ -12,9 +12,10 @@ with ``report.md``, ``history.csv``, ``config.json``, ``train.log`` and ``figure
 with ``--weights`` (meant for the default run). A run still in progress is copied without its report, figures
 and weights (they would be those of an earlier, shorter session). ``checkpoint.npz`` is never copied.
 
-``--interim`` (a run in progress) first evaluates the best weights its checkpoint holds (``python -m
-minarn.evaluate RUN_DIR --checkpoint --no-figures``) and publishes that evaluation as ``interim/report.md`` and
-``interim/test.json``; the tables then show its numbers marked "interim", until the finished run replaces them.
+``--interim`` (a run in progress) first evaluates the best weights its checkpoint holds (as ``python -m
+minarn.evaluate RUN_DIR --checkpoint`` does, with two figures: the learning curves so far and the Grad-CAM of the
+misclassified images) and publishes that evaluation as ``interim/report.md``, ``interim/test.json`` and
+``interim/figures/``; the tables then show its numbers marked "interim", until the finished run replaces them.
 
 ``results/README.md`` is hand-written except between marker comments::
 
@@ -49,6 +50,7 @@ COPIED_WHEN_FINISHED = ("report.md",)
 WEIGHTS = "model.npz"
 INTERIM = "interim"  # minarn.evaluate --checkpoint's folder inside a run: report.md and test.json
 INTERIM_FILES = ("report.md", "test.json")
+INTERIM_FIGURES = ("learning_curves", "misclassified")  # the figures an interim evaluation draws
 FIG10 = FIGURE_FILES["dense_activations"]
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -206,7 +208,7 @@ def evaluate_interim(run_dir: Path, say: Callable[[str], Any] = print) -> None:
     from minarn.evaluate import EvaluationError, evaluate_run
 
     try:
-        evaluate_run(run_dir, report=say, make_figures=False, checkpoint=True)
+        evaluate_run(run_dir, report=say, make_figures=INTERIM_FIGURES, checkpoint=True)
     except (EvaluationError, DataError, OSError) as err:
         raise PublishError(f"--interim: {err}") from None
 
@@ -239,6 +241,7 @@ def publish(run_dir: Path, results: Path = RESULTS, name: str | None = None, wei
     if run.interim is not None:
         if run.interim["epochs_finished"] == len(run.history):
             files += [f"{INTERIM}/{f}" for f in INTERIM_FILES]
+            files += [f"{INTERIM}/figures/{FIGURE_FILES[k]}" for k in INTERIM_FIGURES]
         else:
             say(f"{run_dir / INTERIM}: made after epoch {run.interim['epochs_finished']}, but the run has finished "
                 f"{len(run.history)}: not copied (--interim evaluates again)")
@@ -251,7 +254,7 @@ def publish(run_dir: Path, results: Path = RESULTS, name: str | None = None, wei
     shutil.rmtree(dest / INTERIM, ignore_errors=True)
     dest.mkdir(parents=True, exist_ok=True)
     for f in files:
-        (dest / f).parent.mkdir(exist_ok=True)
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / f, dest / f)
     if figures:
         (dest / "figures").mkdir()
@@ -510,8 +513,11 @@ def block_fig7(runs: Sequence[Run]) -> str:
         fig = f"{r.name}/figures/{FIGURE_FILES['learning_curves']}"
         if r.is_variant():
             out.append(f"**{link(r)}** ({r.status}):\n")
+            interim_fig = f"{r.name}/{INTERIM}/figures/{FIGURE_FILES['learning_curves']}"
             if r.finished and (r.folder / "figures" / FIGURE_FILES["learning_curves"]).is_file():
                 out.append(f"![Fig. 7, {r.name}]({fig})\n")
+            elif r.interim and (r.folder.parent / interim_fig).is_file():
+                out.append(f"![Fig. 7 so far, {r.name}]({interim_fig})\n\nEvery epoch so far:\n")
             else:
                 out.append("Fig. 7 is drawn by the evaluation at the end of the run. Every epoch so far:\n")
             out.append(md_table(EPOCH_COLUMNS, [epoch_cells(r, h) for h in r.history], "rrrrrrrlrr"))

@@ -73,7 +73,9 @@ def add_interim(run: Path, epochs_finished: int, best_epoch: int) -> None:
     """An interim/ folder as ``python -m minarn.evaluate RUN --checkpoint --no-figures`` writes it."""
     summary = {"precision": 0.99955, "recall": 0.99956, "f1": 0.99954, "accuracy": 2358 / 2359, "kappa": 0.99949,
                "log_loss": 0.00171}
-    (run / "interim").mkdir()
+    (run / "interim" / "figures").mkdir(parents=True)
+    for key in publish.INTERIM_FIGURES:
+        (run / "interim" / "figures" / publish.FIGURE_FILES[key]).write_bytes(b"\x89PNG " + key.encode())
     (run / "interim" / "report.md").write_text(report_text(summary, scale=0.5))
     (run / "interim" / "test.json").write_text(json.dumps({**summary, "errors": 1, "images": 2359,
                                                            "best_epoch": best_epoch,
@@ -182,7 +184,9 @@ def test_interim_evaluation_fills_the_tables_marked_interim(tmp_path: Path, resu
     add_interim(run, epochs_finished=32, best_epoch=31)
     dest = publish.publish(run, results, say=lambda _: None)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert files == ["config.json", "history.csv", "interim/report.md", "interim/test.json", "train.log"]
+    assert files == ["config.json", "history.csv", "interim/figures/fig7_learning_curves.png",
+                     "interim/figures/misclassified_gradcam.png", "interim/report.md", "interim/test.json",
+                     "train.log"]
     publish.write_tables(results, say=lambda _: None)
     readme = results / "README.md"
     assert ("| in progress, 32 epochs so far (interim, best epoch 31) | 0.9996 | 0.9996 | 0.9995 | 0.9996 | 0.9995 "
@@ -193,6 +197,8 @@ def test_interim_evaluation_fills_the_tables_marked_interim(tmp_path: Path, resu
     assert "| ChestCT | 400 | 0.0200 | 0.0020 |" in tables34
     assert "columns are interim, from the best weights of epoch 31" in tables34
     assert "[report](default-seed123/interim/report.md)" in tables34
+    assert "![Fig. 7 so far, default-seed123](default-seed123/interim/figures/fig7_learning_curves.png)" in \
+        block(readme, "fig7")
     # the finished run replaces the interim numbers; its copy drops interim/
     finished = make_run(tmp_path / "later" / "default-seed123", epochs_done=40, finished=True)
     add_interim(finished, epochs_finished=38, best_epoch=37)
