@@ -46,8 +46,9 @@ def recompute_batchnorm_statistics(model: ARNCNN, images: np.ndarray, batch_size
 
     Shapes: images (N, H, W, 1), uint8 pixels (scaled by 1/255) or floats. The images go through the
     convolutional part in training mode (batch statistics, as in a training step; no dropout is involved: it
-    sits in the dense head), ``batch_size`` at a time; for each layer, mean_bar = sum_b n_b mean_b / N and var_bar = sum_b n_b var_b / N, with var_b the
-    biased batch variance that Keras also averages. Only the moving statistics change: no weight does.
+    sits in the dense head), ``batch_size`` at a time; for each layer, mean_bar = sum_b n_b mean_b / N and
+    var_bar = sum_b n_b var_b / N, with var_b the biased batch variance that Keras also averages. Only the
+    moving statistics change: no weight does.
     Returns the statistics that were replaced (``set_moving_statistics`` puts them back).
     """
     if images.ndim != 4 or len(images) == 0:

@@ -336,7 +336,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
                   f"{options.get('dense_activation', 'gelu')})" + (f"; best epoch {best_epoch}" if best_epoch else ""))
     if checkpoint:
         model_line += (f" of the {epochs_finished} finished so far. **Interim**: the run is still training; these "
-                       "are its best weights at the time of this evaluation, not its final result")
+                       "are its best weights at the time of this evaluation, not its final result.")
     leak_line = (f"Test images with a byte-identical copy in train: {leaks['test']:,} of {len(test):,}; "
                  f"validation images: {leaks['valid']:,} of {len(splits.valid):,}.")
     if leaks["test"] and not options.get("dedupe"):
