@@ -198,21 +198,27 @@ def _im2col_padded(x, kh, kw, stride, top, left, OH, OW, cols):  # pragma: no co
                             cols[row, k0 + c] = zero
 
 
+@numba.njit(inline="always")
+def _taps_inside(p, stride, pad, k, size):  # pragma: no cover - compiled
+    # the taps i in [lo, hi) of a k-wide window at output position p whose input index p*stride + i - pad
+    # lies in [0, size): the padding's taps are skipped without a test per tap
+    start = p * stride - pad
+    return max(0, -start), min(k, size - start)
+
+
 @_jit
 def _col2im_padded(cols, kh, kw, stride, top, left, OH, OW, dx):  # pragma: no cover - compiled
     N, H, W, C = dx.shape
     for n in prange(N):  # one image per thread: overlapping patches of one image never race
         for p in range(OH):
+            i0, i1 = _taps_inside(p, stride, top, kh, H)
             for q in range(OW):
+                j0, j1 = _taps_inside(q, stride, left, kw, W)
                 row = (n * OH + p) * OW + q
-                for i in range(kh):
+                for i in range(i0, i1):
                     h = p * stride + i - top
-                    if h < 0 or h >= H:
-                        continue
-                    for j in range(kw):
+                    for j in range(j0, j1):
                         w = q * stride + j - left
-                        if w < 0 or w >= W:
-                            continue
                         k0 = (i * kw + j) * C
                         for c in range(C):
                             dx[n, h, w, c] += cols[row, k0 + c]
@@ -228,18 +234,16 @@ def _shallow_conv_forward(x, w, bias, has_bias, kind, stride, top, left, out):  
     for r in prange(N * OH):
         n = r // OH
         p = r % OH
+        i0, i1 = _taps_inside(p, stride, top, kh, H)
         acc = np.empty(F, dtype=out.dtype)
         for q in range(OW):
+            j0, j1 = _taps_inside(q, stride, left, kw, W)
             for f in range(F):
                 acc[f] = bias[f] if has_bias else zero
-            for i in range(kh):
+            for i in range(i0, i1):
                 h = p * stride + i - top
-                if h < 0 or h >= H:
-                    continue
-                for j in range(kw):
+                for j in range(j0, j1):
                     v = q * stride + j - left
-                    if v < 0 or v >= W:
-                        continue
                     for c in range(C):
                         xv = x[n, h, v, c]
                         for f in range(F):
@@ -267,16 +271,14 @@ def _shallow_conv_weight_grad(x, dz, kh, kw, stride, top, left, partial):  # pra
         for r in range(t * rows // chunks, (t + 1) * rows // chunks):
             n = r // OH
             p = r % OH
+            i0, i1 = _taps_inside(p, stride, top, kh, H)
             acc[:] = 0
             for q in range(OW):
-                for i in range(kh):
+                j0, j1 = _taps_inside(q, stride, left, kw, W)
+                for i in range(i0, i1):
                     h = p * stride + i - top
-                    if h < 0 or h >= H:
-                        continue
-                    for j in range(kw):
+                    for j in range(j0, j1):
                         v = q * stride + j - left
-                        if v < 0 or v >= W:
-                            continue
                         for c in range(C):
                             xv = x[n, h, v, c]
                             k = (i * kw + j) * C + c
