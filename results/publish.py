@@ -499,8 +499,8 @@ def block_table6(runs: Sequence[Run]) -> str:
     }
     rows = []
     for name, (acc, loss) in PAPER_TABLE6.items():
-        minarn = [[link(r), r.status, f"{r.test['accuracy']:.4f}" if r.finished else "",
-                   f"{r.test['log_loss']:.4f}" if r.finished else ""] for r in groups[name]]
+        minarn = [[link(r), r.status + interim_label(r), f"{r.results['accuracy']:.4f}" if r.results else "",
+                   log_loss_cell(r)] for r in groups[name]]
         for k, cells in enumerate(minarn or [["not run yet", "", "", ""]]):
             rows.append(([name, acc, loss] if k == 0 else ["", "", ""]) + cells)
     return md_table(["variant", "paper accuracy", "paper loss", "minarn run", "epochs", "minarn accuracy",

@@ -193,6 +193,7 @@ def test_interim_evaluation_fills_the_tables_marked_interim(tmp_path: Path, resu
             "| 0.0017 | 1 of 2,359 |") in block(readme, "table2")
     for name in ("runs", "seeds"):
         assert "99.958 % (1 of 2,359 wrong) (interim, best epoch 31) | 0.0017 |" in block(readme, name), name
+    assert "| in progress, 32 epochs so far (interim, best epoch 31) | 0.9996 | 0.0017 |" in block(readme, "table6")
     tables34 = block(readme, "tables34")
     assert "| ChestCT | 400 | 0.0200 | 0.0020 |" in tables34
     assert "columns are interim, from the best weights of epoch 31" in tables34
