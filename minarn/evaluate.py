@@ -162,6 +162,21 @@ def _errors_markdown(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, nam
     return "\n".join(lines) + "\n" + more
 
 
+def _score_without_copies(train_sha1: np.ndarray, test_sha1: np.ndarray, y: np.ndarray, probs: np.ndarray) -> str:
+    """The test score split by whether an image has a byte-identical copy in train: what a deduplicated test
+    split would have given these weights (only the test side; the training data stay as they were)."""
+    seen = set(train_sha1.tolist())
+    copied = np.array([h in seen for h in test_sha1.tolist()], dtype=bool)
+    right = probs.argmax(axis=1) == y
+    fresh = ~copied
+    errors = int((~right[fresh]).sum())
+    text = (f"Without them: {int(right[fresh].sum()):,} of {int(fresh.sum()):,} right "
+            f"({errors} error{'' if errors == 1 else 's'}")
+    if fresh.any():
+        text += f", log loss {metrics.log_loss(y[fresh], probs[fresh]):.4f}"
+    return text + f"); on them: {int(right[copied].sum()):,} of {int(copied.sum()):,} right."
+
+
 def _level(value: float, threshold: float) -> str:
     return "n/a" if np.isnan(value) else ("low" if value < threshold else "moderate")
 
@@ -341,6 +356,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
                  f"validation images: {leaks['valid']:,} of {len(splits.valid):,}.")
     if leaks["test"] and not options.get("dedupe"):
         leak_line += " These test images were, in effect, seen in training; `python -m minarn.train --dedupe` avoids that."
+        leak_line += " " + _score_without_copies(splits.train.sha1, test.sha1, y, probs)
     lines = [
         f"# {'Interim evaluation' if checkpoint else 'Evaluation'} of `{run_dir.name}`",
         "",
