@@ -10,7 +10,9 @@ What it teaches
   the std (ddof 0) of the normalized maximum probability m_n = max_c p_nc / sum_c p_nc (Eq. 8-10).
 - Calibration (not in the paper): ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)| over 15 confidence bins.
 - Grad-CAM on conv2d_22: alpha_k = mean over positions of d logit_c / d A_k, cam = ReLU(sum_k alpha_k A_k).
-  We check alpha_k against a central-difference gradient of the logit with respect to A.
+  We check alpha_k against a central-difference gradient of the logit with respect to A. The map depends on
+  the class c asked about: for a hard image, the maps of its two most likely classes show where the evidence
+  for each lies (minarn.evaluate draws this for every misclassified test image).
 
 The model is ARN-CNN on 48x48 inputs trained for a few epochs as in lesson 11 (one BLAS thread, batch 10,
 then the batch norm moving statistics set from 100 training images, see lesson 11 part 4).
@@ -125,5 +127,26 @@ cam = np.maximum(np.einsum("ijk,k->ij", A, res.weights[0]), 0)
 assert np.allclose(cam / cam.max() if cam.max() > 0 else cam, res.cam[0], atol=1e-6)
 print("   and cam = ReLU(sum_k alpha_k A_k) / max matches gradcam's map")
 path = figures.gradcam_grid(x_eval[pick], res, data.MEDNIST_CLASSES, OUT / "12_gradcam.png", y_true=y[pick])
+print(f"   figure saved: {path}")
+
+print("\n6. Grad-CAM answers 'where is the evidence for class c?': ask it for two classes of a hard image")
+top2 = np.argsort(-probs, axis=1)[:, :2]
+margin = probs[np.arange(N), top2[:, 0]] - probs[np.arange(N), top2[:, 1]]
+hard = int(np.argmin(margin))  # the image the model is least sure about (an error, if there is one)
+first, second = (int(k) for k in top2[hard])
+names = data.MEDNIST_CLASSES
+print(f"   image {hard}: true {names[y[hard]]}; p({names[first]}) = {probs[hard, first]:.3f}, "
+      f"p({names[second]}) = {probs[hard, second]:.3f}" + ("  (an error)" if first != y[hard] else ""))
+default = gradcam.gradcam(model, x_eval[[hard]])  # no class given: the predicted one
+both = gradcam.gradcam(model, x_eval[[hard, hard]], np.array([first, second]))
+print(f"   classes explained: default {default.classes.tolist()}, asked {both.classes.tolist()}; "
+      f"max map difference {np.abs(default.cam[0] - both.cam[0]).max():.2e}")
+assert default.classes[0] == first and np.allclose(default.cam[0], both.cam[0], atol=1e-5)
+difference = np.abs(both.cam[0] - both.cam[1]).max()
+print(f"   the map of the predicted class is the default; the two maps differ by up to {difference:.2f} "
+      "(of 1): each class has its own evidence, and an error is best read from both")
+assert difference > 0.05
+path = figures.gradcam_grid(x_eval[[hard, hard]], both, names, OUT / "12_gradcam_two_classes.png",
+                            y_true=y[[hard, hard]], title="The same image, Grad-CAM for its two most likely classes")
 print(f"   figure saved: {path}")
 print("\nLesson 12 done: every check passed.")
