@@ -7,10 +7,12 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from run_fixture import tiny_cache, tiny_run  # noqa: F401 - tiny_run is a fixture
 
 from minarn import metrics
 from minarn.evaluate import _uncertainty_tables
@@ -230,6 +232,31 @@ def test_interim_option_needs_a_run_in_progress_with_a_checkpoint(tmp_path: Path
     assert publish.main([str(running), "--interim", "--results", str(results)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python results/publish.py: error: --interim:") and err.count("\n") == 1
+
+
+def test_interim_option_evaluates_a_real_checkpoint(tiny_run: Path, tmp_path: Path, results: Path,  # noqa: F811
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end on a real run made to look unfinished: --interim evaluates its checkpoint, publishes interim/
+    and the tables show the checkpoint's numbers, which equal the finished run's evaluation."""
+    monkeypatch.setenv("MINARN_CACHE", tiny_cache(tiny_run))
+    run = tmp_path / "runs" / "default-seed123"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("model.npz", "report.md", "figures", "interim"))
+    config = json.loads((run / "config.json").read_text())
+    finished_test = config.pop("test")
+    (run / "config.json").write_text(json.dumps(config))
+    assert publish.main([str(run), "--interim", "--results", str(results)]) == 0
+    dest = results / "default-seed123"
+    interim = json.loads((dest / "interim" / "test.json").read_text())
+    expected = ["figures/fig7_learning_curves.png", "report.md", "test.json"]
+    expected += ["figures/misclassified_gradcam.png"] * (interim["errors"] > 0)
+    assert sorted(str(p.relative_to(dest / "interim")) for p in (dest / "interim").rglob("*") if p.is_file()) == \
+        sorted(expected)
+    assert interim["accuracy"] == pytest.approx(finished_test["accuracy"], abs=1e-12)
+    assert interim["log_loss"] == pytest.approx(finished_test["log_loss"], rel=1e-6)
+    n = config["split"]["test"]["total"]
+    row = (f"{100 * interim['accuracy']:.3f} % ({interim['errors']} of {n:,} wrong) (interim, best epoch 1) | "
+           f"{interim['log_loss']:.4f} |")
+    assert row in block(results / "README.md", "runs")
 
 
 def test_one_epoch_is_singular(tmp_path: Path) -> None:
