@@ -445,7 +445,7 @@ def block_runs(runs: Sequence[Run]) -> str:
 
 
 def block_table1(runs: Sequence[Run]) -> str:
-    chosen = [r for r in runs if r.is_variant("epochs", "seed")]
+    chosen = [r for r in runs if r.is_variant("epochs", "seed", "dedupe")]
     rows = []
     for k, paper in enumerate(PAPER_TABLE1):
         rows.append(["paper"] + paper)

@@ -259,6 +259,15 @@ def test_interim_option_evaluates_a_real_checkpoint(tiny_run: Path, tmp_path: Pa
     assert row in block(results / "README.md", "runs")
 
 
+def test_dedupe_run_joins_table1_but_not_the_ablations(tmp_path: Path, results: Path) -> None:
+    publish.publish(make_run(tmp_path / "dedupe-seed123", epochs_done=5, finished=False, dedupe=True), results,
+                    say=lambda _: None)
+    publish.write_tables(results, say=lambda _: None)
+    readme = results / "README.md"
+    assert "| [`dedupe-seed123`](dedupe-seed123/) | 5 | 0.080 |" in block(readme, "table1")
+    assert "dedupe-seed123" not in block(readme, "table6")
+
+
 def test_one_epoch_is_singular(tmp_path: Path) -> None:
     one = publish.read_run(make_run(tmp_path / "a", epochs_done=1, finished=False))
     assert one.status == "in progress, 1 epoch so far"
