@@ -244,8 +244,11 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLik
     lr = _column(history, "lr")
     ax_r.step(epoch, lr, where="mid", color="C2", label="learning rate used")
     ax_r.plot(epoch, lr, "o", color="C2")
-    ax_r.set_ylim(0, 1.15 * lr.max())
-    ax_r.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    if lr.min() > 0 and lr.max() / lr.min() > 20:  # several halvings: a log axis keeps the late cuts visible
+        ax_r.set_yscale("log")
+    else:
+        ax_r.set_ylim(0, 1.15 * lr.max())
+        ax_r.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax_r.set_ylabel("learning rate")
     ax_r.set_title("Learning rate")
     for ax in (ax_l, ax_a, ax_r):
