@@ -13,7 +13,8 @@ folder moved to another machine), loads ``model.npz`` and writes into the run fo
   Table 3 (mean entropy of the prediction per true class), Table 4 (std of the normalized maximum probability per
   true class), the per-class report, the confusion matrix, the misclassified images by file, calibration (ECE,
   MCE) and the duplicate leakage of the split (test images with a byte-identical copy in train);
-- ``figures/*.png``: Fig. 3-9 of the paper and a reliability diagram (``minarn.figures``).
+- ``figures/*.png``: Fig. 3-9 of the paper, a reliability diagram and Grad-CAM of the misclassified test images
+  (``minarn.figures``).
 
 With ``--checkpoint`` the first form evaluates a run that is still training: the best weights so far, which
 the run's ``checkpoint.npz`` holds (the epoch-end controller's ``best_weights``), go through the same evaluation,
