@@ -237,8 +237,9 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLik
     losses = np.r_[_column(history, "loss"), _column(history, "val_loss")]
     if losses.min() > 0 and losses.max() / losses.min() > 20:
         ax_l.set_yscale("log")
-    ax_a.plot(epoch, 100 * _column(history, "accuracy"), "o-", label="training accuracy")
-    ax_a.plot(epoch, 100 * _column(history, "val_accuracy"), "s--", label="validation accuracy")
+    ax_a.plot(epoch, 100 * _column(history, "val_accuracy"), "s--", color="C1", label="validation accuracy")
+    ax_a.plot(epoch, 100 * _column(history, "accuracy"), "o-", color="C0", ms=4,  # on top: near 100 % both overlap
+              label="training accuracy")
     ax_a.set_ylabel("accuracy (%)")
     ax_a.set_title("Accuracy")
     lr = _column(history, "lr")
