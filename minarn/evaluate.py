@@ -340,6 +340,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     if wanted:
         made, notes = _make_figures(model, splits, ds, probs, run_dir / "history.csv", best_epoch, fig_dir, title,
                                     wanted)
+        for key in set(wanted) - set(made):  # e.g. no errors this time: no Grad-CAM of errors left from before
+            (fig_dir / figures.FIGURE_FILES[key]).unlink(missing_ok=True)
 
     errors = int(C.sum() - np.trace(C))
     t3, t4 = _uncertainty_tables(unc)

@@ -174,6 +174,12 @@ def test_only_the_wanted_figures_are_drawn(tiny_run: Path, tmp_path: Path) -> No
     assert sorted(result["figures"]) == ["confusion", "learning_curves"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == ["fig7_learning_curves.png",
                                                                     "fig8_confusion_confidence.png"]
+    stale = out / "figures" / figures.FIGURE_FILES["misclassified"]  # as if an earlier evaluation had errors
+    stale.write_bytes(b"\x89PNG old")
+    result = evaluate_run(tiny_run, report=None, cache_dir=tiny_cache(tiny_run), out_dir=out,
+                          make_figures=["misclassified"])
+    C = result["confusion_matrix"]
+    assert stale.exists() == (C.sum() > np.trace(C)) and (not stale.exists() or stale.read_bytes() != b"\x89PNG old")
     with pytest.raises(EvaluationError, match=r"unknown figures \['fig7'\]"):
         evaluate_run(tiny_run, report=None, cache_dir=tiny_cache(tiny_run), out_dir=out, make_figures=["fig7"])
 
