@@ -46,6 +46,7 @@ __all__ = [
     "count_table",
     "default_cache_dir",
     "duplicate_groups",
+    "copies_in_train",
     "duplicates_in_train",
     "iterate_batches",
     "load_mednist",
@@ -633,16 +634,21 @@ def remove_duplicates(ds: Dataset) -> Dataset:
     return ds.subset(np.flatnonzero(~drop))
 
 
-def duplicates_in_train(splits: Splits) -> dict[str, int]:
-    """How many validation and test images have a byte-identical copy in the training part.
+def copies_in_train(splits: Splits) -> dict[str, np.ndarray]:
+    """Which validation and test images have a byte-identical copy in the training part.
 
-    Returns {"valid": n, "test": n}: images of that part whose SHA-1 also occurs in ``splits.train``.
+    Returns {"valid": mask, "test": mask}: (len(part),) bool, True where the image's SHA-1 also occurs in
+    ``splits.train``.
     """
     seen = set(splits.train.sha1.tolist())
-    return {
-        "valid": int(sum(h in seen for h in splits.valid.sha1.tolist())),
-        "test": int(sum(h in seen for h in splits.test.sha1.tolist())),
-    }
+    return {name: np.array([h in seen for h in part.sha1.tolist()], dtype=bool)
+            for name, part in (("valid", splits.valid), ("test", splits.test))}
+
+
+def duplicates_in_train(splits: Splits) -> dict[str, int]:
+    """How many validation and test images have a byte-identical copy in the training part: {"valid": n,
+    "test": n}, the counts of :func:`copies_in_train`."""
+    return {name: int(mask.sum()) for name, mask in copies_in_train(splits).items()}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -42,8 +42,8 @@ from minarn.data import (
     DataError,
     Dataset,
     Splits,
+    copies_in_train,
     duplicate_groups,
-    duplicates_in_train,
     load_mednist,
     sample_path,
 )
@@ -121,9 +121,7 @@ def load_checkpoint_best(run_dir: Path, config: dict[str, Any]) -> tuple[ARNCNN,
     """(model with the best weights so far, best epoch, epochs finished) from a run's ``checkpoint.npz``."""
     from minarn.train import UsageError, build_training, load_checkpoint
 
-    path = run_dir / "checkpoint.npz"
-    if not path.is_file():
-        raise EvaluationError(f"{run_dir}: no checkpoint.npz (--checkpoint evaluates a run that is still training)")
+    path = run_dir / "checkpoint.npz"  # evaluate_run has checked that it exists
     try:
         model, optimizer, controller = build_training(config["options"], len(config["class_names"]))
         run = load_checkpoint(path, model, optimizer, controller)
@@ -163,11 +161,10 @@ def _errors_markdown(paths: Sequence[str], y: np.ndarray, probs: np.ndarray, nam
     return "\n".join(lines) + "\n" + more
 
 
-def _score_without_copies(train_sha1: np.ndarray, test_sha1: np.ndarray, y: np.ndarray, probs: np.ndarray) -> str:
-    """The test score split by whether an image has a byte-identical copy in train: what a deduplicated test
-    split would have given these weights (only the test side; the training data stay as they were)."""
-    seen = set(train_sha1.tolist())
-    copied = np.array([h in seen for h in test_sha1.tolist()], dtype=bool)
+def _score_without_copies(copied: np.ndarray, y: np.ndarray, probs: np.ndarray) -> str:
+    """The test score split by ``copied`` (a byte-identical copy in train, ``copies_in_train``): what a
+    deduplicated test split would have given these weights (only the test side; the training data stay as
+    they were)."""
     right = probs.argmax(axis=1) == y
     fresh = ~copied
     errors = int((~right[fresh]).sum())
@@ -294,9 +291,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     model_path = run_dir / ("checkpoint.npz" if checkpoint else "model.npz")
     _read_config(run_dir)
     if not model_path.is_file():
-        raise EvaluationError(f"{run_dir}: no model.npz (the training run did not finish? --checkpoint evaluates "
-                              "its best weights so far)" if not checkpoint else
-                              f"{run_dir}: no checkpoint.npz (--checkpoint evaluates a run that is still training)")
+        hint = ("--checkpoint evaluates a run that is still training" if checkpoint else
+                "the training run did not finish? --checkpoint evaluates its best weights so far")
+        raise EvaluationError(f"{run_dir}: no {model_path.name} ({hint})")
     splits, ds, config, warnings = load_run_splits(run_dir, data, cache_dir, report)
     for w in warnings:
         say(f"warning: {w}")
@@ -325,7 +322,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     ece = metrics.expected_calibration_error(y, probs)
     mce = metrics.maximum_calibration_error(y, probs)
     C = metrics.confusion_matrix(y, probs.argmax(axis=1), len(names))
-    leaks = duplicates_in_train(splits)
+    copied = copies_in_train(splits)
+    leaks = {name: int(mask.sum()) for name, mask in copied.items()}
     groups = duplicate_groups(ds)
     options = config["options"]
     title = f"{run_dir.name}, dense {options.get('dense_activation', 'gelu')}"
@@ -359,7 +357,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
                  f"validation images: {leaks['valid']:,} of {len(splits.valid):,}.")
     if leaks["test"] and not options.get("dedupe"):
         leak_line += " These test images were, in effect, seen in training; `python -m minarn.train --dedupe` avoids that."
-        leak_line += " " + _score_without_copies(splits.train.sha1, test.sha1, y, probs)
+        leak_line += " " + _score_without_copies(copied["test"], y, probs)
     lines = [
         f"# {'Interim evaluation' if checkpoint else 'Evaluation'} of `{run_dir.name}`",
         "",

@@ -40,6 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minarn.data import DataError
+from minarn.evaluate import INTERIM_DIR as INTERIM  # minarn.evaluate --checkpoint's folder in a run
+from minarn.evaluate import EvaluationError, compare_runs, evaluate_run
 from minarn.figures import FIGURE_FILES, read_history
 from minarn.metrics import SUMMARY_COLUMNS
 from minarn.train import HISTORY_COLUMNS
@@ -48,7 +51,6 @@ RESULTS = Path(__file__).resolve().parent
 COPIED_ALWAYS = ("history.csv", "config.json", "train.log")
 COPIED_WHEN_FINISHED = ("report.md",)
 WEIGHTS = "model.npz"
-INTERIM = "interim"  # minarn.evaluate --checkpoint's folder inside a run
 INTERIM_FILES = ("report.md", "test.json")
 INTERIM_FIGURES = ("learning_curves", "misclassified")  # the figures an interim evaluation draws
 FIG10 = FIGURE_FILES["dense_activations"]
@@ -204,9 +206,6 @@ def read_published(results: Path) -> list[Run]:
 
 def evaluate_interim(run_dir: Path, say: Callable[[str], Any] = print) -> None:
     """Evaluate the best weights in ``run_dir/checkpoint.npz`` into ``run_dir/interim/`` (a run in progress)."""
-    from minarn.data import DataError
-    from minarn.evaluate import EvaluationError, evaluate_run
-
     try:
         evaluate_run(run_dir, report=say, make_figures=INTERIM_FIGURES, checkpoint=True)
     except (EvaluationError, DataError, OSError) as err:
@@ -276,8 +275,6 @@ def draw_fig10(results: Path, runs: Sequence[Run], say: Callable[[str], Any] = p
     chosen = fig10_runs(runs)
     if len({r.options["dense_activation"] for r in chosen}) < 2:
         return None
-    from minarn.evaluate import compare_runs
-
     return compare_runs([r.folder for r in chosen], results / FIG10, report=say)
 
 
@@ -403,7 +400,7 @@ def epoch_cells(run: Run, row: dict[str, Any]) -> list[str]:
 
 def interim_label(run: Run) -> str:
     """" (interim, best epoch N)" for a run in progress with an interim evaluation, else ""."""
-    return f" (interim, best epoch {run.interim['best_epoch']})" if run.interim and not run.finished else ""
+    return f" (interim, best epoch {run.interim['best_epoch']})" if run.interim else ""  # None once finished
 
 
 def test_result(run: Run) -> str:

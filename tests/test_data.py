@@ -533,6 +533,8 @@ def test_duplicates_in_train_and_dedupe_option() -> None:
     valid = fake_dataset(np.array([0, 1, 1]), sha1=[sha[0], sha[5], sha[3]])
     test = fake_dataset(np.array([0, 1]), sha1=[sha[1], sha[9]])
     assert D.duplicates_in_train(D.Splits(train, valid, test)) == {"valid": 2, "test": 1}
+    masks = D.copies_in_train(D.Splits(train, valid, test))
+    assert masks["valid"].tolist() == [True, False, True] and masks["test"].tolist() == [True, False]
     # a set whose duplicates straddle the split: dedupe removes every overlap
     labels = np.repeat(np.arange(2), 100)
     digests = [f"{i % 70 if i < 100 else i:040x}" for i in range(200)]  # class 0: 70 distinct, 30 copies
