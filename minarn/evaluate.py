@@ -3,7 +3,7 @@
 Usage::
 
     python -m minarn.evaluate RUN_DIR [RUN_DIR ...] [--data PATH] [--cache-dir DIR] [--checkpoint]
-    python -m minarn.evaluate --compare RUN_DIR RUN_DIR [...] [--out FILE.png]
+    python -m minarn.evaluate --compare RUN_DIR RUN_DIR [...] [--by OPTION] [--out FILE.png]
 
 The first form rebuilds the run's test split from its ``config.json`` (data source, ``--limit-per-class``,
 ``--dedupe``, split seed 123, exactly as ``minarn.train`` made it; ``--data`` points to the data when the run
@@ -22,7 +22,9 @@ written into ``RUN_DIR/interim/`` (``report.md``, ``test.json`` and, unless ``--
 that the run folder itself stays as training left it. The test split plays no part in training, so looking at
 it midway changes nothing; the final result is still the one ``minarn.train`` computes at the end.
 
-The second form draws Fig. 10, the loss per epoch of runs that differ in the dense layer's activation.
+The second form draws Fig. 10, the loss per epoch of runs that differ in the dense layer's activation, or with
+``--by OPTION`` the same plot for runs that differ in another training option (``--by seed``: the spread
+between seeds).
 Exit status: 0 done, 2 bad usage or unreadable run/data (one line on stderr).
 """
 
@@ -442,22 +444,37 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     }
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, report: Report | None = print) -> Path:
-    """Fig. 10: training and validation loss per epoch of several runs, labelled with their dense activation."""
+def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, report: Report | None = print,
+                 by: str = "dense_activation") -> Path:
+    """Training and validation loss per epoch of several runs, one line per run labelled by option ``by``.
+
+    ``by="dense_activation"`` (the default) draws the paper's Fig. 10; any other option of the runs'
+    ``config.json`` (``seed``, ``batch_size``, ``dedupe``, ...) labels the lines with its values under the
+    option's name. Runs that share a value are told apart by their folder name.
+    """
     runs = []
     for d in map(Path, run_dirs):
         config = _read_config(d)
+        options = config.get("options") or {}
+        if by not in options:
+            raise EvaluationError(f"--by {by}: not an option in {d / 'config.json'}; its options are "
+                                  f"{', '.join(sorted(options))}")
         hist = d / "history.csv"
         if not hist.is_file():
             raise EvaluationError(f"{d}: no history.csv")
         rows = figures.read_history(hist)
         if not rows:
             raise EvaluationError(f"{hist}: no finished epoch")
-        act = (config.get("model") or {}).get("dense_activation") or config["options"].get("dense_activation", "?")
-        runs.append((str(act), rows, d.name))
+        value = options[by]
+        if by == "dense_activation":
+            value = (config.get("model") or {}).get("dense_activation") or value or "?"
+        runs.append((str(value), rows, d.name))
     labels = [a for a, _, _ in runs]
     named = [(f"{a} ({n})" if labels.count(a) > 1 else a, rows) for a, rows, n in runs]
-    path = figures.dense_activation_losses(named, out)
+    if by == "dense_activation":
+        path = figures.dense_activation_losses(named, out)
+    else:
+        path = figures.loss_per_epoch(named, out, by.replace("_", " "), f"Loss per epoch by {by.replace('_', ' ')}")
     if report:
         report(f"wrote {path} ({len(runs)} runs: {', '.join(label for label, _ in named)})")
     return path
@@ -477,8 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m minarn.evaluate",
                 description="Evaluate a finished training run on its test split: writes RUN_DIR/report.md (paper "
                 "Tables 2-4, per-class report, calibration, duplicate leakage) and RUN_DIR/figures/*.png. With "
-                "--compare: draw Fig. 10 (loss per epoch by dense activation) from several runs. With --checkpoint: "
-                "evaluate the best weights so far of a run still training.")
+                "--compare: draw Fig. 10 (loss per epoch by dense activation, or by another option with --by) from "
+                "several runs. With --checkpoint: evaluate the best weights so far of a run still training.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by python -m minarn.train")
     p.add_argument("--data", help="data source (folder or archive) instead of the one saved in config.json")
     p.add_argument("--cache-dir", help="cache folder for decoded images (default ~/.cache/minarn)")
@@ -491,8 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "several are given): checks a published run without changing it")
     p.add_argument("--compare", action="store_true",
                    help="draw Fig. 10 (loss per epoch by dense activation) from the runs instead of evaluating")
-    p.add_argument("--out", default=figures.FIGURE_FILES["dense_activations"],
-                   help="output PNG of --compare (default: %(default)s)")
+    p.add_argument("--by", default="dense_activation", metavar="OPTION",
+                   help="with --compare: the training option that labels the runs, e.g. seed (default: %(default)s)")
+    p.add_argument("--out", help=f"output PNG of --compare (default: {figures.FIGURE_FILES['dense_activations']}, "
+                   "or loss_by_OPTION.png with --by)")
     return p
 
 
@@ -501,10 +520,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.compare:
-            if not str(args.out).lower().endswith(".png"):
-                raise EvaluationError(f"--out must name a .png file, got {args.out}")
-            compare_runs(args.run_dirs, args.out)
+            out = args.out or (figures.FIGURE_FILES["dense_activations"] if args.by == "dense_activation"
+                               else f"loss_by_{args.by}.png")
+            if not str(out).lower().endswith(".png"):
+                raise EvaluationError(f"--out must name a .png file, got {out}")
+            compare_runs(args.run_dirs, out, by=args.by)
             return 0
+        if args.by != "dense_activation" or args.out:
+            raise EvaluationError("--by and --out belong to --compare")
         for run_dir in args.run_dirs:
             out_dir = None
             if args.report_dir:

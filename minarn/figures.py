@@ -11,6 +11,7 @@ its path. ``minarn.evaluate`` calls them on a run folder. Figure numbers follow 
 - Fig. 8 :func:`confusion_and_confidence` - confusion matrix and top-class probability per test image
 - Fig. 9 :func:`gradcam_grid` - Grad-CAM of conv2d_22 over test images
 - Fig. 10 :func:`dense_activation_losses` - training loss of runs that differ in the dense activation
+- (not in the paper) :func:`loss_per_epoch` - the same for runs that differ in anything, e.g. the seed
 - (not in the paper) :func:`reliability_diagram` - calibration of the top-class probability
 
 matplotlib is imported only when a figure is drawn, so ``import minarn`` stays light. Figures are built as
@@ -45,6 +46,7 @@ __all__ = [
     "gradcam_grid",
     "label_frequency",
     "learning_curves",
+    "loss_per_epoch",
     "read_history",
     "reliability_diagram",
     "sample_images",
@@ -264,14 +266,16 @@ def learning_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLik
     return _save(fig, path)
 
 
-def dense_activation_losses(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
-                            path: str | os.PathLike[str]) -> Path:
-    """Fig. 10: training (left) and validation (right) loss per epoch of several runs, one line per run.
+def loss_per_epoch(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: str | os.PathLike[str],
+                   legend_title: str, title: str, emphasise: str | None = None) -> Path:
+    """Training (left) and validation (right) loss per epoch of several runs, one line per run.
 
-    ``runs`` is a list of (label, history rows), e.g. [("gelu", rows), ("relu", rows)].
+    ``runs`` is a list of (label, history rows), e.g. [("seed 123", rows), ("seed 7", rows)]; the lines whose
+    label contains ``emphasise`` are drawn thicker. Both axes turn logarithmic when the losses span more than
+    a factor 20.
     """
     if not runs:
-        raise ValueError("dense_activation_losses: no runs given")
+        raise ValueError("loss_per_epoch: no runs given")
     fig = _figure(12, 4.4)
     ax_t, ax_v = fig.subplots(1, 2)
     everything = []
@@ -279,24 +283,36 @@ def dense_activation_losses(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]
         if not history:
             continue
         epoch = _column(history, "epoch")
+        thick = emphasise is not None and emphasise in label.lower()
         for ax, key in ((ax_t, "loss"), (ax_v, "val_loss")):
             values = _column(history, key)
             everything.append(values)
-            ax.plot(epoch, values, "o-", color=f"C{i % 10}", lw=2.4 if "gelu" in label.lower() else 1.5,
-                    label=label, ms=4)
-    for ax, title in ((ax_t, "Training loss"), (ax_v, "Validation loss")):
+            ax.plot(epoch, values, "o-", color=f"C{i % 10}", lw=2.4 if thick else 1.5, label=label, ms=4)
+    for ax, name in ((ax_t, "Training loss"), (ax_v, "Validation loss")):
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss (cross-entropy + penalties)")
-        ax.set_title(title)
+        ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend(title="dense activation", fontsize=9)
+        ax.legend(title=legend_title, fontsize=9)
     if everything:
         allv = np.concatenate(everything)
         if allv.min() > 0 and allv.max() / allv.min() > 20:
             ax_t.set_yscale("log")
             ax_v.set_yscale("log")
-    fig.suptitle("Fig. 10 - Loss with different activations in the dense(256) layer")
+    fig.suptitle(title)
     return _save(fig, path)
+
+
+def dense_activation_losses(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]],
+                            path: str | os.PathLike[str]) -> Path:
+    """Fig. 10: :func:`loss_per_epoch` of runs that differ in the dense activation, GELU drawn thicker.
+
+    ``runs`` is a list of (label, history rows), e.g. [("gelu", rows), ("relu", rows)].
+    """
+    if not runs:
+        raise ValueError("dense_activation_losses: no runs given")
+    return loss_per_epoch(runs, path, "dense activation",
+                          "Fig. 10 - Loss with different activations in the dense(256) layer", emphasise="gelu")
 
 
 # ---------------------------------------------------------------------------------------------------------

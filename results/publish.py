@@ -54,6 +54,7 @@ WEIGHTS = "model.npz"
 INTERIM_FILES = ("report.md", "test.json")
 INTERIM_FIGURES = ("learning_curves", "misclassified")  # the figures an interim evaluation draws
 FIG10 = FIGURE_FILES["dense_activations"]
+SEEDS_FIG = "seeds_loss.png"  # loss per epoch of the paper's recipe with different seeds
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # The paper's recipe as minarn.train records it in config.json "options" (data aside).
@@ -270,12 +271,14 @@ def publish(run_dir: Path, results: Path = RESULTS, name: str | None = None, wei
     return dest
 
 
-def draw_fig10(results: Path, runs: Sequence[Run], say: Callable[[str], Any] = print) -> Path | None:
-    """Fig. 10 with minarn's own code (``minarn.evaluate.compare_runs``) once two dense activations exist."""
-    chosen = fig10_runs(runs)
-    if len({r.options["dense_activation"] for r in chosen}) < 2:
-        return None
-    return compare_runs([r.folder for r in chosen], results / FIG10, report=say)
+def draw_comparisons(results: Path, runs: Sequence[Run], say: Callable[[str], Any] = print) -> list[Path]:
+    """Fig. 10 and the seeds' loss curves with minarn's own code (``minarn.evaluate.compare_runs``), each once
+    two runs differ in the dense activation, resp. the seed."""
+    drawn = []
+    for chosen, by, name in ((fig10_runs(runs), "dense_activation", FIG10), (seed_runs(runs), "seed", SEEDS_FIG)):
+        if len({r.options[by] for r in chosen}) >= 2:
+            drawn.append(compare_runs([r.folder for r in chosen], results / name, report=say, by=by))
+    return drawn
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -427,6 +430,11 @@ def fig10_runs(runs: Sequence[Run]) -> list[Run]:
     return [r for r in runs if r.is_variant("dense_activation", "epochs")]
 
 
+def seed_runs(runs: Sequence[Run]) -> list[Run]:
+    """Runs of the paper's recipe, up to the seed."""
+    return [r for r in runs if r.is_variant("seed")]
+
+
 def block_runs(runs: Sequence[Run]) -> str:
     rows = []
     for r in runs:
@@ -541,12 +549,23 @@ def block_fig10(runs: Sequence[Run]) -> str:
 
 
 def block_seeds(runs: Sequence[Run]) -> str:
-    chosen = [r for r in runs if r.is_variant("seed")]
-    rows = [[link(r), str(r.options["seed"]), r.status, test_result(r), log_loss_cell(r)] for r in chosen]
-    table = md_table(["run", "seed", "epochs", "test accuracy", "log loss"], rows, "lrlrr") if rows else ""
+    chosen = seed_runs(runs)
+    rows = []
+    for r in chosen:
+        best = r.results["best_epoch"] if r.results else None
+        v = next((h for h in r.history if h["epoch"] == best), None)
+        rows.append([link(r), str(r.options["seed"]), r.status, str(best or ""), f"{v['val_loss']:.5f}" if v else "",
+                     f"{100 * exact_fraction(v['val_accuracy'], r.config['split']['valid']['total']):.3f}" if v else "",
+                     test_result(r), log_loss_cell(r)])
+    out = [md_table(["run", "seed", "epochs", "best epoch", "V_loss", "V_acc", "test accuracy", "log loss"], rows,
+                    "lrlrrrrr") if rows else ""]
     if len({r.options["seed"] for r in chosen}) < 2:
-        table += ("\n" if table else "") + "Second seed: not run yet.\n"
-    return table
+        out.append("Second seed: not run yet.\n")
+    elif chosen and (chosen[0].folder.parent / SEEDS_FIG).is_file():  # the results folder
+        folders = " ".join(f"results/{r.name}" for r in chosen)
+        out.append(f"![Loss per epoch by seed]({SEEDS_FIG})\n\nDrawn by `python -m minarn.evaluate --compare "
+                   f"{folders} --by seed --out results/{SEEDS_FIG}`.\n")
+    return "\n".join(o for o in out if o)
 
 
 def block_dedupe(runs: Sequence[Run]) -> str:
@@ -664,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.run_dir:
             publish(Path(args.run_dir), args.results, args.name, args.weights, args.interim)
-            draw_fig10(args.results, read_published(args.results))
+            draw_comparisons(args.results, read_published(args.results))
         write_tables(args.results)
         return 0
     except PublishError as err:

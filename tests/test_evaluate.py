@@ -253,3 +253,24 @@ def test_compare_runs_draws_fig10(tiny_run: Path, tmp_path: Path, capsys: pytest
         from minarn.evaluate import compare_runs
 
         compare_runs([other], tmp_path / "x.png", report=None)
+
+
+def test_compare_by_seed_labels_the_runs_by_seed(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    other = tmp_path / "seed-7"
+    shutil.copytree(tiny_run, other)
+    config = json.loads((other / "config.json").read_text())
+    config["options"]["seed"] = 7
+    (other / "config.json").write_text(json.dumps(config))
+    seed = json.loads((tiny_run / "config.json").read_text())["options"]["seed"]
+    out = tmp_path / "seeds.png"
+    assert main(["--compare", str(tiny_run), str(other), "--by", "seed", "--out", str(out)]) == 0
+    assert_png(out)
+    assert f"(2 runs: {seed}, 7)" in capsys.readouterr().out
+    assert main(["--compare", str(tiny_run), str(tiny_run), "--by", "seed", "--out", str(out)]) == 0
+    assert f"{seed} ({tiny_run.name}), {seed} ({tiny_run.name})" in capsys.readouterr().out  # same value: folder
+    assert main(["--compare", str(tiny_run), str(other), "--by", "colour", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--by colour: not an option in" in err and "seed" in err and err.count("\n") == 1
+    assert main([str(tiny_run), "--by", "seed"]) == 2  # --by without --compare
+    assert "--by and --out belong to --compare" in capsys.readouterr().err

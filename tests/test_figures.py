@@ -80,6 +80,13 @@ def test_dense_activation_losses(tmp_path: Path) -> None:
     assert_png(figures.dense_activation_losses(runs, tmp_path / "fig10.png"))
 
 
+def test_loss_per_epoch(tmp_path: Path) -> None:
+    runs = [("123", _history(8)), ("7", _history(5, 1.3))]
+    assert_png(figures.loss_per_epoch(runs, tmp_path / "seeds.png", "seed", "Loss per epoch by seed"))
+    with pytest.raises(ValueError, match="no runs"):
+        figures.loss_per_epoch([], tmp_path / "none.png", "seed", "nothing")
+
+
 def test_confusion_and_reliability(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(6), 20)

@@ -293,6 +293,23 @@ def test_two_dense_activations_give_the_fig10_table_and_figure(tmp_path: Path, r
     assert "`--epochs 2`, `--dense-activation relu`" in block(results / "README.md", "runs")
 
 
+def test_two_seeds_give_the_spread_table_and_figure(tmp_path: Path, results: Path) -> None:
+    runs = [make_run(tmp_path / "s123", 4, True), make_run(tmp_path / "s7", 3, False, seed=7)]
+    assert publish.main([str(runs[0]), "--name", "default-seed123", "--results", str(results)]) == 0
+    seeds = block(results / "README.md", "seeds")
+    assert "Second seed: not run yet." in seeds and not (results / publish.SEEDS_FIG).exists()
+    assert publish.main([str(runs[1]), "--name", "default-seed7", "--results", str(results)]) == 0
+    assert (results / publish.SEEDS_FIG).stat().st_size > 10_000  # drawn by minarn.evaluate.compare_runs
+    seeds = block(results / "README.md", "seeds")
+    # the finished run: best epoch 4 and its validation row (0.13 / 4; 3,531 of 3,537 images right)
+    assert "| [`default-seed123`](default-seed123/) | 123 | 4 epochs (stopped by the controller) | 4 | 0.03250 | " \
+           "99.830 | 99.915 % (2 of 2,359 wrong) | 0.0061 |" in seeds
+    # the run in progress has no evaluation yet: no best epoch, no test numbers
+    assert "| [`default-seed7`](default-seed7/) | 7 | in progress, 3 epochs so far |  |  |  | - |  |" in seeds
+    assert f"![Loss per epoch by seed]({publish.SEEDS_FIG})" in seeds and "--by seed" in seeds
+    assert "not run yet" not in seeds
+
+
 def test_run_folder_without_history_names_the_file(tmp_path: Path, results: Path, capsys) -> None:
     run = make_run(tmp_path / "broken", 2, True)
     (run / "history.csv").unlink()
