@@ -1,4 +1,4 @@
-"""``python -m minarn.predict MODEL IMAGE [IMAGE ...] [--gradcam OUT.png]``: classify image files.
+"""``python -m minarn.predict MODEL IMAGE [IMAGE ...] [--probabilities] [--gradcam OUT.png]``: classify images.
 
 MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folder). Class names come from the
 ``config.json`` beside it; without one, a six-class model uses the MedNIST names and any other ``class 0``,
@@ -6,8 +6,14 @@ MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folde
 to 8-bit grayscale ('L'), resized to the model's input size with nearest-neighbour sampling only when the size
 differs, scaled to [0, 1].
 
+An IMAGE that is a folder stands for the image files anywhere below it (by the file extensions Pillow knows,
+sorted by path). Images are decoded and classified ``CHUNK`` at a time and each line is printed as soon as its
+chunk is done, so a folder of any size runs in bounded memory.
+
 Output: one line per image, ``IMAGE<TAB>CLASS<TAB>PROBABILITY`` (probability of the predicted class, 4 decimals).
-A file that is missing or not an image is reported on stderr and the others are still predicted.
+``--probabilities`` adds the probability of every class as further columns, under a header line
+``image<TAB>class<TAB>probability<TAB>CLASS_1<TAB>...``. A file that is missing or not an image (or a folder
+without image files) is reported on stderr and the others are still predicted.
 ``--gradcam OUT.png`` also writes the Grad-CAM overlays (conv2d_22, ``minarn.gradcam``) of the predicted class
 (of the first 36 images), each under the 64x64 input the model saw.
 
@@ -30,10 +36,12 @@ from PIL import Image, UnidentifiedImageError
 from minarn.data import MEDNIST_CLASSES, _decode
 from minarn.model import ARNCNN, load_model
 
-__all__ = ["PredictError", "class_names_for", "load_image", "main", "predict_files", "resolve_model"]
+__all__ = ["PredictError", "class_names_for", "expand_folders", "load_image", "main", "predict_files",
+           "resolve_model"]
 
 PROG = "python -m minarn.predict"
 MAX_GRADCAM = 36  # overlays in one --gradcam figure (6 per row)
+CHUNK = 256  # images decoded and classified at a time (256 x 64 x 64 bytes, and model.predict's own batches)
 
 
 class PredictError(ValueError):
@@ -81,6 +89,22 @@ def load_image(path: str | Path, size: int = 64) -> np.ndarray:
         raise ValueError(f"not an image Pillow can decode ({type(err).__name__}: {err})") from None
 
 
+def expand_folders(paths: Sequence[str | Path]) -> list[str]:
+    """The paths with every folder replaced by the image files below it (sorted; extensions Pillow knows).
+
+    A folder without image files stays in the list as it is, so that it is reported like an unreadable file.
+    """
+    known = {ext.lower() for ext in Image.registered_extensions()}
+    out: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in known and f.is_file())
+            out += found or [str(p)]
+        else:
+            out.append(str(p))
+    return out
+
+
 def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray,
                                                                          list[tuple[str, str]]]:
     """Decode and classify image files.
@@ -101,7 +125,7 @@ def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str]
         except FileNotFoundError:
             failed.append((str(p), "no such file"))
         except IsADirectoryError:
-            failed.append((str(p), "is a folder, not an image file"))
+            failed.append((str(p), "a folder without image files"))
         except (OSError, ValueError) as err:
             failed.append((str(p), str(err) if isinstance(err, ValueError) else f"cannot read: {err.strerror or err}"))
     stack = np.stack(images) if images else np.zeros((0, H, W, 1), np.uint8)
@@ -118,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Classify image files with a model trained by python -m minarn.train; "
                 "prints IMAGE, CLASS and PROBABILITY per image (tab-separated).")
     p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any size or mode Pillow reads)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (any size or mode Pillow reads), or folders of them")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also print the probability of every class (a header line names the columns)")
     p.add_argument("--gradcam", metavar="OUT.png", help="also write the Grad-CAM overlays of the predictions here")
     return p
 
@@ -136,38 +163,54 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             if not target.parent.is_dir():
                 raise PredictError(f"--gradcam: folder {target.parent} does not exist")
         model, names, _ = resolve_model(args.model)
-        good, images, probs, failed = predict_files(model, args.images)
+        if model.input_shape[0] != model.input_shape[1]:
+            raise PredictError(f"the model takes {model.input_shape[0]}x{model.input_shape[1]} images; only square "
+                               "inputs are supported")
     except PredictError as e:
         print(f"{PROG}: error: {e}", file=err)
         return 2
-    reasons = dict(failed)
-    shown = iter(range(len(good)))
-    for p in args.images:  # in the order given, failures in place
-        p = str(p)
-        if p in reasons and p not in good:
-            print(f"{PROG}: {p}: {reasons[p]}", file=err)
-            continue
-        i = next(shown)
-        k = int(probs[i].argmax())
-        print(f"{p}\t{names[k]}\t{probs[i, k]:.4f}", file=out)
-    if args.gradcam and len(good):
+    paths = expand_folders(args.images)
+    if args.probabilities:
+        print("\t".join(["image", "class", "probability", *names]), file=out)
+    any_failed, n_good = False, 0
+    cam_paths: list[str] = []
+    cam_images: list[np.ndarray] = []
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start : start + CHUNK]
+        good, images, probs, failed = predict_files(model, chunk)
+        reasons = dict(failed)
+        any_failed |= bool(failed)
+        n_good += len(good)
+        shown = iter(range(len(good)))
+        for p in chunk:  # in the order given, failures in place
+            if p in reasons and p not in good:
+                print(f"{PROG}: {p}: {reasons[p]}", file=err)
+                continue
+            i = next(shown)
+            k = int(probs[i].argmax())
+            extra = "".join(f"\t{q:.4f}" for q in probs[i]) if args.probabilities else ""
+            print(f"{p}\t{names[k]}\t{probs[i, k]:.4f}{extra}", file=out, flush=True)
+        room = MAX_GRADCAM - len(cam_paths)
+        if args.gradcam and room > 0:
+            cam_paths += good[:room]
+            cam_images += list(images[:room])
+    if args.gradcam and cam_paths:
         from minarn import figures
         from minarn.gradcam import gradcam
 
-        shown_cam = min(len(good), MAX_GRADCAM)
-        result = gradcam(model, images[:shown_cam])
+        stack = np.stack(cam_images)
         try:
-            figures.gradcam_grid(images[:shown_cam], result, names, args.gradcam,
-                                 names=[Path(p).name for p in good[:shown_cam]],
+            figures.gradcam_grid(stack, gradcam(model, stack), names, args.gradcam,
+                                 names=[Path(p).name for p in cam_paths],
                                  title="Grad-CAM on conv2d_22 of the predicted class (the 64x64 input the model saw)")
         except OSError as e:
             print(f"{PROG}: error: cannot write {args.gradcam}: {e}", file=err)
             return 1
-        more = f" (the first {MAX_GRADCAM} of {len(good)} images)" if len(good) > MAX_GRADCAM else ""
+        more = f" (the first {MAX_GRADCAM} of {n_good} images)" if n_good > MAX_GRADCAM else ""
         print(f"Grad-CAM overlays: {args.gradcam}{more}", file=err)
-    if args.gradcam and not good:
+    if args.gradcam and not cam_paths:
         print(f"{PROG}: no image could be read; {args.gradcam} not written", file=err)
-    return 1 if failed else 0
+    return 1 if any_failed else 0
 
 
 if __name__ == "__main__":

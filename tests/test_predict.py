@@ -70,8 +70,11 @@ def test_bad_files_reported_others_predicted(tiny_run: Path, jpegs: list[Path], 
     fake = tmp_path / "broken.jpeg"
     fake.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     missing = tmp_path / "missing.png"
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "readme.txt").write_text("no images here")
     status, out, err = _run([str(tiny_run / "model.npz"), str(jpegs[0]), str(text), str(fake), str(missing),
-                             str(tmp_path), str(jpegs[1])])
+                             str(empty), str(jpegs[1])])
     assert status == 1
     assert [line.split("\t")[0] for line in out.splitlines()] == [str(jpegs[0]), str(jpegs[1])]
     assert "Traceback" not in err
@@ -79,7 +82,7 @@ def test_bad_files_reported_others_predicted(tiny_run: Path, jpegs: list[Path], 
     assert len(err_lines) == 4
     assert "notes.txt: not an image (Pillow does not recognise" in err_lines[0]
     assert "broken.jpeg: not an image Pillow can decode" in err_lines[1]
-    assert "missing.png: no such file" in err_lines[2] and "is a folder" in err_lines[3]
+    assert "missing.png: no such file" in err_lines[2] and f"{empty}: a folder without image files" in err_lines[3]
 
 
 @pytest.mark.parametrize("case", ["no-model", "not-npz", "truncated-npz", "no-images", "bad-gradcam-suffix",
@@ -108,3 +111,50 @@ def test_gradcam_overlay_written(tiny_run: Path, jpegs: list[Path], tmp_path: Pa
     assert status == 0, err
     assert out.count("\n") == 2 and str(target) in err
     assert_png(target, min_size=(250, 250))
+
+
+def test_folder_stands_for_the_images_below_it(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    scans = tmp_path / "scans"
+    for sub, cls in (("b", "Hand"), ("a/deeper", "CXR")):
+        (scans / sub).mkdir(parents=True)
+        for f in sorted((sample_path() / cls).iterdir())[:2]:
+            (scans / sub / f.name.replace(".jpeg", ".JPEG")).write_bytes(f.read_bytes())  # suffix case ignored
+    (scans / "b" / "notes.txt").write_text("skipped: not an image extension")
+    status, out, err = _run([str(tiny_run), str(scans)])
+    assert status == 0, err
+    listed = [line.split("\t")[0] for line in out.splitlines()]
+    expected = sorted(str(f) for f in scans.rglob("*.JPEG"))
+    assert listed == expected and len(listed) == 4
+
+
+def test_probabilities_give_every_class_under_a_header(tiny_run: Path, jpegs: list[Path]) -> None:  # noqa: F811
+    status, out, err = _run([str(tiny_run), *map(str, jpegs), "--probabilities"])
+    assert status == 0, err
+    header, *rows = [line.split("\t") for line in out.splitlines()]
+    names = json.loads((tiny_run / "config.json").read_text())["class_names"]
+    assert header == ["image", "class", "probability", *names] and len(rows) == len(jpegs)
+    probs = load_model(tiny_run / "model.npz").predict(scale_images(np.stack([load_image(p) for p in jpegs])))
+    for row, expected in zip(rows, probs):
+        values = np.array(row[3:], dtype=float)
+        np.testing.assert_allclose(values, expected, atol=6e-5)
+        assert row[1] == names[int(values.argmax())] and float(row[2]) == values.max()
+
+
+def test_images_go_through_in_chunks_in_the_order_given(tiny_run: Path, jpegs: list[Path], tmp_path: Path,  # noqa: F811
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import minarn.predict
+
+    whole = _run([str(tiny_run), *map(str, jpegs), str(jpegs[0])])
+    monkeypatch.setattr(minarn.predict, "CHUNK", 2)
+    monkeypatch.setattr(minarn.predict, "MAX_GRADCAM", 3)
+    calls = []
+    real = minarn.predict.predict_files
+    monkeypatch.setattr(minarn.predict, "predict_files", lambda m, paths: calls.append(len(paths)) or real(m, paths))
+    missing = str(tmp_path / "missing.png")
+    status, out, err = _run([str(tiny_run), str(jpegs[0]), missing, *map(str, jpegs[1:]), str(jpegs[0]),
+                             "--gradcam", str(tmp_path / "cam.png")])
+    assert calls == [2, 2, 1] and status == 1
+    assert out == whole[1]  # the same lines, in the order given, the missing file left out
+    assert f"{missing}: no such file" in err and "(the first 3 of 4 images)" in err
+    assert_png(tmp_path / "cam.png")
+
