@@ -34,3 +34,16 @@ def test_readme_python_example_runs() -> None:
     model = namespace["model"]
     assert model.count_params() == 1_624_131
     assert np.isfinite(namespace["loss"])
+
+
+def test_readme_prediction_example_runs(monkeypatch) -> None:
+    code = re.findall(r"```python\n(.*?)```", README, flags=re.S)[1]
+    assert "load_model" in code and "predict" in code
+    monkeypatch.chdir(ROOT)  # the example names the published weights relative to the repository
+    shown: list = []
+    namespace: dict = {"print": lambda *a, **k: shown.append(a)}
+    exec(compile(code, "README.md", "exec"), namespace)
+    probs = namespace["probs"]
+    assert probs.shape == (1, 6) and abs(float(probs.sum()) - 1) < 1e-5
+    assert shown[0][0] == "Hand" and shown[0][1] > 0.9  # a sample Hand X-ray, classified by the published model
+
