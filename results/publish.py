@@ -494,22 +494,39 @@ def block_tables34(runs: Sequence[Run]) -> str:
     return md_table(header, rows, "lr" + "r" * 2 * len(chosen)) + ("\n" + note if note else "")
 
 
-def block_table6(runs: Sequence[Run]) -> str:
-    groups = {
+def ablation_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Table 6's variants (the paper's names) with the runs of each: the ablations, and ARN-CNN itself."""
+    return {
         "attention off, residual block on": [r for r in runs if r.is_variant("attention", "epochs", "seed")
                                              and not r.options["attention"]],
         "attention on, residual block off": [r for r in runs if r.is_variant("residual", "epochs", "seed")
                                              and not r.options["residual"]],
         "both on (ARN-CNN)": [r for r in runs if r.is_variant("epochs", "seed")],
     }
+
+
+def block_table6(runs: Sequence[Run]) -> str:
+    groups = ablation_groups(runs)
     rows = []
     for name, (acc, loss) in PAPER_TABLE6.items():
         minarn = [[link(r), r.status + interim_label(r), f"{r.results['accuracy']:.4f}" if r.results else "",
                    log_loss_cell(r)] for r in groups[name]]
         for k, cells in enumerate(minarn or [["not run yet", "", "", ""]]):
             rows.append(([name, acc, loss] if k == 0 else ["", "", ""]) + cells)
-    return md_table(["variant", "paper accuracy", "paper loss", "minarn run", "epochs", "minarn accuracy",
-                     "minarn log loss"], rows, "lrrllrr")
+    out = [md_table(["variant", "paper accuracy", "paper loss", "minarn run", "epochs", "minarn accuracy",
+                     "minarn log loss"], rows, "lrrllrr")]
+    ablations = [r for name, group in groups.items() if name != "both on (ARN-CNN)" for r in group]
+    if ablations:  # the same epochs side by side: validation loss / accuracy of every variant that got that far
+        n = max(len(r.history) for r in ablations)
+        chosen = [r for group in groups.values() for r in group if len(r.history) >= n]
+        def cell(r: Run, row: dict[str, Any]) -> str:
+            return (f"{row['val_loss']:.5f} / "
+                    f"{100 * exact_fraction(row['val_accuracy'], r.config['split']['valid']['total']):.3f}")
+
+        cells = [[str(k + 1)] + [cell(r, r.history[k]) for r in chosen] for k in range(n)]
+        out.append(f"Validation loss / accuracy (%) in the first {n} epochs, every variant with at least {n}:\n")
+        out.append(md_table(["epoch"] + [link(r) for r in chosen], cells, "r" * (len(chosen) + 1)))
+    return "\n".join(out)
 
 
 def block_fig7(runs: Sequence[Run]) -> str:
