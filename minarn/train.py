@@ -361,29 +361,47 @@ def _positive_float(text: str) -> float:
     return value
 
 
+EPILOG = """examples:
+  python -m minarn.train                                          the shipped 600-image sample, a few minutes
+  python -m minarn.train --data MedNIST.tar.gz                    the paper's run on the full set
+  python -m minarn.train --resume --out runs/20261124-001500      continue an interrupted run where it stopped
+  python -m minarn.train --data MedNIST.tar.gz --no-attention --epochs 6    a Table 6 ablation
+
+threads: minarn uses every core by default; to share the machine set NUMBA_NUM_THREADS and
+OPENBLAS_NUM_THREADS (e.g. both 1 for two runs side by side on two cores) before starting."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m minarn.train", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = _Parser(prog="python -m minarn.train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="MedNIST folder or .tar/.tar.gz/.zip (default: the sample shipped in minarn)")
     p.add_argument("--download", action="store_true", help="download the public MedNIST archive into the cache")
-    p.add_argument("--cache-dir", help="where decoded datasets and downloads are cached (default ~/.cache/minarn)")
+    p.add_argument("--cache-dir", help="where decoded datasets and downloads are cached (default: ~/.cache/minarn)")
     p.add_argument("--epochs", type=_positive_int,
-                   help=f"maximum epochs (default {PAPER_EPOCHS}; {SAMPLE_EPOCHS} on the shipped sample)")
+                   help=f"maximum epochs (default: {PAPER_EPOCHS}; {SAMPLE_EPOCHS} on the shipped sample)")
     p.add_argument("--batch-size", type=_positive_int,
-                   help=f"default {PAPER_BATCH_SIZE} (the paper); {SAMPLE_BATCH_SIZE} on the shipped sample")
-    p.add_argument("--lr", type=_positive_float, default=0.001, help="initial learning rate")
-    p.add_argument("--seed", type=int, default=123, help="model initialisation, shuffling, dropout")
-    p.add_argument("--out", help="run folder (default runs/<timestamp>)")
+                   help=f"images per step (default: {PAPER_BATCH_SIZE}, the paper's; {SAMPLE_BATCH_SIZE} on the "
+                   "shipped sample)")
+    p.add_argument("--lr", type=_positive_float, default=0.001, help="initial learning rate (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=123,
+                   help="model initialisation, shuffling, dropout (default: %(default)s; the split always uses 123)")
+    p.add_argument("--out", help="run folder (default: runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--no-attention", action="store_true", help="ablation: no attention modules (Table 6)")
     p.add_argument("--no-residual", action="store_true", help="ablation: no skip connection (Table 6)")
-    p.add_argument("--dense-activation", default="gelu", choices=DENSE_ACTIVATIONS)
-    p.add_argument("--optimizer", default="adamax", choices=["adamax", "adam", "sgd"])
+    p.add_argument("--dense-activation", default="gelu", choices=DENSE_ACTIVATIONS, metavar="NAME",
+                   help=f"activation of the dense(256) layer, one of {', '.join(DENSE_ACTIVATIONS)} "
+                   "(default: %(default)s, the paper's; Fig. 10 compares them)")
+    p.add_argument("--optimizer", default="adamax", choices=["adamax", "adam", "sgd"],
+                   help="adamax (the paper's Eq. 3-6), adam or sgd (default: %(default)s)")
     p.add_argument("--backend", choices=list(kernels.BACKENDS),
-                   help=f"kernel backend (default: ${kernels.ENV_VAR}, else auto)")
-    p.add_argument("--augment", default="none", choices=["none", "hflip"])
+                   help=f"kernel backend (default: ${kernels.ENV_VAR}, else auto: Numba when installed)")
+    p.add_argument("--augment", default="none", choices=["none", "hflip"],
+                   help="training-time augmentation: none (the paper's) or random horizontal flips "
+                   "(default: %(default)s)")
     p.add_argument("--dedupe", action="store_true", help="remove byte-identical duplicates before splitting")
-    p.add_argument("--limit-per-class", type=_positive_int, help="use at most N images per class (quick runs)")
+    p.add_argument("--limit-per-class", type=_positive_int, metavar="N",
+                   help="use at most N images per class (quick runs)")
     return p
 
 
