@@ -1,4 +1,4 @@
-"""Lesson 9: softmax with cross-entropy (paper Eq. 7), the p - y gradient, and the L1/L2 penalties.
+"""Lesson 10: softmax with cross-entropy (paper Eq. 7), the p - y gradient, and the L1/L2 penalties.
 
 What it teaches
 - The last layer gives K = 6 scores (logits) z per image; softmax turns them into probabilities
@@ -13,7 +13,7 @@ What it teaches
   (the activity L1 on the layer's output is averaged over the batch). At initialization the L2 term of the
   3125 x 256 kernel alone is ~7.6, four times ln 6: why ARN-CNN's first losses are far above its log loss.
 
-Run:  python lessons/09_softmax_ce.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
+Run:  python lessons/10_softmax_ce.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
 """
 
 import os
@@ -127,8 +127,8 @@ ax[2].set_xlabel("w"), ax[2].legend(fontsize=8), ax[2].set_title("penalties on o
 for a in ax:
     a.grid(alpha=0.3)
 fig.tight_layout()
-path = OUT / "09_softmax_ce.png"
+path = OUT / "10_softmax_ce.png"
 fig.savefig(path, dpi=100)
 plt.close(fig)
 print(f"   figure saved: {path}")
-print("\nLesson 9 done: every check passed.")
+print("\nLesson 10 done: every check passed.")

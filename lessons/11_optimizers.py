@@ -1,4 +1,4 @@
-"""Lesson 10: Adamax (paper Eq. 3-6) against SGD and Adam on the same small problem.
+"""Lesson 11: Adamax (paper Eq. 3-6) against SGD and Adam on the same small problem.
 
 What it teaches
 - SGD steps against the gradient: theta -= lr * g. One learning rate for every weight, so the step is
@@ -12,7 +12,7 @@ What it teaches
   its gradient: the first step is exactly lr * sign(g), and multiplying all gradients by 1000 changes nothing.
 - Adam is the same with u replaced by sqrt of a running mean of g^2.
 
-Run:  python lessons/10_optimizers.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
+Run:  python lessons/11_optimizers.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
 """
 
 import os
@@ -130,8 +130,8 @@ ax[1].set_xlabel("a"), ax[1].set_ylabel("b"), ax[1].set_title("40 steps on (a^2 
 for panel in ax:
     panel.legend()
 fig.tight_layout()
-path = OUT / "10_optimizers.png"
+path = OUT / "11_optimizers.png"
 fig.savefig(path, dpi=100)
 plt.close(fig)
 print(f"   figure saved: {path}")
-print("\nLesson 10 done: every check passed.")
+print("\nLesson 11 done: every check passed.")
