@@ -270,8 +270,8 @@ def loss_per_epoch(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path
                    legend_title: str, title: str, emphasise: str | None = None) -> Path:
     """Training (left) and validation (right) loss per epoch of several runs, one line per run.
 
-    ``runs`` is a list of (label, history rows), e.g. [("seed 123", rows), ("seed 7", rows)]; the lines whose
-    label contains ``emphasise`` are drawn thicker. Both axes turn logarithmic when the losses span more than
+    ``runs`` is a list of (label, history rows), e.g. [("123", rows), ("7", rows)] with ``legend_title="seed"``;
+    the lines whose label contains ``emphasise`` are drawn thicker. Both axes turn logarithmic when the losses span more than
     a factor 20.
     """
     if not runs:

@@ -392,13 +392,18 @@ def exact_fraction(value: float, total: int) -> float:
     return round(value * total) / total if total else value
 
 
+def validation_cells(run: Run, row: dict[str, Any]) -> tuple[str, str]:
+    """(V_loss, V_acc in percent) of one history row, with the paper's precision."""
+    v_acc = exact_fraction(row["val_accuracy"], run.config["split"]["valid"]["total"])
+    return f"{row['val_loss']:.5f}", f"{100 * v_acc:.3f}"
+
+
 def epoch_cells(run: Run, row: dict[str, Any]) -> list[str]:
     """One history row with the paper's columns and precision (accuracies in percent)."""
     acc = exact_fraction(row["accuracy"], run.config["split"]["train"]["total"])
-    v_acc = exact_fraction(row["val_accuracy"], run.config["split"]["valid"]["total"])
-    return [str(row["epoch"]), f"{row['loss']:.3f}", f"{100 * acc:.3f}", f"{row['val_loss']:.5f}",
-            f"{100 * v_acc:.3f}", f"{row['lr']:g}", f"{row['next_lr']:g}", row["monitor"],
-            f"{row['improvement']:.2f}", f"{row['duration']:.2f} s"]
+    return [str(row["epoch"]), f"{row['loss']:.3f}", f"{100 * acc:.3f}", *validation_cells(run, row),
+            f"{row['lr']:g}", f"{row['next_lr']:g}", row["monitor"], f"{row['improvement']:.2f}",
+            f"{row['duration']:.2f} s"]
 
 
 def interim_label(run: Run) -> str:
@@ -519,11 +524,7 @@ def block_table6(runs: Sequence[Run]) -> str:
     if ablations:  # the same epochs side by side: validation loss / accuracy of every variant that got that far
         n = max(len(r.history) for r in ablations)
         chosen = [r for group in groups.values() for r in group if len(r.history) >= n]
-        def cell(r: Run, row: dict[str, Any]) -> str:
-            return (f"{row['val_loss']:.5f} / "
-                    f"{100 * exact_fraction(row['val_accuracy'], r.config['split']['valid']['total']):.3f}")
-
-        cells = [[str(k + 1)] + [cell(r, r.history[k]) for r in chosen] for k in range(n)]
+        cells = [[str(k + 1)] + [" / ".join(validation_cells(r, r.history[k])) for r in chosen] for k in range(n)]
         out.append(f"Validation loss / accuracy (%) in the first {n} epochs, every variant with at least {n}:\n")
         out.append(md_table(["epoch"] + [link(r) for r in chosen], cells, "r" * (len(chosen) + 1)))
     return "\n".join(out)
@@ -570,10 +571,9 @@ def block_seeds(runs: Sequence[Run]) -> str:
     rows = []
     for r in chosen:
         best = r.results["best_epoch"] if r.results else None
-        v = next((h for h in r.history if h["epoch"] == best), None)
-        rows.append([link(r), str(r.options["seed"]), r.status, str(best or ""), f"{v['val_loss']:.5f}" if v else "",
-                     f"{100 * exact_fraction(v['val_accuracy'], r.config['split']['valid']['total']):.3f}" if v else "",
-                     test_result(r), log_loss_cell(r)])
+        row = next((h for h in r.history if h["epoch"] == best), None)
+        rows.append([link(r), str(r.options["seed"]), r.status, str(best or ""),
+                     *(validation_cells(r, row) if row else ("", "")), test_result(r), log_loss_cell(r)])
     out = [md_table(["run", "seed", "epochs", "best epoch", "V_loss", "V_acc", "test accuracy", "log loss"], rows,
                     "lrlrrrrr") if rows else ""]
     if len({r.options["seed"] for r in chosen}) < 2:
