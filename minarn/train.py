@@ -5,8 +5,8 @@ the epoch-end controller (``minarn.controller``), one table row per epoch with t
 weights restored at the end. With no ``--data`` it trains on the sample shipped inside the package.
 
 Outputs in ``--out`` (default ``runs/<timestamp>``): ``model.npz`` (best weights, ``minarn.load_model``),
-``checkpoint.npz`` (everything needed to ``--resume``, written atomically after every epoch and on Ctrl-C),
-``history.csv``, ``train.log`` and ``config.json``.
+``checkpoint.npz`` (everything needed to ``--resume``, written atomically after every epoch and on Ctrl-C or
+SIGTERM), ``history.csv``, ``train.log`` and ``config.json``.
 
 Randomness: the model is initialised from ``--seed``; the shuffling of epoch ``e`` comes from the generator
 seeded ``[seed, e]`` and the dropout mask and flips of batch ``b`` from ``[seed, e, b]``, so a run resumed at any
@@ -205,28 +205,42 @@ def load_checkpoint(path: Path, model: ARNCNN, optimizer: Optimizer, controller:
 
 
 # -- the training loop ---------------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal (``signum``); the exit status is 128 + signum (130 Ctrl-C, 143 SIGTERM)."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum)
+        self.signum = int(signum)
+
+
 class _Interrupt:
-    """First Ctrl-C: finish the current batch, checkpoint, stop. Second Ctrl-C: stop at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM (``kill``, ``timeout``, a job scheduler's notice): finish the current
+    batch, checkpoint, stop. A second signal: stop at once. ``signum`` is the first signal's number."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum = signal.SIGINT
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
         def handler(signum: int, frame: Any) -> None:
             if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
+                raise Interrupted(signum)
+            self.requested, self.signum = True, signum
 
         try:
-            self._previous = signal.signal(signal.SIGINT, handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, handler)
         except ValueError:  # not in the main thread: no handler, Ctrl-C behaves as usual
-            self._previous = None
+            self.__exit__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 def fit(
@@ -245,7 +259,7 @@ def fit(
     report: Reporter,
     on_batch: Callable[[RunState], None] | None = None,
 ) -> RunState:
-    """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C).
+    """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C or SIGTERM).
 
     ``on_batch(run)``, when given, is called after every optimizer step (``run.batch`` is then the number of
     batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py)."""
@@ -291,7 +305,7 @@ def fit(
                     save_checkpoint(checkpoint, model, optimizer, controller, run)
                     report(f"Interrupted at epoch {run.epoch + 1}, batch {b + 1}/{steps}: checkpoint saved to "
                            f"{checkpoint}; continue with --resume --out {out}")
-                    raise KeyboardInterrupt
+                    raise Interrupted(interrupt.signum)
             acc, train_loss = run.correct / max(run.seen, 1), run.loss_sum / max(run.seen, 1)
             v_loss, v_acc, _ = evaluate_split(model, valid.images, valid.labels, batch_size)
             decision = controller.on_epoch_end(run.epoch, acc, v_loss, lr, snapshot=model.state_dict)
@@ -314,7 +328,7 @@ def fit(
             save_checkpoint(checkpoint, model, optimizer, controller, run)
             if interrupt.requested:
                 report(f"Interrupted after epoch {row['epoch']}: checkpoint saved; continue with --resume --out {out}")
-                raise KeyboardInterrupt
+                raise Interrupted(interrupt.signum)
     return run
 
 
@@ -489,7 +503,8 @@ def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, 
 
 
 def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
-    """Run the command line; returns the exit status (0 done, 1 training failed, 2 bad usage, 130 interrupted)."""
+    """Run the command line; returns the exit status (0 done, 1 training failed, 2 bad usage, 130 interrupted by
+    Ctrl-C, 143 by SIGTERM)."""
     err = sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
@@ -596,8 +611,8 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     except TrainingDiverged as e:
         report(f"error: {e}")
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as stop:  # Interrupted, or Ctrl-C outside the handler's reach
+        return 128 + getattr(stop, "signum", signal.SIGINT)
     model.load_state_dict(controller.best_weights)
     report(f"Training is completed - model is set with weights from epoch {controller.best_epoch} "
            f"({_format_duration(time.perf_counter() - t0)} in this session)")

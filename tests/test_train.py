@@ -453,6 +453,28 @@ def test_second_ctrl_c_stops_at_once(cli, tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is handler_before
 
 
+def test_sigterm_checkpoints_like_ctrl_c_with_status_143(cli, reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    steps = steps_per_epoch(reference.config)
+    calls = {"n": 0}
+    original = ARNCNN.loss_and_grads
+
+    def loss_and_grads(self, x, y):
+        calls["n"] += 1
+        if calls["n"] == steps + 2:  # epoch 2, batch 2: "kill PID", "timeout" or a job scheduler
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, x, y)
+
+    handlers_before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(ARNCNN, "loss_and_grads", loss_and_grads)
+    status, text = cli(out, "--epochs", 3)
+    assert status == 128 + signal.SIGTERM and calls["n"] == steps + 2
+    assert f"Interrupted at epoch 2, batch 2/{steps}" in text
+    run = checkpoint_run(out)
+    assert (run["epoch"], run["batch"], len(run["history"])) == (1, 2, 1)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers_before
+
+
 def test_nan_loss_stops_with_status_1_and_keeps_the_last_checkpoint(cli, tmp_path, monkeypatch):
     out = tmp_path / "run"
     original = ARNCNN.loss_and_grads
