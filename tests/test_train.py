@@ -375,22 +375,30 @@ def test_resume_2_then_3_equals_3_epochs(cli, reference, tmp_path, cache_dir):
     assert_same_run(out, reference.out)
 
 
-def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(cli, reference, tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    steps = steps_per_epoch(reference.config)
-    stop_at = steps + 2  # epoch 2, batch 2
+def signals_during_step(monkeypatch, step: int, *signals: int) -> dict[str, int]:
+    """Send ``signals`` to this process while training step ``step`` (1-based, over all epochs) is computed,
+    as Ctrl-C or ``kill`` would; returns the step counter, {"n": steps started}."""
     calls = {"n": 0}
     original = ARNCNN.loss_and_grads
 
     def loss_and_grads(self, x, y):
         calls["n"] += 1
-        if calls["n"] == stop_at:
-            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler, "no Ctrl-C handler installed"
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this batch is being computed
+        if calls["n"] == step:
+            for sig in signals:
+                assert signal.getsignal(sig) not in (signal.default_int_handler, signal.SIG_DFL), "no handler"
+                os.kill(os.getpid(), sig)
         return original(self, x, y)
 
-    handler_before = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(ARNCNN, "loss_and_grads", loss_and_grads)
+    return calls
+
+
+def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(cli, reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    steps = steps_per_epoch(reference.config)
+    stop_at = steps + 2  # epoch 2, batch 2
+    handler_before = signal.getsignal(signal.SIGINT)
+    calls = signals_during_step(monkeypatch, stop_at, signal.SIGINT)
     status, text = cli(out, "--epochs", 3)
     assert status == 130
     assert calls["n"] == stop_at  # the batch in progress finished, no further batch started
@@ -411,16 +419,7 @@ def test_ctrl_c_mid_epoch_then_resume_equals_uninterrupted(cli, reference, tmp_p
 def test_ctrl_c_in_the_last_batch_stops_after_the_epoch(cli, reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
     steps = steps_per_epoch(reference.config)
-    calls = {"n": 0}
-    original = ARNCNN.loss_and_grads
-
-    def loss_and_grads(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == steps:  # the last batch of epoch 1
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, x, y)
-
-    monkeypatch.setattr(ARNCNN, "loss_and_grads", loss_and_grads)
+    calls = signals_during_step(monkeypatch, steps, signal.SIGINT)  # the last batch of epoch 1
     status, text = cli(out, "--epochs", 3)
     assert status == 130 and calls["n"] == steps
     assert "Interrupted after epoch 1" in text
@@ -433,20 +432,11 @@ def test_ctrl_c_in_the_last_batch_stops_after_the_epoch(cli, reference, tmp_path
     assert status == 0
     assert_same_run(out, reference.out)
 
+
 def test_second_ctrl_c_stops_at_once(cli, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    original = ARNCNN.loss_and_grads
-    calls = {"n": 0}
-
-    def loss_and_grads(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, x, y)
-
     handler_before = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(ARNCNN, "loss_and_grads", loss_and_grads)
+    calls = signals_during_step(monkeypatch, 2, signal.SIGINT, signal.SIGINT)
     status, _ = cli(out, "--epochs", 1)
     assert status == 130 and calls["n"] == 2
     assert not (out / "checkpoint.npz").exists()  # stopped inside batch 2 of epoch 1: nothing to save
@@ -456,17 +446,8 @@ def test_second_ctrl_c_stops_at_once(cli, tmp_path, monkeypatch):
 def test_sigterm_checkpoints_like_ctrl_c_with_status_143(cli, reference, tmp_path, monkeypatch):
     out = tmp_path / "run"
     steps = steps_per_epoch(reference.config)
-    calls = {"n": 0}
-    original = ARNCNN.loss_and_grads
-
-    def loss_and_grads(self, x, y):
-        calls["n"] += 1
-        if calls["n"] == steps + 2:  # epoch 2, batch 2: "kill PID", "timeout" or a job scheduler
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, x, y)
-
     handlers_before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(ARNCNN, "loss_and_grads", loss_and_grads)
+    calls = signals_during_step(monkeypatch, steps + 2, signal.SIGTERM)  # "kill PID", "timeout", a job scheduler
     status, text = cli(out, "--epochs", 3)
     assert status == 128 + signal.SIGTERM and calls["n"] == steps + 2
     assert f"Interrupted at epoch 2, batch 2/{steps}" in text
