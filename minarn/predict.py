@@ -1,4 +1,4 @@
-"""``python -m minarn.predict MODEL IMAGE [IMAGE ...] [--probabilities] [--gradcam OUT.png]``: classify images.
+"""``python -m minarn.predict MODEL IMAGE [IMAGE ...] [--probabilities] [--score] [--gradcam OUT.png]``.
 
 MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folder). Class names come from the
 ``config.json`` beside it; without one, a six-class model uses the MedNIST names and any other ``class 0``,
@@ -14,6 +14,11 @@ Output: one line per image, ``IMAGE<TAB>CLASS<TAB>PROBABILITY`` (probability of 
 ``--probabilities`` adds the probability of every class as further columns, under a header line
 ``image<TAB>class<TAB>probability<TAB>CLASS_1<TAB>...``. A file that is missing or not an image (or a folder
 without image files) is reported on stderr and the others are still predicted.
+
+``--score`` takes the name of each image's folder as its true class (``scans/Hand/x.png`` is a Hand image; images
+in a folder that is no class name are left out of the score) and prints to stderr, after the predictions, the
+paper's Table 2 (macro precision, recall, F1, accuracy, kappa, log loss) and the confusion matrix: the published
+model's score on your own labelled images, laid out as MedNIST is.
 ``--gradcam OUT.png`` also writes the Grad-CAM overlays (conv2d_22, ``minarn.gradcam``) of the predicted class
 (of the first 36 images), each under the 64x64 input the model saw.
 
@@ -33,6 +38,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from minarn import metrics
 from minarn.data import MEDNIST_CLASSES, _decode
 from minarn.model import ARNCNN, load_model
 
@@ -133,6 +139,34 @@ def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str]
     return good, stack, probs, failed
 
 
+def score_text(scored: Sequence[tuple[int, np.ndarray]], names: Sequence[str]) -> str:
+    """Table 2 and the confusion matrix of the images whose true class is known (true class >= 0)."""
+    labelled = [(t, p) for t, p in scored if t >= 0]
+    left_out = len(scored) - len(labelled)
+    note = (f" ({left_out} image{'s' * (left_out != 1)} in folders that are no class name left out)"
+            if left_out else "")
+    if not labelled:
+        return (f"score: no image sits in a folder named after a class ({', '.join(names)}){note}\n")
+    y = np.array([t for t, _ in labelled])
+    probs = np.stack([p for _, p in labelled]).astype(np.float64)
+    y_pred = probs.argmax(axis=1)
+    present = np.union1d(y, y_pred)  # macro averages over the classes that occur (sklearn's default labels)
+    prec, rec, f1, _ = metrics.precision_recall_f1_support(y, y_pred, len(names))
+    values = {"precision": prec[present].mean(), "recall": rec[present].mean(), "f1": f1[present].mean(),
+              "accuracy": metrics.accuracy(y, y_pred), "kappa": metrics.cohen_kappa(y, y_pred, len(names)),
+              "log_loss": metrics.log_loss(y, probs)}
+    C = metrics.confusion_matrix(y, y_pred, len(names))
+    width = max(len(n) for n in names)
+    rows = [" " * width + "  " + " ".join(f"{n[:9]:>9}" for n in names)]
+    rows += [f"{n:>{width}}  " + " ".join(f"{c:>9d}" for c in C[k]) for k, n in enumerate(names)]
+    wrong = int(len(y) - np.trace(C))
+    return (f"score on {len(y):,} labelled images{note}: {wrong} wrong; macro averages over the "
+            f"{len(present)} classes that occur\n"
+            + metrics.summary_markdown(values)
+            + "confusion matrix (rows: true class from the folder name, columns: predicted)\n"
+            + "\n".join(rows) + "\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         raise PredictError(message)
@@ -146,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files (any size or mode Pillow reads), or folders of them")
     p.add_argument("--probabilities", action="store_true",
                    help="also print the probability of every class (a header line names the columns)")
+    p.add_argument("--score", action="store_true",
+                   help="each image's folder name is its true class: print Table 2 and the confusion matrix")
     p.add_argument("--gradcam", metavar="OUT.png", help="also write the Grad-CAM overlays of the predictions here")
     return p
 
@@ -173,6 +209,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     if args.probabilities:
         print("\t".join(["image", "class", "probability", *names]), file=out)
     any_failed, n_good = False, 0
+    scored: list[tuple[int, np.ndarray]] = []  # (true class or -1, probabilities) per image, for --score
     cam_paths: list[str] = []
     cam_images: list[np.ndarray] = []
     for start in range(0, len(paths), CHUNK):
@@ -190,10 +227,15 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             k = int(probs[i].argmax())
             extra = "".join(f"\t{q:.4f}" for q in probs[i]) if args.probabilities else ""
             print(f"{p}\t{names[k]}\t{probs[i, k]:.4f}{extra}", file=out, flush=True)
+            if args.score:
+                folder = Path(p).parent.name
+                scored.append((names.index(folder) if folder in names else -1, probs[i]))
         room = MAX_GRADCAM - len(cam_paths)
         if args.gradcam and room > 0:
             cam_paths += good[:room]
             cam_images += list(images[:room])
+    if args.score:
+        print(score_text(scored, names), file=err, end="")
     if args.gradcam and cam_paths:
         from minarn import figures
         from minarn.gradcam import gradcam

@@ -158,3 +158,35 @@ def test_images_go_through_in_chunks_in_the_order_given(tiny_run: Path, jpegs: l
     assert f"{missing}: no such file" in err and "(the first 3 of 4 images)" in err
     assert_png(tmp_path / "cam.png")
 
+
+
+def test_score_takes_the_folder_name_as_the_true_class(tiny_run: Path, tmp_path: Path) -> None:  # noqa: F811
+    names = json.loads((tiny_run / "config.json").read_text())["class_names"]
+    files = {c: sorted((sample_path() / c).iterdir())[:3] for c in ("CXR", "Hand", "HeadCT")}
+    for c, paths in files.items():
+        (tmp_path / "scans" / c).mkdir(parents=True)
+        for f in paths:
+            (tmp_path / "scans" / c / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "scans" / "unsorted").mkdir()
+    (tmp_path / "scans" / "unsorted" / "x.jpeg").write_bytes(files["CXR"][0].read_bytes())
+    status, out, err = _run([str(tiny_run), str(tmp_path / "scans"), "--score"])
+    assert status == 0, err
+    predicted = {line.split("\t")[0]: line.split("\t")[1] for line in out.splitlines()}
+    assert len(predicted) == 10  # every image is predicted, the unsorted one too
+    truth = [(Path(p).parent.name, c) for p, c in predicted.items() if Path(p).parent.name in names]
+    wrong = sum(t != c for t, c in truth)
+    assert f"score on 9 labelled images (1 image in folders that are no class name left out): {wrong} wrong" in err
+    accuracy = float(err.split("\n")[3].split("|")[4])
+    assert accuracy == pytest.approx((9 - wrong) / 9, abs=5e-5)
+    matrix = err.split("columns: predicted)\n")[1].splitlines()
+    counts = {row.split()[0]: list(map(int, row.split()[1:])) for row in matrix[1:]}
+    assert sum(map(sum, counts.values())) == 9 and sum(counts["Hand"]) == 3 and sum(counts["BreastMRI"]) == 0
+    assert counts["Hand"][names.index("Hand")] == sum(c == "Hand" for t, c in truth if t == "Hand")
+
+
+def test_score_without_class_folders_says_so(tiny_run: Path, jpegs: list[Path], tmp_path: Path) -> None:  # noqa: F811
+    loose = tmp_path / "x.jpeg"
+    loose.write_bytes(jpegs[0].read_bytes())
+    status, out, err = _run([str(tiny_run), str(loose), "--score"])
+    assert status == 0 and out.count("\n") == 1
+    assert "score: no image sits in a folder named after a class (AbdomenCT, BreastMRI" in err
