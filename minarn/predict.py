@@ -19,6 +19,7 @@ without image files) is reported on stderr and the others are still predicted.
 in a folder that is no class name are left out of the score) and prints to stderr, after the predictions, the
 paper's Table 2 (macro precision, recall, F1, accuracy, kappa, log loss) and the confusion matrix: the published
 model's score on your own labelled images, laid out as MedNIST is.
+
 ``--gradcam OUT.png`` also writes the Grad-CAM overlays (conv2d_22, ``minarn.gradcam``) of the predicted class
 (of the first 36 images), each under the 64x64 input the model saw.
 
