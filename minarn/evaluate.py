@@ -474,7 +474,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, report: Report
     if by == "dense_activation":
         path = figures.dense_activation_losses(named, out)
     else:
-        path = figures.loss_per_epoch(named, out, by.replace("_", " "), f"Loss per epoch by {by.replace('_', ' ')}")
+        option = by.replace("_", " ")
+        path = figures.loss_per_epoch(named, out, option, f"Loss per epoch by {option}")
     if report:
         report(f"wrote {path} ({len(runs)} runs: {', '.join(label for label, _ in named)})")
     return path

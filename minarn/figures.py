@@ -271,8 +271,8 @@ def loss_per_epoch(runs: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path
     """Training (left) and validation (right) loss per epoch of several runs, one line per run.
 
     ``runs`` is a list of (label, history rows), e.g. [("123", rows), ("7", rows)] with ``legend_title="seed"``;
-    the lines whose label contains ``emphasise`` are drawn thicker. Both axes turn logarithmic when the losses span more than
-    a factor 20.
+    the lines whose label contains ``emphasise`` are drawn thicker. Both axes turn logarithmic when the losses
+    span more than a factor 20.
     """
     if not runs:
         raise ValueError("loss_per_epoch: no runs given")

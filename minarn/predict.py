@@ -43,7 +43,7 @@ from minarn import metrics
 from minarn.data import MEDNIST_CLASSES, _decode
 from minarn.model import ARNCNN, load_model
 
-__all__ = ["PredictError", "class_names_for", "expand_folders", "load_image", "main", "predict_files",
+__all__ = ["PredictError", "class_names_for", "expand_folders", "input_size", "load_image", "main", "predict_files",
            "resolve_model"]
 
 PROG = "python -m minarn.predict"
@@ -112,6 +112,14 @@ def expand_folders(paths: Sequence[str | Path]) -> list[str]:
     return out
 
 
+def input_size(model: ARNCNN) -> int:
+    """The side of the square images the model takes; ``PredictError`` for a model with non-square inputs."""
+    H, W, _ = model.input_shape
+    if H != W:
+        raise PredictError(f"the model takes {H}x{W} images; only square inputs are supported")
+    return H
+
+
 def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray,
                                                                          list[tuple[str, str]]]:
     """Decode and classify image files.
@@ -119,9 +127,7 @@ def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str]
     Returns (the paths that were read, their images (M, H, W, 1) uint8, probabilities (M, K),
     [(path, reason)] for the files that could not be read).
     """
-    H, W, _ = model.input_shape
-    if H != W:
-        raise PredictError(f"the model takes {H}x{W} images; only square inputs are supported")
+    H = W = input_size(model)
     good: list[str] = []
     images: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
@@ -200,9 +206,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             if not target.parent.is_dir():
                 raise PredictError(f"--gradcam: folder {target.parent} does not exist")
         model, names, _ = resolve_model(args.model)
-        if model.input_shape[0] != model.input_shape[1]:
-            raise PredictError(f"the model takes {model.input_shape[0]}x{model.input_shape[1]} images; only square "
-                               "inputs are supported")
+        input_size(model)  # checked before the first image is read
     except PredictError as e:
         print(f"{PROG}: error: {e}", file=err)
         return 2
