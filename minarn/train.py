@@ -121,6 +121,13 @@ def _format_duration(seconds: float) -> str:
         f"{seconds // 60:02d}:{seconds % 60:02d}"
 
 
+def _spelled_duration(seconds: float) -> str:
+    """'14 min 37 s', or '8 h 01 min' from an hour on: a length of time that cannot be read as a clock time."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600} h {seconds // 60 % 60:02d} min" if seconds >= 3600 else \
+        f"{seconds // 60} min {seconds % 60:02d} s"
+
+
 TABLE_HEADER = (f"{'Epoch':^8s}{'Loss':^10s}{'Accuracy':^10s}{'V_loss':^10s}{'V_acc':^10s}{'LR':^9s}"
                 f"{'Next LR':^9s}{'Monitor':^10s}{'% Improv':^10s}{'Duration':^10s}")
 
@@ -615,7 +622,7 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         return 128 + getattr(stop, "signum", signal.SIGINT)
     model.load_state_dict(controller.best_weights)
     report(f"Training is completed - model is set with weights from epoch {controller.best_epoch} "
-           f"({_format_duration(time.perf_counter() - t0)} in this session)")
+           f"(this session trained for {_spelled_duration(time.perf_counter() - t0)})")
     model.save(out / "model.npz")
     config["test"] = {"best_epoch": controller.best_epoch}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))

@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -246,6 +247,7 @@ def test_outputs_of_a_run(reference, tiny_data, cache_dir):
     assert "img/s" not in log and "\r" not in log and "\033" not in log
     assert "epoch 1/3  batch 1/4" in reference.text and "img/s" in reference.text
     assert f"model is set with weights from epoch {config['test']['best_epoch']}" in log
+    assert re.search(r"\(this session trained for \d+ min \d\d s\)", log)  # a length, not a clock time
 
 
 def test_history_follows_the_controller(reference):
@@ -267,6 +269,12 @@ def test_format_row_reproduces_the_papers_table():
                                                   "0.00100", "val_loss", "32.30", "93.52"]
     assert train.TABLE_HEADER.split() == ["Epoch", "Loss", "Accuracy", "V_loss", "V_acc", "LR", "Next", "LR",
                                           "Monitor", "%", "Improv", "Duration"]
+
+
+def test_durations_read_as_lengths_of_time():
+    assert [train._format_duration(s) for s in (5, 125.4, 3600, 28872)] == ["00:05", "02:05", "1:00:00", "8:01:12"]
+    assert [train._spelled_duration(s) for s in (5, 877, 3600, 28872)] == ["0 min 05 s", "14 min 37 s",
+                                                                          "1 h 00 min", "8 h 01 min"]
 
 
 def test_fit_applies_the_controllers_decisions(tmp_path, monkeypatch):
