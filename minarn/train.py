@@ -116,6 +116,7 @@ class Reporter:
 
 
 def _format_duration(seconds: float) -> str:
+    """'02:05' (min:s), or '8:01:12' (h:min:s) from an hour on: the ETA of the progress line."""
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
         f"{seconds // 60:02d}:{seconds % 60:02d}"
