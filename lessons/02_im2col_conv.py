@@ -32,7 +32,7 @@ from minarn import data, kernels  # noqa: E402
 
 OUT = Path(os.environ.get("MINARN_LESSON_OUT", "lesson_figures"))
 OUT.mkdir(parents=True, exist_ok=True)
-kernels.use_backend("numpy")  # the readable reference kernels (lesson 14 compares them with Numba)
+kernels.use_backend("numpy")  # the readable reference kernels (lesson 15 compares them with Numba)
 rng = np.random.default_rng(0)
 
 

@@ -40,7 +40,7 @@ from minarn.gradcheck import check_layer  # noqa: E402
 FAST = os.environ.get("MINARN_LESSON_FAST") == "1"
 OUT = Path(os.environ.get("MINARN_LESSON_OUT", "lesson_figures"))
 OUT.mkdir(parents=True, exist_ok=True)
-kernels.use_backend("numpy")  # the readable reference path (lesson 14 compares it with Numba)
+kernels.use_backend("numpy")  # the readable reference path (lesson 15 compares it with Numba)
 rng = np.random.default_rng(0)
 true_mean = np.array([5.0, -3.0, 0.0, 100.0])  # four channels on very different scales
 true_std = np.array([2.0, 0.1, 3.0, 30.0])

@@ -15,7 +15,7 @@ backward pass applies the adjoint (transposed) transforms in reverse order:
 
 The tile transforms are kernels (``kernels.winograd_*``); this module holds the matrices, the filter
 transform (computed in float64: it is tiny) and the products. Float32 error stays at im2col's level (the
-transforms only add, subtract and halve; lesson 15 measures both).
+transforms only add, subtract and halve; lesson 16 measures both).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Lesson 13: evaluating a classifier: the paper's Table 2-4 metrics, calibration, and Grad-CAM (Fig. 9).
+"""Lesson 14: evaluating a classifier: the paper's Table 2-4 metrics, calibration, and Grad-CAM (Fig. 9).
 
 What it teaches
 - Everything in Table 2 follows from the confusion matrix C (rows true, columns predicted), N = sum C:
@@ -14,16 +14,16 @@ What it teaches
   the class c asked about: for a hard image, the maps of its two most likely classes show where the evidence
   for each lies (minarn.evaluate draws this for every misclassified test image).
 
-The model is ARN-CNN on 48x48 inputs trained for a few epochs as in lesson 12 (one BLAS thread, batch 10,
-then the batch norm moving statistics set from 100 training images, see lesson 12 part 4).
+The model is ARN-CNN on 48x48 inputs trained for a few epochs as in lesson 13 (one BLAS thread, batch 10,
+then the batch norm moving statistics set from 100 training images, see lesson 13 part 4).
 
-Run:  python lessons/13_evaluation.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
+Run:  python lessons/14_evaluation.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
 """
 
 import os
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS (see lesson 12)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS (see lesson 13)
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -55,7 +55,7 @@ for epoch in range(2 if FAST else 3):
         loss, grads = model.loss_and_grads(data.scale_images(xtr[idx]), data.one_hot(train.labels[idx], 6))
         opt.apply(model.parameters(), grads)
     print(f"   epoch {epoch + 1}: last batch loss {loss:.3f}")
-for bn in (model.block.bn1, model.block.bn2):  # moving statistics := those of 100 training images (lesson 12)
+for bn in (model.block.bn1, model.block.bn2):  # moving statistics := those of 100 training images (lesson 13)
     bn.momentum = 0.0
 model.logits(data.scale_images(xtr[:100]), training=True)
 # evaluate on validation + test together (60 images; 30 in fast mode) for a less coarse matrix
@@ -103,7 +103,7 @@ ece = sum(np.sum(b == i) / N * abs(np.mean(pred[b == i] == y[b == i]) - m[b == i
 print(f"   mean confidence {m.mean():.3f}, accuracy {p_o:.3f}; ECE by hand {ece:.4f}, "
       f"minarn {metrics.expected_calibration_error(y, probs):.4f}")
 assert abs(ece - metrics.expected_calibration_error(y, probs)) < 1e-12
-path = figures.reliability_diagram(y, probs, OUT / "13_reliability.png")
+path = figures.reliability_diagram(y, probs, OUT / "14_reliability.png")
 print(f"   figure saved: {path}")
 
 print("\n5. Grad-CAM of conv2d_22: channel weights vs a numeric gradient of the class logit")
@@ -126,7 +126,7 @@ for k in np.argsort(-np.abs(res.weights[0]))[:2]:  # the two channels with the l
 cam = np.maximum(np.einsum("ijk,k->ij", A, res.weights[0]), 0)
 assert np.allclose(cam / cam.max() if cam.max() > 0 else cam, res.cam[0], atol=1e-6)
 print("   and cam = ReLU(sum_k alpha_k A_k) / max matches gradcam's map")
-path = figures.gradcam_grid(x_eval[pick], res, data.MEDNIST_CLASSES, OUT / "13_gradcam.png", y_true=y[pick])
+path = figures.gradcam_grid(x_eval[pick], res, data.MEDNIST_CLASSES, OUT / "14_gradcam.png", y_true=y[pick])
 print(f"   figure saved: {path}")
 
 print("\n6. Grad-CAM answers 'where is the evidence for class c?': ask it for two classes of a hard image")
@@ -146,7 +146,7 @@ difference = np.abs(both.cam[0] - both.cam[1]).max()
 print(f"   the map of the predicted class is the default; the two maps differ by up to {difference:.2f} "
       "(of 1): each class has its own evidence, and an error is best read from both")
 assert difference > 0.05
-path = figures.gradcam_grid(x_eval[[hard, hard]], both, names, OUT / "13_gradcam_two_classes.png",
+path = figures.gradcam_grid(x_eval[[hard, hard]], both, names, OUT / "14_gradcam_two_classes.png",
                             y_true=y[[hard, hard]], title="The same image, Grad-CAM for its two most likely classes")
 print(f"   figure saved: {path}")
-print("\nLesson 13 done: every check passed.")
+print("\nLesson 14 done: every check passed.")

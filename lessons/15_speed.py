@@ -1,4 +1,4 @@
-"""Lesson 14: where a training step spends its time, on the NumPy kernels and on the Numba kernels.
+"""Lesson 15: where a training step spends its time, on the NumPy kernels and on the Numba kernels.
 
 What it teaches
 - A training step is a forward pass, the loss (Eq. 7 + penalties) and a backward pass. Timing each group of
@@ -16,7 +16,7 @@ What it teaches
   unless OPENBLAS_NUM_THREADS is set (on a shared 2-core machine spinning BLAS threads distort the picture).
   For throughput against PyTorch and Keras see benchmarks/README.md (python benchmarks/run.py).
 
-Run:  python lessons/14_speed.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
+Run:  python lessons/15_speed.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
 """
 
 import os
@@ -171,9 +171,9 @@ ax[1].set_ylabel("GFLOP (forward matrix products)"), ax[1].set_title("work per g
 for a in ax:
     a.set_xticks(pos, NAMES, rotation=30, ha="right", fontsize=8)
 fig.tight_layout()
-path = OUT / "14_speed.png"
+path = OUT / "15_speed.png"
 fig.savefig(path, dpi=100)
 plt.close(fig)
 print(f"   figure saved: {path}")
 print("   for full-step throughput against PyTorch and Keras, see benchmarks/README.md")
-print("\nLesson 14 done: every check passed.")
+print("\nLesson 15 done: every check passed.")

@@ -1,4 +1,4 @@
-"""Lesson 15: Winograd's F(2x2, 3x3), a 3x3 convolution with 2.25x fewer multiplications.
+"""Lesson 16: Winograd's F(2x2, 3x3), a 3x3 convolution with 2.25x fewer multiplications.
 
 What it teaches
 - In 1-D, two outputs of a 3-tap filter, y0 = d0 g0 + d1 g1 + d2 g2 and y1 = d1 g0 + d2 g1 + d3 g2, take 6
@@ -20,7 +20,7 @@ What it teaches
 - Float32 error stays at im2col's level: the transforms only add, subtract and halve, and each of the 16
   products sums C terms instead of 9C.
 
-Run:  python lessons/15_winograd.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
+Run:  python lessons/16_winograd.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
 """
 
 import os
@@ -136,7 +136,7 @@ ax2.set_ylabel("outputs")
 ax2.set_title("Float32 error, conv2d_6's shape")
 ax2.legend()
 fig.tight_layout()
-path = OUT / "15_winograd.png"
+path = OUT / "16_winograd.png"
 fig.savefig(path, dpi=110)
 print(f"   saved {path}")
-print("Lesson 15 checked: F(2, 3), F(2x2, 3x3) on a tile, a whole layer forward and backward, the counts.")
+print("Lesson 16 checked: F(2, 3), F(2x2, 3x3) on a tile, a whole layer forward and backward, the counts.")

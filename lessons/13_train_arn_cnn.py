@@ -1,4 +1,4 @@
-"""Lesson 12: training ARN-CNN with Adamax and the paper's epoch-end controller.
+"""Lesson 13: training ARN-CNN with Adamax and the paper's epoch-end controller.
 
 What it teaches
 - One training step: training-mode forward (dropout on, batch norm on batch statistics), loss = cross-entropy
@@ -21,7 +21,7 @@ What it teaches
 - One BLAS thread (unless OPENBLAS_NUM_THREADS is set): on a 2-core machine shared with other jobs, OpenBLAS
   threads that spin waiting for each other made these small matrix products 10-20x slower.
 
-Run:  python lessons/12_train_arn_cnn.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
+Run:  python lessons/13_train_arn_cnn.py     (figures go to ./lesson_figures, or to $MINARN_LESSON_OUT)
 """
 
 import os
@@ -177,8 +177,8 @@ for e, (v, p) in enumerate(zip(paper_vloss, improv), start=1):
     ax[2].annotate(f"{p:.2f} %", (e, v), textcoords="offset points", xytext=(4, 6))
 ax[2].set_xlabel("epoch"), ax[2].set_ylabel("V_loss"), ax[2].set_title("paper's V_loss and % Improv")
 fig.tight_layout()
-path = OUT / "12_training.png"
+path = OUT / "13_training.png"
 fig.savefig(path, dpi=100)
 plt.close(fig)
 print(f"   figure saved: {path}")
-print(f"\nLesson 12 done in {time.perf_counter() - t_start:.0f} s: every check passed.")
+print(f"\nLesson 13 done in {time.perf_counter() - t_start:.0f} s: every check passed.")
