@@ -76,7 +76,7 @@ paper = [(name, tuple(int(s) for s in shape.split(",")), int(params)) for name, 
 
 model = minarn.ARNCNN(seed=0)
 text = model.summary()
-rows = re.findall(r"^ (\w+) \((\w+)\)\s+\[?\((None, [\d, ]+)\)\]?\s+([\d,]+)", text, flags=re.M)
+rows = re.findall(r"^ (\w+) \((\w+)\)\s+\[?\((None, [\d, ]+)\)\]?\s+([\d,]+)", text, flags=re.MULTILINE)
 ours = [(name, tuple(int(s) for s in shape.split(", ")[1:]), int(params.replace(",", "")))
         for name, _, shape, params in rows]
 for mine, theirs in zip(ours, paper):
@@ -146,7 +146,7 @@ x = data.scale_images(ds.images[pick])
 logits, trace = chain(model, x)
 shapes = {name: shape for name, shape, _ in paper}
 for row in range(0, len(trace), 3):
-    print("   " + "".join(f"{name:>22s} {str(out.shape[1:]):14s}" for name, out in trace[row : row + 3]))
+    print("   " + "".join(f"{name:>22s} {out.shape[1:]!s:14s}" for name, out in trace[row : row + 3]))
 for name, out in trace:
     assert out.shape[1:] == shapes[name], (name, out.shape, shapes[name])
 print(f"   every one of the {len(trace)} layer outputs has Figure 2's shape (order: the residual block's skip "
