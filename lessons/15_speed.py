@@ -23,7 +23,7 @@
 # **Prerequisites:** lesson 2 (convolution as one matrix product), lesson 3 (its backward pass) and
 # lesson 12 (the whole network, layer by layer); lesson 13 trains with exactly the step timed here.
 #
-# **Time:** about 15 minutes to read and try; it runs in about 15 s (8 s with `MINARN_LESSON_FAST=1`).
+# **Time:** about 15 minutes to read and try; it runs in about 10 s (6 s with `MINARN_LESSON_FAST=1`).
 #
 # **Try this**
 # 1. In part 2, set `TOLERANCE = 1e-6`: the assertion fails. Float32 gradients land a few 1e-6 (batch 8) to
