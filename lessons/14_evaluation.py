@@ -234,6 +234,7 @@ run = find_run("default-seed123")
 config = json.loads((run / "config.json").read_text())
 published = minarn.load_model(run / "model.npz")
 print(f"   {run}: {published.count_params():,} weights, best epoch {config['test']['best_epoch']}")
+assert not config["options"]["dedupe"] and config["options"]["limit_per_class"] is None  # the whole set, as is
 full_counts = np.array([sum(config["split"][part][c] for part in ("train", "valid", "test")) for c in names])
 full_labels = np.repeat(np.arange(6), full_counts)
 parts = data.split_indices(full_labels, seed=config["options"]["seed"])
