@@ -29,9 +29,9 @@ import time
 import zipfile
 import zlib
 from collections import Counter
-from fractions import Fraction
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
@@ -45,9 +45,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_SIZE",
     "MEDNIST_CLASSES",
+    "SPLIT_FRACTIONS",
     "DataError",
     "Dataset",
-    "SPLIT_FRACTIONS",
     "Splits",
     "balanced_class_weights",
     "count_table",
@@ -61,9 +61,9 @@ __all__ = [
     "remove_duplicates",
     "sample_path",
     "scale_images",
+    "smallest_balanced_split",
     "split_dataset",
     "split_indices",
-    "smallest_balanced_split",
     "split_stages",
     "stratified_split",
 ]

@@ -28,8 +28,8 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable
-from fractions import Fraction
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
