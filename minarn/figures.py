@@ -472,7 +472,9 @@ def gradcam_grid(images: np.ndarray, result: GradCAM, class_names: Sequence[str]
         axes[2 * b + 1, 0].set_ylabel("Grad-CAM", fontsize=9)
     fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), ax=axes, shrink=0.5,
                  label="Grad-CAM (scaled to [0, 1])")
-    fig.suptitle(title or "Fig. 9 - Grad-CAM on conv2d_22 (5x5 map, upsampled); below: explained class, its probability")
+    h, w = result.cam.shape[1:3]
+    fig.suptitle(title or f"Fig. 9 - Grad-CAM on conv2d_22 ({h}x{w} map, upsampled); below: explained class, "
+                 "its probability")
     return _save(fig, path)
 
 

@@ -300,7 +300,8 @@ def fit(
                     flip = batch_rng.random(len(idx)) < 0.5
                     x[flip] = x[flip, :, ::-1]
                 y = one_hot(train.labels[idx], model.num_classes)
-                loss, grads = model.loss_and_grads(x, y, class_weights)
+                loss, grads = (model.loss_and_grads(x, y) if class_weights is None else
+                               model.loss_and_grads(x, y, class_weights))
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"loss became {loss} at epoch {run.epoch + 1}, batch {b + 1}: training stopped; "
@@ -406,7 +407,7 @@ def _split_fractions(text: str) -> list[float]:
     try:
         split_stages(fractions)
     except DataError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
+        raise argparse.ArgumentTypeError(f"{err} (from {text!r})") from None
     return fractions
 
 
@@ -590,12 +591,17 @@ def _session(argv: list[str], run: RunState) -> dict[str, Any]:
 
 
 def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, Any]:
+    """The run's options (config.json). Those for your own data (split, image_size, channels, class_weight) are
+    recorded only when they differ from the defaults, so a default run's options read as the published runs'
+    (which predate them); readers use ``options.get`` with the defaults (``input_format``, ``select_and_split``)."""
+    own_data = dict(split=args.split, image_size=args.image_size, channels=args.channels,
+                    class_weight=None if args.class_weight == "none" else args.class_weight)
+    own_defaults = dict(split=None, image_size=IMAGE_SIZE, channels=1, class_weight=None)
     return dict(data=data_source, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 attention=not args.no_attention, residual=not args.no_residual,
                 dense_activation=args.dense_activation, optimizer=args.optimizer, augment=args.augment,
-                dedupe=args.dedupe, limit_per_class=args.limit_per_class, split=args.split,
-                image_size=args.image_size or IMAGE_SIZE, channels=args.channels or 1,
-                class_weight=None if args.class_weight in (None, "none") else args.class_weight)
+                dedupe=args.dedupe, limit_per_class=args.limit_per_class,
+                **{k: v for k, v in own_data.items() if v is not None and v != own_defaults[k]})
 
 
 def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
