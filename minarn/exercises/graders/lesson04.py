@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from minarn.exercises.grading import Failure, compare, exercise, falsify, numeric_gradient
+from minarn.exercises.grading import compare, exercise, falsify, numeric_gradient
 from minarn.exercises.graders.lesson02 import SEEDS
 from minarn.kernels import numpy_ref
 
