@@ -104,7 +104,7 @@ def describe(value, limit: int = 12) -> str:
 
 def compare(what: str, expected, got, *, atol: float = 1e-10, rtol: float = 0.0, case: str = "",
             hint: str = "") -> None:
-    """Raise ``Failure`` unless ``got`` is an array of ``expected``'s shape with |got - expected| <= atol + rtol |expected|.
+    """Raise ``Failure`` unless ``got`` has ``expected``'s shape and |got - expected| <= atol + rtol |expected|.
 
     The message names ``what``, the shapes or the largest error with its index and both values, the tolerance,
     the input ``case`` and a ``hint``.
@@ -139,7 +139,7 @@ def compare(what: str, expected, got, *, atol: float = 1e-10, rtol: float = 0.0,
 
 
 def falsify(check: Callable, strategy, *, max_examples: int = 40, describe_case: Callable = describe) -> None:
-    """Run ``check(case)`` on cases drawn from the hypothesis ``strategy``; raise the Failure of the simplest failing one.
+    """Run ``check(case)`` on cases drawn from ``strategy``; raise the Failure of the simplest failing case.
 
     Hypothesis searches (derandomized: the same cases every run) and, once a case fails, shrinks it to the
     simplest one that still fails. ``check`` raises ``Failure`` (or the student's function raises anything)

@@ -200,8 +200,8 @@ def grade_update_moving(fn) -> None:
         got = fn(moving.copy(), batch_stat.copy(), momentum)
         text = f"moving={moving.tolist()}, batch_stat={batch_stat.tolist()}, momentum={momentum}"
         if _close(got, (1 - momentum) * moving + momentum * batch_stat):
-            hint = ("momentum weighs the OLD moving value: momentum * moving + (1 - momentum) * batch_stat (Keras' rule; "
-                    "PyTorch's momentum=0.1 means the opposite)")
+            hint = ("momentum weighs the OLD moving value: momentum * moving + (1 - momentum) * batch_stat "
+                    "(Keras' rule; PyTorch's momentum=0.1 means the opposite)")
         else:
             hint = "new moving value = momentum * moving + (1 - momentum) * batch_stat"
         compare("moving", momentum * moving + (1 - momentum) * batch_stat, got, atol=1e-12, case=text, hint=hint)
