@@ -34,7 +34,7 @@ except ImportError as err:  # the optional onnx package: main() reports it as a 
     onnx_export = None  # type: ignore[assignment]
     _MISSING_ONNX = str(err)
 
-__all__ = ["ExportError", "main", "verify", "VERIFY_PER_CLASS", "VERIFY_TOLERANCE"]
+__all__ = ["VERIFY_PER_CLASS", "VERIFY_TOLERANCE", "ExportError", "main", "verify"]
 
 PROG = "python -m minarn.export"
 VERIFY_PER_CLASS = 20  # sample images per class that --verify runs through both

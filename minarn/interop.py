@@ -439,6 +439,7 @@ def to_onnx(model: ARNCNN, path: str | os.PathLike[str], class_names: Sequence[s
     ImportError
         When the ``onnx`` package is not installed (``pip install 'minarn[onnx]'``).
     """
-    from minarn import onnx_export  # the optional onnx package is imported only here (as Keras is, above)
+    # the optional onnx package is imported only here, as Keras is above
+    from minarn import onnx_export
 
     return onnx_export.to_onnx(model, path, class_names, provenance)

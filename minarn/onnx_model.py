@@ -78,7 +78,7 @@ def load_onnx_model(path: str | os.PathLike[str], threads: int = 0) -> OnnxModel
     options.log_severity_level = 3  # errors only; its warnings are not the user's concern
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as err:  # ONNX Runtime raises its own exception types (InvalidProtobuf, Fail, ...)
+    except Exception as err:  # noqa: BLE001 - ONNX Runtime raises its own types (InvalidProtobuf, Fail, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: not an ONNX model ONNX Runtime can load ({first[:300]})") from None
     meta = session.get_modelmeta()

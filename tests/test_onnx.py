@@ -22,11 +22,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import minarn  # noqa: E402
-from minarn import ARNCNN, export, interop, load_model, onnx_export, onnx_model, predict  # noqa: E402
-from minarn.data import MEDNIST_CLASSES, sample_path  # noqa: E402
-from minarn.model import DENSE_ACTIVATIONS  # noqa: E402
-from minarn.predict import load_image  # noqa: E402
+import minarn
+from minarn import ARNCNN, export, interop, kernels, load_model, onnx_export, onnx_model, predict
+from minarn.bn_statistics import recompute_batchnorm_statistics
+from minarn.data import MEDNIST_CLASSES, sample_path
+from minarn.model import DENSE_ACTIVATIONS
+from minarn.predict import load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED = ROOT / "results" / "default-seed123"
@@ -43,14 +44,16 @@ def sample_images(per_class: int, size: int = 64) -> np.ndarray:
     return np.stack([load_image(f, size) for f in sample_files(per_class)])
 
 
-def perturbed(model: ARNCNN, seed: int = 0) -> ARNCNN:
-    """Random weights with biases, BN scales/offsets and moving statistics away from their defaults (0 or 1),
-    so a missing bias or batch norm changes the output."""
+def perturbed(model: ARNCNN, images: np.ndarray, seed: int = 0) -> ARNCNN:
+    """Random weights with biases and BN scales/offsets away from their defaults (0 or 1), and BN moving
+    statistics those of ``images`` (variances down to 1e-4, where epsilon matters): a missing bias, a wrong
+    epsilon or a batch norm left out changes the output."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        for key, value in {**layer.params, **layer.state}.items():
+        for key, value in layer.params.items():
             if key != "kernel":
                 value += rng.uniform(0.1, 0.3, value.shape).astype(value.dtype)
+    recompute_batchnorm_statistics(model, images)
     return model
 
 
@@ -67,7 +70,25 @@ def assert_same_as_minarn(model: ARNCNN, images: np.ndarray, tmp_path: Path) -> 
     theirs = onnx_probabilities(path, images)
     assert theirs.shape == ours.shape == (len(images), model.num_classes)
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=TOLERANCE)
-    return onnx.load(str(path))
+    proto = onnx.load(str(path))
+    assert_same_inside(model, onnx.load(str(path)), images)
+    return proto
+
+
+def assert_same_inside(model: ARNCNN, proto: onnx.ModelProto, images: np.ndarray) -> None:
+    """The feature map of conv2d_22 (Grad-CAM's layer) and the logits, read from the graph as extra outputs: a
+    difference the softmax would squeeze below 1e-5 still shows here."""
+    features, logits = f"{model.conv_out.name}/relu", f"{model.classifier.name}/linear"
+    for name in (features, logits):
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = images.astype(np.float32) / np.float32(255)
+    got_features, got_logits = session.run([features, logits], {"image": x})
+    ours_features = model.features(x)
+    np.testing.assert_allclose(got_features.transpose(0, 2, 3, 1), ours_features, rtol=1e-4,
+                               atol=1e-5 * np.abs(ours_features).max())
+    ours_logits = model.logits(x)
+    np.testing.assert_allclose(got_logits, ours_logits, rtol=1e-4, atol=1e-5 * np.abs(ours_logits).max())
 
 
 def node_names(proto: onnx.ModelProto, op: str) -> list[str]:
@@ -77,8 +98,9 @@ def node_names(proto: onnx.ModelProto, op: str) -> list[str]:
 # -- every configuration, random weights ------------------------------------------------------------------
 @pytest.mark.parametrize("attention,residual", [(True, True), (False, True), (True, False), (False, False)])
 def test_architectures_match_minarn_on_sample_images(attention: bool, residual: bool, tmp_path: Path) -> None:
-    model = perturbed(ARNCNN(attention=attention, residual=residual, seed=3))
-    proto = assert_same_as_minarn(model, sample_images(4), tmp_path)
+    images = sample_images(4)
+    model = perturbed(ARNCNN(attention=attention, residual=residual, seed=3), images)
+    proto = assert_same_as_minarn(model, images, tmp_path)
     convs = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
     assert node_names(proto, "Conv") == convs  # one Conv per minarn convolution, in Keras' order, named alike
     assert len([n for n in node_names(proto, "Mul") if n.startswith("multiply")]) == 8 * attention
@@ -89,9 +111,10 @@ def test_architectures_match_minarn_on_sample_images(attention: bool, residual: 
 
 @pytest.mark.parametrize("activation", [a for a in DENSE_ACTIVATIONS if a != "gelu"])
 def test_dense_activations_match_minarn(activation: str, tmp_path: Path) -> None:
-    model = perturbed(ARNCNN(input_shape=(32, 32, 1), dense_activation=activation, seed=5), seed=1)
+    images = sample_images(3, size=32)
+    model = perturbed(ARNCNN(input_shape=(32, 32, 1), dense_activation=activation, seed=5), images, seed=1)
     model.dense.params["bias"] -= 0.5  # pre-activations on both sides of 0, where the activations differ
-    assert_same_as_minarn(model, sample_images(3, size=32), tmp_path)
+    assert_same_as_minarn(model, images, tmp_path)
 
 
 def test_other_image_size_and_channels(tmp_path: Path) -> None:
@@ -103,7 +126,7 @@ def test_other_image_size_and_channels(tmp_path: Path) -> None:
     gray = [np.asarray(Image.open(f).convert("L").resize((W, H), Image.NEAREST)) for f in files]
     images = np.stack([np.stack([gray[i], gray[(i + 7) % len(gray)], gray[(i + 13) % len(gray)]], axis=-1)
                        for i in range(len(gray))])
-    model = perturbed(ARNCNN(num_classes=4, input_shape=(H, W, 3), seed=11), seed=2)
+    model = perturbed(ARNCNN(num_classes=4, input_shape=(H, W, 3), seed=11), images, seed=2)
     proto = assert_same_as_minarn(model, images, tmp_path)
     dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["N", H, W, 3]
@@ -113,8 +136,10 @@ def test_other_image_size_and_channels(tmp_path: Path) -> None:
 
 
 def test_float64_model_exports_in_float32(tmp_path: Path) -> None:
-    model = perturbed(ARNCNN(input_shape=(28, 28, 1), dtype=np.float64, seed=4))
-    proto = assert_same_as_minarn(model, sample_images(2, size=28), tmp_path)
+    images = sample_images(2, size=28)
+    with kernels.backend("numpy"):  # float64 kernels would be compiled for this test alone
+        model = perturbed(ARNCNN(input_shape=(28, 28, 1), dtype=np.float64, seed=4), images)
+        proto = assert_same_as_minarn(model, images, tmp_path)
     assert {t.data_type for t in proto.graph.initializer} == {onnx.TensorProto.FLOAT}
 
 
@@ -128,7 +153,7 @@ def test_ir_version_and_opset_are_set_explicitly(tmp_path: Path) -> None:
 
 
 def test_metadata_names_the_classes_input_and_provenance(tmp_path: Path) -> None:
-    model = perturbed(ARNCNN(input_shape=(28, 28, 1), seed=0))
+    model = perturbed(ARNCNN(input_shape=(28, 28, 1), seed=0), sample_images(1, size=28))
     saved = model.save(tmp_path / "model.npz")
     (tmp_path / "config.json").write_text(json.dumps({
         "options": {"data": "/somewhere/private/MedNIST.tar.gz", "seed": 9}, "data_identity": "abc123",
@@ -157,10 +182,9 @@ def published() -> tuple[ARNCNN, np.ndarray, np.ndarray]:
 
 
 def test_trained_model_matches_minarn_on_all_sample_images(published, tmp_path: Path) -> None:
-    model, images, ours = published
-    status, out, err = _export([str(PUBLISHED / "model.npz"), str(tmp_path / "m.onnx"), "--verify"])
+    _, images, ours = published
+    status, _, err = _export([str(PUBLISHED / "model.npz"), str(tmp_path / "m.onnx")])
     assert status == 0, err
-    assert "ONNX Runtime and minarn agree on 120 sample images" in out
     theirs = onnx_probabilities(tmp_path / "m.onnx", images)
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=TOLERANCE)
     labels = np.repeat(np.arange(6), 100)
@@ -190,11 +214,25 @@ def test_export_command_writes_the_published_file(tmp_path: Path) -> None:
     """The command of the issue, as a user runs it."""
     out = tmp_path / "m.onnx"
     done = subprocess.run([sys.executable, "-m", "minarn.export", str(PUBLISHED / "model.npz"), str(out)],
-                          capture_output=True, text=True, cwd=tmp_path, env=_env())
+                          capture_output=True, text=True, cwd=tmp_path, env=_env(), check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"wrote {out} (6.5 MB): input 'image' float32 (N, 64, 64, 1)")
     assert onnx.load(str(out)).graph == onnx.load(str(PUBLISHED / "model.onnx")).graph
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary file left beside it
+
+
+def test_verify_compares_onnx_runtime_with_minarn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = perturbed(ARNCNN(input_shape=(28, 28, 1), seed=6), sample_images(1, size=28)).save(tmp_path / "s.npz")
+    status, out, err = _export([str(saved), str(tmp_path / "s.onnx"), "--verify"])
+    assert status == 0, err
+    assert re.search(r"ONNX Runtime and minarn agree on 120 sample images: largest difference in probability "
+                     r"\S+ \(allowed 1e-05\)", out), out
+    monkeypatch.setattr(export, "VERIFY_TOLERANCE", -1.0)  # no difference is small enough: the failure path
+    status, out, err = _export([str(saved), str(tmp_path / "s.onnx"), "--verify"])
+    assert status == 1 and "DISAGREE on 120 sample images" in err
+    rgb = ARNCNN(input_shape=(28, 28, 3), seed=0).save(tmp_path / "rgb.npz")
+    status, out, err = _export([str(rgb), str(tmp_path / "rgb.onnx"), "--verify"])
+    assert status == 2 and "--verify runs grayscale sample images; this model takes 3 channels" in err
 
 
 def _env() -> dict[str, str]:
@@ -259,6 +297,14 @@ def test_to_onnx_refuses_what_it_cannot_export(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_importing_minarn_interop_and_predict_does_not_import_onnx() -> None:
+    """onnx takes over a second to import: only the export itself loads it."""
+    code = ("import sys, minarn, minarn.interop, minarn.predict; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'onnx'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
 def test_missing_onnx_package_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     monkeypatch.delitem(sys.modules, "minarn.onnx_export")
@@ -299,8 +345,8 @@ def test_predict_refuses_foreign_or_broken_onnx_and_gradcam(tmp_path: Path, monk
     broken = tmp_path / "broken.onnx"
     broken.write_text("not protobuf")
     image = str(sample_files(1)[0])
-    for argv, message in (([str(foreign), image], "not an ONNX model exported by minarn (its producer is "
-                                                   "'someone-else')"),
+    for argv, message in (([str(foreign), image], ("not an ONNX model exported by minarn (its producer is "
+                                                    "'someone-else')")),
                           ([str(broken), image], "not an ONNX model ONNX Runtime can load"),
                           ([str(PUBLISHED / "model.onnx"), image, "--gradcam", str(tmp_path / "c.png")],
                            "--gradcam needs a model.npz")):
@@ -322,7 +368,7 @@ def test_onnx_model_checks_the_input_shape() -> None:
 @pytest.mark.parametrize("document", ["README.md", "results/MODEL_CARD.md"])
 def test_documented_onnx_example_runs(document: str, monkeypatch: pytest.MonkeyPatch) -> None:
     text = (ROOT / document).read_text()
-    code = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "onnxruntime" in b)
+    code = next(b for b in re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL) if "onnxruntime" in b)
     assert "import minarn" not in code  # the deployment side needs ONNX Runtime, Pillow and NumPy only
     code = code.replace('"scan.png"', '"minarn/sample/MedNIST/Hand/000083.jpeg"')  # the card's stand-in name
     monkeypatch.chdir(ROOT)
