@@ -75,7 +75,7 @@ def _preprocessing_text(input_shape: tuple[int, int, int]) -> str:
 
 
 class _Graph:
-    """The nodes and initializers of the graph being built, and the shape (N, H, W, C) of the last tensor."""
+    """The nodes and initializers (weights, float32) of the graph being built."""
 
     def __init__(self) -> None:
         self.nodes: list[Any] = []
