@@ -215,7 +215,7 @@ def test_compare_reports_shapes_and_overflow() -> None:
 
 def test_load_functions_skips_a_lessons_script_part(tmp_path: Path) -> None:
     lesson = tmp_path / "97_lesson.py"
-    lesson.write_text("import math\nSCALE = 2.0\nprint('running the lesson')\nraise SystemExit(3)\n"
+    lesson.write_text("import math\nSCALE = 2.0\nxs = []\nxs[0] = 1\nprint('running the lesson')\nraise SystemExit(3)\n"
                       "def double(x):\n    return SCALE * x\n")
     functions = grading.load_functions(lesson, definitions_only=True)
     assert functions["double"](3) == 6.0

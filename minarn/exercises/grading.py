@@ -193,6 +193,9 @@ def _is_definition(node: ast.stmt) -> bool:
     if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         return True
     if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        if not all(isinstance(t, ast.Name) for t in targets):  # `xs[mask] = 0.5` changes an array: a computation
+            return False
         try:
             ast.literal_eval(node.value)
         except ValueError:
