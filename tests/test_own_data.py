@@ -248,6 +248,10 @@ def test_smallest_balanced_split_is_the_smallest(classes: int, fractions: tuple[
     assert splits(k) and not splits(k - 1)
 
 
+def test_smallest_sets_of_the_papers_split_as_the_readme_gives_them() -> None:
+    assert [D.smallest_balanced_split(k) for k in (2, 6, 10)] == [16, 21, 23]
+
+
 def test_too_small_a_set_names_the_smallest_split_per_class() -> None:
     ds = toy_dataset({"Ant": 12, "Bee": 14, "Cat": 40})
     need = D.smallest_balanced_split(3)
@@ -336,6 +340,15 @@ def test_dedupe_keeps_the_training_copy_of_split_folders() -> None:
     assert "a/0001.png" in kept.paths and "a/0000.png" not in kept.paths and len(kept) == 5
 
 
+def test_a_class_missing_from_valid_or_test_is_a_warning() -> None:
+    ds = toy_dataset({"a": 4, "b": 4}, part=["train", "train", "valid", "test", "train", "train", "train", "test"])
+    splits = D.split_dataset(ds)
+    lines = train.class_balance(splits)
+    assert lines == ["classes in train: smallest a 2, largest b 3 (ratio 1.50); unbalanced: accuracy favours the "
+                     "large classes; --class-weight balanced weights the loss by n / (classes x n_class)",
+                     "warning: the valid part has no image of class(es) b"]
+
+
 def test_limit_per_class_applies_to_each_part() -> None:
     ds = toy_dataset({"a": 12, "b": 12}, part=(["train"] * 8 + ["valid"] * 2 + ["test"] * 2) * 2)
     limited = train._limit_per_class(ds, 3, seed=123)
@@ -357,7 +370,8 @@ def test_min_image_size_is_the_networks() -> None:
 
 @pytest.mark.parametrize("argv, named", [(["--image-size", "25"], "--image-size"),
                                          (["--image-size", "513"], "--image-size"),
-                                         (["--image-size", "3.5"], "--image-size"), (["--channels", "2"], "--channels")])
+                                         (["--image-size", "3.5"], "--image-size"),
+                                         (["--channels", "2"], "--channels")])
 def test_bad_image_size_or_channels(argv: list[str], named: str, capsys: pytest.CaptureFixture[str],
                                     tmp_path: Path) -> None:
     assert train.main([*argv, "--out", str(tmp_path / "run")], stream=io.StringIO()) == 2
