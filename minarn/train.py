@@ -407,7 +407,8 @@ def _split_fractions(text: str) -> list[float]:
     try:
         split_stages(fractions)
     except DataError as err:
-        raise argparse.ArgumentTypeError(f"{err} (from {text!r})") from None
+        said = str(err)  # names the fractions as floats; the text as given when that reads differently
+        raise argparse.ArgumentTypeError(said if text.replace(" ", "") in said else f"{said} (from {text!r})") from None
     return fractions
 
 
@@ -429,8 +430,7 @@ EPILOG = """examples:
   python -m minarn.train --data MedNIST.tar.gz                    the paper's run on the full set
   python -m minarn.train --resume --out runs/20261124-001500      continue an interrupted run where it stopped
   python -m minarn.train --data MedNIST.tar.gz --no-attention --epochs 6    a Table 6 ablation
-  python -m minarn.train --data my_images/ --split 0.7,0.15,0.15 --image-size 32 --channels 3 \
-      --class-weight balanced                                    your own RGB images, any number of classes
+  python -m minarn.train --data my_images/ --split 0.7,0.15,0.15 --channels 3   your own images, here RGB
 
 threads: minarn uses every core by default; to share the machine set NUMBA_NUM_THREADS and
 OPENBLAS_NUM_THREADS (e.g. both 1 for two runs side by side on two cores) before starting."""
