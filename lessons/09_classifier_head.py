@@ -184,6 +184,10 @@ print(f"   inference: the identity ({np.array_equal(drop.forward(ones, training=
       "nothing to rescale")
 assert np.array_equal(drop.forward(ones, training=False), ones)
 
+# %% [markdown]
+# Backward through the same mask, a numeric check with the mask held fixed, and seeded masks.
+
+# %%
 xs = rng.standard_normal((6, 10))
 out = drop.forward(xs, training=True)
 dout = rng.standard_normal(xs.shape)
@@ -227,6 +231,11 @@ print(f"   features {features.shape} -> flatten {features.reshape(len(pick), -1)
       f"-> (dropout: identity in inference) -> dense_1 {logits.shape}; by hand vs model.logits: "
       f"{np.abs(logits_by_hand - logits).max():.1e}")
 assert np.abs(logits_by_hand - logits).max() < 1e-4 * np.abs(logits).max()
+
+# %% [markdown]
+# Training mode, twice: the dropout generator's state is read first, so the two masks can be drawn again.
+
+# %%
 state = model.dropout.rng.bit_generator.state  # the generator before the two training-mode calls
 train_a = model.logits(x64, training=True)
 dense_a = model._dense_out.copy()  # dense(256) + GELU output of that call, before dropout

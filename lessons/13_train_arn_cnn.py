@@ -96,6 +96,7 @@ def controller_step(state, epoch, acc, v_loss, lr, threshold=0.9, factor=0.5, st
     return state, decision
 
 
+# %%
 def same_decision(ours, theirs):
     """controller_step's decision == EpochEndController's Decision, field by field."""
     return all(ours[k] == getattr(theirs, k) for k in ("monitor", "improved", "next_lr", "restore", "stop")) and \
@@ -178,12 +179,19 @@ def small(images):
         ..., None]
 
 
+# %%
 xtr, xva = small(train.images), small(valid.images)
 model = minarn.ARNCNN(input_shape=(48, 48, 1), seed=0)
 opt = optim.Adamax(0.001, form="paper")
 ctrl, state = EpochEndController(model.state_dict()), START
 epochs, batch = (3 if FAST else 4), 10
 print(f"   {len(xtr)} training images, {len(xva)} validation; {model.count_params():,} weights; {epochs} epochs")
+
+# %% [markdown]
+# The training loop: per batch `loss_and_grads` and an Adamax step; per epoch the validation loss and accuracy
+# (inference mode), then the controller's decision, and `controller_step`'s beside it.
+
+# %%
 batch_loss, batch_ce, history, updates = [], [], [], 0
 for epoch in range(epochs):
     order, lr = np.random.default_rng([0, epoch]).permutation(len(xtr)), opt.learning_rate
@@ -210,6 +218,8 @@ for epoch in range(epochs):
           f"({time.perf_counter() - t0:.0f} s; BN moving stats {bn:.0%} warmed up after {updates} updates)")
     if d.stop:
         break
+
+# %%
 model.load_state_dict(ctrl.best_weights)  # as at the end of minarn.train.fit: the best epoch's weights
 k = len(xtr) // batch
 first, last = np.mean(batch_loss[:k // 2]), np.mean(batch_loss[-(k // 2):])

@@ -32,7 +32,8 @@ def adam_step(param, grad, m, v, t, lr=0.001, beta1=0.9, beta2=0.999, eps=1e-7):
 
         m_t = beta1 m_{t-1} + (1 - beta1) g_t            running mean of the gradient
         v_t = beta2 v_{t-1} + (1 - beta2) g_t^2          running mean of its square
-        param_{t+1} = param_t - lr m_hat / (sqrt(v_hat) + eps),  m_hat = m_t / (1 - beta1^t), v_hat = v_t / (1 - beta2^t)
+        param_{t+1} = param_t - lr m_hat / (sqrt(v_hat) + eps)
+    with the bias corrections m_hat = m_t / (1 - beta1^t) and v_hat = v_t / (1 - beta2^t).
 
     minarn (like Keras) writes the last line as param - alpha_t m_t / (sqrt(v_t) + eps) with
     alpha_t = lr sqrt(1 - beta2^t) / (1 - beta1^t); the two differ only in where eps sits, and the grader

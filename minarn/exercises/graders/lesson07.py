@@ -83,8 +83,9 @@ def grade_attention_backward(attention_backward) -> None:
                     "dw2": att.conv_b.grads["kernel"].reshape(c, c), "db2": att.conv_b.grads["bias"]}
         got = attention_backward(dout.copy(), *_copies(case[:5]))
         if not isinstance(got, (tuple, list)) or len(got) != 5:
+            size = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
             raise Failure(f"attention_backward must return the tuple (dx, dw1, db1, dw2, db2), got "
-                          f"{type(got).__name__}" + (f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""))
+                          f"{type(got).__name__}{size}")
         got = dict(zip(expected, got))
         text = describe({"dout": dout, "x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
         z1 = x @ w1 + b1

@@ -16,7 +16,7 @@ LESSON = "10_softmax_ce"
 
 
 def _call(fn, args, case_text, hint):
-    """fn(*args) with warnings silenced; a crash (but NotImplementedError) becomes a Failure with the line and a hint."""
+    """fn(*args), warnings silenced; a crash (but NotImplementedError) becomes a Failure with the line and a hint."""
     try:
         with np.errstate(all="ignore"):  # an overflow shows up in the comparison, as inf or nan, with a hint
             return fn(*args)

@@ -14,7 +14,7 @@ LESSON = "11_optimizers"
 
 
 def _call(fn, args, case_text, hint):
-    """fn(*args) with warnings silenced; a crash (but NotImplementedError) becomes a Failure with the line and a hint."""
+    """fn(*args), warnings silenced; a crash (but NotImplementedError) becomes a Failure with the line and a hint."""
     try:
         with np.errstate(all="ignore"):
             return fn(*args)
@@ -100,7 +100,7 @@ def grade_adamax_step(adamax_step) -> None:
             b1, b2, lr, eps = run.beta1, run.beta2, run.lr, run.eps
             m_new = b1 * m + (1 - b1) * g
             u_new = np.maximum(np.maximum(b2 * u, np.abs(g)), eps)
-            hint = "param - lr * m_hat / u with m_hat = m / (1 - beta1^t) (Eq. 4) and u = max(beta2 u, |g|, eps) (Eq. 5)"
+            hint = "param - lr m_hat / u with m_hat = m / (1 - beta1^t) (Eq. 4), u = max(beta2 u, |g|, eps) (Eq. 5)"
             if b1 > 0 and _close(got[0], lambda: param - lr * m_new / u_new):
                 hint = ("the bias correction is missing: m_hat = m / (1 - beta1^t) (Eq. 4); the first step must be "
                         "lr * sign(g), not (1 - beta1) lr * sign(g)")
