@@ -156,9 +156,11 @@ def sample_images(images: np.ndarray, labels: np.ndarray, class_names: Sequence[
                   path: str | os.PathLike[str], per_class: int = 6, seed: int = 0) -> Path:
     """Fig. 5: ``per_class`` images of each class, one row per class, picked with a seeded generator.
 
-    Shapes: images (N, H, W[, 1]) uint8 or float in [0, 1]; labels (N,) ints indexing ``class_names``.
+    Shapes: images (N, H, W[, 1 or 3]) uint8 or float in [0, 1]; labels (N,) ints indexing ``class_names``.
     """
     labels = np.asarray(labels)
+    height, width = np.shape(images)[1:3]
+    colour = "RGB" if np.ndim(images) == 4 and np.shape(images)[3] == 3 else "grayscale"
     rng = np.random.default_rng(seed)
     K = len(class_names)
     cols = max(1, int(per_class))
@@ -174,15 +176,16 @@ def sample_images(images: np.ndarray, labels: np.ndarray, class_names: Sequence[
             else:
                 ax.axis("off")
         axes[k, 0].set_ylabel(f"{name}\n({len(members):,})", fontsize=10, rotation=0, ha="right", va="center")
-    fig.suptitle("Fig. 5 - Sample images per class (64x64 grayscale; image count in brackets)")
+    fig.suptitle(f"Fig. 5 - Sample images per class ({height}x{width} {colour}; image count in brackets)")
     return _save(fig, path)
 
 
 def label_frequency(counts: Mapping[str, Sequence[int]], class_names: Sequence[str],
-                    path: str | os.PathLike[str]) -> Path:
+                    path: str | os.PathLike[str], how: str = "stratified 90 / 6 / 4 %, seed 123") -> Path:
     """Fig. 6: images per class in each split, one panel per split (their scales differ ~15x).
 
-    ``counts`` maps a split name ("train", "valid", "test") to per-class counts in ``class_names`` order.
+    ``counts`` maps a split name ("train", "valid", "test") to per-class counts in ``class_names`` order;
+    ``how`` says in the title how the split was made.
     """
     splits = list(counts)
     fig = _figure(4.2 * len(splits) + 0.5, 4.2)
@@ -197,7 +200,7 @@ def label_frequency(counts: Mapping[str, Sequence[int]], class_names: Sequence[s
         ax.set_ylabel("images")
         ax.set_ylim(0, max(1, values.max()) * 1.15)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Fig. 6 - Label frequency per split (stratified 90 / 6 / 4 %, seed 123)")
+    fig.suptitle(f"Fig. 6 - Label frequency per split ({how})")
     return _save(fig, path)
 
 
