@@ -43,6 +43,7 @@ from minarn import data  # noqa: E402
 # name) and the path of every file.
 
 # %%
+print("1. The MedNIST sample shipped with minarn")
 ds = data.load_mednist()
 print(f"   {ds}")
 print(f"   images: shape {ds.images.shape}, dtype {ds.images.dtype}, "
@@ -59,6 +60,7 @@ for k, name in enumerate(ds.class_names):
 # ## 2. Paper Fig. 5: what the images look like (4 per class)
 
 # %%
+print("\n2. Paper Fig. 5: what the images look like (4 per class)")
 fig, axes = plt.subplots(4, 6, figsize=(9, 6.4))
 for k, name in enumerate(ds.class_names):
     for r, i in enumerate(np.flatnonzero(ds.labels == k)[:4]):
@@ -75,6 +77,7 @@ lesson_support.save(fig, "01_classes.png", dpi=100)
 # time keeping every class's share.
 
 # %%
+print("\n3. The split: stratified, shuffled, seed 123")
 SEED = 123
 splits = data.split_dataset(ds, seed=SEED)
 print("   " + data.count_table(splits).replace("\n", "\n   "))
@@ -106,6 +109,7 @@ print(f"   byte-identical copies of validation/test images inside train: {data.d
 # reproduce the paper's 53,058 / 3,537 / 2,359.
 
 # %%
+print("\n4. The same recipe on the full set's label counts gives the paper's sizes")
 full_counts = [10000, 8954, 10000, 10000, 10000, 10000]
 labels = np.repeat(np.arange(6), full_counts)
 train, valid, test = data.split_indices(labels, seed=123)
@@ -117,6 +121,7 @@ assert np.bincount(labels[test]).tolist() == [400, 359, 400, 400, 400, 400]
 # ## 5. Paper Fig. 6: label frequencies in each part
 
 # %%
+print("\n5. Paper Fig. 6: label frequencies in each part")
 fig, ax = plt.subplots(figsize=(8, 3.6))
 for j, (part_name, part) in enumerate(splits._asdict().items()):
     ax.bar(np.arange(6) + (j - 1) * 0.27, part.class_counts(), width=0.27, label=f"{part_name} ({len(part)})")
@@ -133,6 +138,7 @@ lesson_support.save(fig, "01_split.png", dpi=100)
 # x = pixels / 255 as float32, y = one-hot labels.
 
 # %%
+print("\n6. What the network is fed: mini-batches")
 x, y = next(data.iterate_batches(splits.train.images, splits.train.labels, 40, num_classes=6))
 print(f"   x {x.shape} {x.dtype} in [{x.min():.1f}, {x.max():.1f}];  y {y.shape} {y.dtype}, first row {y[0]}")
 assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() <= 1.0 and x.shape == (40, 64, 64, 1)

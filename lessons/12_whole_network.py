@@ -56,6 +56,7 @@ FAST = os.environ.get("MINARN_LESSON_FAST") == "1"
 # count. The attention modules are the triples conv 1x1 (ReLU), conv 1x1 (sigmoid), multiply.
 
 # %%
+print("1. summary() against Figure 2")
 FIGURE_2 = """
 input_1 64,64,1 0 | conv2d 62,62,32 320 | max_pooling2d 31,31,32 0
 conv2d_1 31,31,32 1056 | conv2d_2 31,31,32 1056 | multiply 31,31,32 0
@@ -113,6 +114,9 @@ print(f"   the dense layer alone holds {model.dense.count_params() / model.count
 # block (conv2d_9) starts from the block's input, and `add` joins it to the attention output.
 
 # %%
+print("\n2. A shape trace through every layer, and 3. the forward pass chained by hand")
+
+
 def chain(m, x, training=False):
     """Logits (N, 6) of ARNCNN ``m`` by calling its layers one by one; and [(layer name, output)]."""
     trace = []
@@ -198,6 +202,7 @@ lesson_support.save(fig, "12_shapes.png", dpi=100)
 # gammas and betas away from 1 and 0) give every term a gradient to check.
 
 # %%
+print("\n4. The loss: cross-entropy plus the dense layer's three penalties")
 rng = np.random.default_rng(0)
 m64 = minarn.ARNCNN(seed=0, dtype=np.float64)
 for layer in m64.layers:
@@ -235,6 +240,7 @@ assert len(grads) == len(m64.parameters()) == 54  # 23 convolutions, 2 dense lay
 # gradient that misses a term is off by 2e-3 or more (below).
 
 # %%
+print("\n5. A float64 gradient check of the whole loss_and_grads, penalties included")
 EPS = 1e-7
 TOLERANCE = 3e-4
 params = m64.parameters()

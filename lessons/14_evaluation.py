@@ -74,6 +74,7 @@ def small(images):
 # (60 images; 30 in the fast setting), for a less coarse confusion matrix.
 
 # %%
+print("1. A briefly trained ARN-CNN (48x48 inputs, Adamax, batch 10)")
 ds = data.load_mednist()
 sample = ds
 if FAST:
@@ -102,6 +103,7 @@ print(f"   {len(y)} held-out images (validation + test)")
 # ## 2. Table 2 from the confusion matrix, by hand vs `minarn.metrics`
 
 # %%
+print("\n2. Table 2 from the confusion matrix, by hand vs minarn.metrics")
 C = metrics.confusion_matrix(y, pred, 6)
 print("   " + str(C).replace("\n", "\n   ") + "   (rows: true class, columns: predicted)")
 assert np.array_equal(C, np.array([[np.sum((y == i) & (pred == j)) for j in range(6)] for i in range(6)]))
@@ -124,6 +126,7 @@ print(f"   kappa corrects accuracy for chance: p_o = {p_o:.3f}, p_e = {p_e:.3f} 
 # Entropy in nats and the standard deviation of the normalized maximum probability.
 
 # %%
+print("\n3. Uncertainty per true class (Eq. 8-11)")
 H = -np.sum(np.where(probs > 0, probs * np.log(np.where(probs > 0, probs, 1)), 0.0), axis=1)
 m = probs.max(axis=1) / probs.sum(axis=1)
 table = metrics.uncertainty_table(y, probs, names)
@@ -139,6 +142,7 @@ assert np.all((H >= 0) & (H <= np.log(6) + 1e-12)) and np.all((m >= 1 / 6) & (m 
 # ECE over 15 equal-width bins of the top-class probability, by hand and by `minarn.metrics`.
 
 # %%
+print("\n4. Calibration: does a confidence of 0.8 mean 80 % correct?")
 edges = np.linspace(0, 1, 16)
 b = np.clip(np.searchsorted(edges, m, side="left") - 1, 0, 14)  # right-closed bins (b/15, (b+1)/15]
 ece = sum(np.sum(b == i) / N * abs(np.mean(pred[b == i] == y[b == i]) - m[b == i].mean())
@@ -154,6 +158,7 @@ lesson_support.saved(figures.reliability_diagram(y, probs, OUT / "14_reliability
 # channels with the largest |alpha|, and the map is rebuilt by hand. On 48x48 inputs conv2d_22's map is 3x3.
 
 # %%
+print("\n5. Grad-CAM of conv2d_22: channel weights against a numeric gradient of the class logit")
 pick = np.array([np.flatnonzero(y == k)[0] for k in range(6)])
 res = gradcam.gradcam(model, x_eval[pick])
 print(f"   feature map A {res.features.shape[1:]} per image; explained classes {res.classes.tolist()}")
@@ -183,6 +188,9 @@ lesson_support.saved(figures.gradcam_grid(x_eval[pick], res, names, OUT / "14_gr
 # logit, and by more than the true class's.
 
 # %%
+print("\n6. Grad-CAM answers 'where is the evidence for class c?': both classes of a misclassified image")
+
+
 def zero_cells(m, features, marked):
     """Logits (K,) of the head when conv2d_22's features (h, w, F) are zeroed at the ``marked`` (h, w) cells."""
     kept = features.copy()
@@ -220,6 +228,9 @@ lesson_support.saved(figures.gradcam_grid(
 # only on the labels in that order, whose counts `config.json` records.
 
 # %%
+print("\n7. The published model, and which sample images it was trained on")
+
+
 def find_run(name):
     """``$MINARN_RESULTS/name``, else ``results/name`` here or one folder up, else next to minarn's source."""
     bases = [os.environ.get("MINARN_RESULTS"), "results", "../results", Path(minarn.__path__[0]).parent / "results"]
@@ -268,6 +279,7 @@ print(f"   of the sample's 600 images, {np.sum(split_part == 0)} were in the run
 # full setting), to show what scoring seen images gives.
 
 # %%
+print("\n8. A real Table 2 of the published model, on the sample images of its test split")
 PART = 2  # which of the run's parts Table 2 is computed on: 0 training, 1 validation, 2 test
 PART_NAMES = ("training", "validation", "test")
 chosen = np.flatnonzero(split_part == PART)
@@ -293,6 +305,7 @@ for p in [q for q in (1, 0, 2) if q != PART]:
 # its split is the sample's own). A 5x5 map upsampled to 64x64 is coarse; a 3x3 map coarser still.
 
 # %%
+print("\n9. Both models side by side: the published model's 5x5 Grad-CAM and the short model's 3x3")
 held_out = np.flatnonzero(split_part == 2)
 pick = np.array([held_out[sample.labels[held_out] == k][0] for k in range(6)])
 cam_pub = gradcam.gradcam(published, sample.images[pick])
@@ -323,6 +336,7 @@ lesson_support.save(fig, "14_two_models.png", dpi=100)
 # does not look for the archive (reading it takes a few seconds).
 
 # %%
+print("\n10. The published model's one real test error")
 candidates = [os.environ.get("MINARN_MEDNIST"), config["data_source"], data.default_cache_dir() / "MedNIST.tar.gz"]
 archive = next((Path(c) for c in candidates if c and Path(c).is_file() and tarfile.is_tarfile(c)), None)
 if FAST or archive is None:

@@ -108,6 +108,7 @@ def step():
 # The first step is a warm-up: Numba compiles its kernels there (or loads them from its cache).
 
 # %%
+print("1. One training step of the 64x64 ARN-CNN, timed per group of layers, on each backend")
 print(f"   batch {N}")
 backends = kernels.available_backends()
 if "numba" not in backends:
@@ -134,6 +135,7 @@ for name in backends:
 # ||a - b|| / ||b||, and finds the single tensor that agrees least.
 
 # %%
+print("\n2. The backends agree with each other and with a float64 reference, to float32 rounding")
 m64 = minarn.ARNCNN(seed=0, dtype=np.float64)
 m64.load_state_dict(model.state_dict())  # the same weights, in float64
 m64.dropout.rng = np.random.default_rng(1)
@@ -170,6 +172,7 @@ print("   attention modules), where float32 keeps few correct digits.")
 # else is counted generously at 10 FLOPs per output element.
 
 # %%
+print("\n3. FLOPs: the matrix products of the convolutions and dense layers against everything else")
 mm_flops, other, per_layer = {name: 0.0 for name in NAMES}, 0.0, {}
 owner = {layer.name: name for name, parts in GROUPS for p in parts for layer in getattr(p, "layers", [p])}
 for lname, kind, shape, _, _ in model._graph()[1:]:
@@ -194,6 +197,7 @@ assert total_mm / (total_mm + other) > 0.9 and sum(per_layer[k] for k in top) > 
 # ## 4. Milliseconds per group (forward / backward) and the share of the product FLOPs
 
 # %%
+print("\n4. Milliseconds per group (forward / backward) and the share of the product FLOPs")
 print(f"   {'group':22s}" + "".join(f"{b + ' fwd':>12s}{b + ' bwd':>12s}" for b in results) + f"{'FLOPs':>8s}")
 for g in NAMES:
     cells = "".join(f"{1e3 * results[b][2][g][0]:12.1f}{1e3 * results[b][2][g][1]:12.1f}" for b in results)

@@ -53,6 +53,7 @@ rng = np.random.default_rng(0)
 # ## 1. F(2, 3) in 1-D: two outputs of a 3-tap filter with 4 multiplications instead of 6
 
 # %%
+print("1. F(2, 3) in 1-D: two outputs of a 3-tap filter with 4 multiplications instead of 6")
 d = rng.standard_normal(4)
 g = rng.standard_normal(3)
 direct = np.array([d[0] * g[0] + d[1] * g[1] + d[2] * g[2], d[1] * g[0] + d[2] * g[1] + d[3] * g[2]])
@@ -68,6 +69,7 @@ assert np.allclose(direct, by_winograd, atol=1e-12)
 # ## 2. The same with minarn's matrices: y = A^T [(G g) * (B^T d)]
 
 # %%
+print("\n2. The same with minarn's matrices: y = A^T [(G g) * (B^T d)]")
 B_T, G, A_T = winograd.B_T, winograd.G, winograd.A_T
 y = A_T @ ((G @ g) * (B_T @ d))
 assert np.allclose(y, direct, atol=1e-12)
@@ -77,6 +79,7 @@ print(f"   B^T (4x4), G (4x3), A^T (2x4) reproduce it: {y}")
 # ## 3. F(2x2, 3x3): one 4x4 input tile -> one 2x2 output tile, 16 multiplications instead of 36
 
 # %%
+print("\n3. F(2x2, 3x3): one 4x4 input tile -> one 2x2 output tile, 16 multiplications instead of 36")
 tile = rng.standard_normal((4, 4))
 kernel = rng.standard_normal((3, 3))
 direct_2d = np.array([[np.sum(tile[i : i + 3, j : j + 3] * kernel) for j in range(2)] for i in range(2)])
@@ -92,6 +95,7 @@ assert np.allclose(Y, direct_2d, atol=1e-12) and U.size == 16
 # give the same output and the same gradients.
 
 # %%
+print("\n4. A whole layer: many tiles and channels; the 16 grid positions become 16 matrix products")
 layer = Conv2D(8, 6, 3, padding="same", use_bias=False, seed=1, dtype=np.float64)
 x = rng.standard_normal((2, 9, 7, 8))
 fresh = lambda shape, dtype, slot: np.empty(shape, dtype)  # noqa: E731 - no shared workspace in a lesson
@@ -117,6 +121,7 @@ assert np.allclose(dkernel, layer.grads["kernel"], atol=1e-10)
 # Each layer: (H, W, C_in, C_out, output height, output width).
 
 # %%
+print("\n5. Multiplications in ARN-CNN's 3x3 stride-1 convolutions (batch 40, forward)")
 layers = {"conv2d_5": (31, 31, 32, 64, 31, 31), "conv2d_6": (31, 31, 64, 64, 31, 31),
           "conv2d_10": (15, 15, 64, 64, 13, 13), "conv2d_13": (13, 13, 64, 256, 11, 11)}
 counts = {}
@@ -134,6 +139,7 @@ print("   At most 2.25x: the edge tiles of odd-sized outputs cost a little.")
 # ## 6. Float32: how far each method lands from the float64 result (conv2d_6's shape, 2 images)
 
 # %%
+print("\n6. Float32: how far each method lands from the float64 result (conv2d_6's shape, 2 images)")
 layer6 = Conv2D(64, 64, 3, padding="same", use_bias=False, seed=2, dtype=np.float64)
 x6 = rng.standard_normal((2, 31, 31, 64))
 with kernels.backend("numpy"):
