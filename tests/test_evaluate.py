@@ -130,8 +130,8 @@ def _with_predictions(source: Path, dest: Path, flip: Sequence[int]) -> Path:
     return dest
 
 
-def test_compare_tests_each_pair_with_mcnemar(evaluated: tuple[Path, dict], tiny_run: Path, tmp_path: Path,  # noqa: F811
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_compare_tests_each_pair_with_mcnemar(evaluated: tuple[Path, dict], tiny_run: Path,  # noqa: F811
+                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run, _ = evaluated
     base = read_predictions(run / PREDICTIONS)
     other = _with_predictions(run, tmp_path / "other", [0, 1, 2])  # right <-> wrong on the first three images
