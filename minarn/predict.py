@@ -3,8 +3,12 @@
 MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folder). Class names come from the
 ``config.json`` beside it; without one, a six-class model uses the MedNIST names and any other ``class 0``,
 ``class 1``, ... Every image is converted as in training, whatever its size or mode: decoded by Pillow, converted
-to 8-bit grayscale ('L'), resized to the model's input size with nearest-neighbour sampling only when the size
-differs, scaled to [0, 1].
+to 8-bit grayscale ('L') or RGB as the model takes one or three channels (its ``input_shape``, which training
+sets with ``--channels``), resized to the model's input size (``--image-size``) with nearest-neighbour sampling
+only when the size differs, scaled to [0, 1].
+
+MODEL may also be a ``.onnx`` file from ``python -m minarn.export`` (needs ``onnxruntime``): ONNX Runtime runs it
+(``minarn.onnx_model``) and its metadata gives the class names; ``--gradcam`` needs the ``model.npz``.
 
 An IMAGE that is a folder stands for the image files anywhere below it (by the file extensions Pillow knows,
 sorted by path). Images are decoded and classified ``CHUNK`` at a time and each line is printed as soon as its
@@ -21,7 +25,7 @@ paper's Table 2 (macro precision, recall, F1, accuracy, kappa, log loss) and the
 model's score on your own labelled images, laid out as MedNIST is.
 
 ``--gradcam OUT.png`` also writes the Grad-CAM overlays (conv2d_22, ``minarn.gradcam``) of the predicted class
-(of the first 36 images), each under the 64x64 input the model saw.
+(of the first 36 images), each under the input the model saw (64x64 for MedNIST models).
 
 Exit status: 0 all images predicted; 1 some file could not be read as an image; 2 bad usage or an unreadable
 model (one line on stderr, never a traceback).
@@ -40,27 +44,35 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from minarn import metrics
-from minarn.data import MEDNIST_CLASSES, _decode
+from minarn.data import CHANNEL_MODES, MEDNIST_CLASSES, _decode
 from minarn.model import ARNCNN, load_model
+from minarn.onnx_model import OnnxModel, load_onnx_model
 
-__all__ = ["PredictError", "class_names_for", "expand_folders", "input_size", "load_image", "main", "predict_files",
-           "resolve_model"]
+__all__ = ["PredictError", "class_names_for", "default_class_names", "expand_folders", "input_size", "load_image",
+           "main", "predict_files", "resolve_model"]
 
 PROG = "python -m minarn.predict"
 MAX_GRADCAM = 36  # overlays in one --gradcam figure (6 per row)
-CHUNK = 256  # images decoded and classified at a time (256 x 64 x 64 bytes, and model.predict's own batches)
+CHUNK = 256  # images decoded and classified at a time (256 x 64 x 64 bytes at 64x64, in model.predict's batches)
 
 
 class PredictError(ValueError):
     """Bad usage or an unreadable model: one line, exit status 2."""
 
 
-def resolve_model(path: str | Path) -> tuple[ARNCNN, list[str], Path]:
-    """Load MODEL (a ``model.npz`` or a run folder holding one); returns (model, class names, model path)."""
+def resolve_model(path: str | Path) -> tuple[ARNCNN | OnnxModel, list[str], Path]:
+    """Load MODEL (a ``model.npz``, a run folder holding one, or a ``.onnx`` export); returns (model, class names,
+    model path)."""
     path = Path(path)
     model_path = path / "model.npz" if path.is_dir() else path
     if not model_path.is_file():
         raise PredictError(f"model {path}: no such file" + (" (no model.npz in this folder)" if path.is_dir() else ""))
+    if model_path.suffix.lower() == ".onnx":
+        try:
+            onnx_model = load_onnx_model(model_path)
+        except (ImportError, ValueError) as err:
+            raise PredictError(str(err)) from None
+        return onnx_model, onnx_model.class_names, model_path
     try:
         model = load_model(model_path)
     except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
@@ -77,19 +89,24 @@ def class_names_for(model: ARNCNN, model_path: Path) -> list[str]:
             return names
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if model.num_classes == len(MEDNIST_CLASSES):
+    return default_class_names(model.num_classes)
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """The MedNIST names for a six-class model, else ``class 0``, ``class 1``, ..."""
+    if num_classes == len(MEDNIST_CLASSES):
         return list(MEDNIST_CLASSES)
-    return [f"class {k}" for k in range(model.num_classes)]
+    return [f"class {k}" for k in range(num_classes)]
 
 
-def load_image(path: str | Path, size: int = 64) -> np.ndarray:
-    """One image file as training sees it: grayscale uint8 (size, size, 1).
+def load_image(path: str | Path, size: int = 64, channels: int = 1) -> np.ndarray:
+    """One image file as training sees it: uint8 (size, size, channels), grayscale for 1 channel, RGB for 3.
 
     Raises ``OSError`` (missing/unreadable file) or ``ValueError`` (not an image Pillow can decode).
     """
     data = Path(path).read_bytes()
     try:
-        return _decode(data, size, Image.NEAREST)[..., None]
+        return _decode(data, size, Image.NEAREST, channels).reshape(size, size, channels)
     except UnidentifiedImageError:
         raise ValueError("not an image (Pillow does not recognise the file format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -112,28 +129,32 @@ def expand_folders(paths: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def input_size(model: ARNCNN) -> int:
-    """The side of the square images the model takes; ``PredictError`` for a model with non-square inputs."""
-    H, W, _ = model.input_shape
+def input_size(model: ARNCNN | OnnxModel) -> int:
+    """The side of the square images the model takes; ``PredictError`` for a model with non-square inputs or
+    with other than 1 (grayscale) or 3 (RGB) channels."""
+    H, W, C = model.input_shape
     if H != W:
         raise PredictError(f"the model takes {H}x{W} images; only square inputs are supported")
+    if C not in CHANNEL_MODES:
+        raise PredictError(f"the model takes images with {C} channels; only 1 (grayscale) or 3 (RGB) are supported")
     return H
 
 
-def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray,
+def predict_files(model: ARNCNN | OnnxModel, paths: Sequence[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray,
                                                                          list[tuple[str, str]]]:
     """Decode and classify image files.
 
-    Returns (the paths that were read, their images (M, H, W, 1) uint8, probabilities (M, K),
+    Returns (the paths that were read, their images (M, H, W, C) uint8, probabilities (M, K),
     [(path, reason)] for the files that could not be read).
     """
     H = W = input_size(model)
+    C = model.input_shape[2]
     good: list[str] = []
     images: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
     for p in paths:
         try:
-            images.append(load_image(p, H))
+            images.append(load_image(p, H, C))
             good.append(str(p))
         except FileNotFoundError:
             failed.append((str(p), "no such file"))
@@ -141,7 +162,7 @@ def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str]
             failed.append((str(p), "a folder without image files"))
         except (OSError, ValueError) as err:
             failed.append((str(p), str(err) if isinstance(err, ValueError) else f"cannot read: {err.strerror or err}"))
-    stack = np.stack(images) if images else np.zeros((0, H, W, 1), np.uint8)
+    stack = np.stack(images) if images else np.zeros((0, H, W, C), np.uint8)
     probs = model.predict(stack) if len(stack) else np.zeros((0, model.num_classes))
     return good, stack, probs, failed
 
@@ -182,7 +203,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Classify image files with a model trained by python -m minarn.train; "
                 "prints IMAGE, CLASS and PROBABILITY per image (tab-separated).")
-    p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder)")
+    p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder), "
+                   "or a .onnx file from python -m minarn.export")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (any size or mode Pillow reads), or folders of them")
     p.add_argument("--probabilities", action="store_true",
@@ -206,6 +228,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             if not target.parent.is_dir():
                 raise PredictError(f"--gradcam: folder {target.parent} does not exist")
         model, names, _ = resolve_model(args.model)
+        if args.gradcam is not None and not isinstance(model, ARNCNN):
+            raise PredictError(f"--gradcam needs a model.npz (Grad-CAM runs minarn's backward pass), got {args.model}")
         input_size(model)  # checked before the first image is read
     except PredictError as e:
         print(f"{PROG}: error: {e}", file=err)
@@ -245,11 +269,13 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         from minarn import figures
         from minarn.gradcam import gradcam
 
+        assert isinstance(model, ARNCNN)  # an .onnx model with --gradcam was refused above
         stack = np.stack(cam_images)
         try:
             figures.gradcam_grid(stack, gradcam(model, stack), names, args.gradcam,
                                  names=[Path(p).name for p in cam_paths],
-                                 title="Grad-CAM on conv2d_22 of the predicted class (the 64x64 input the model saw)")
+                                 title="Grad-CAM on conv2d_22 of the predicted class (the "
+                                 f"{stack.shape[1]}x{stack.shape[2]} input the model saw)")
         except OSError as e:
             print(f"{PROG}: error: cannot write {args.gradcam}: {e}", file=err)
             return 1
