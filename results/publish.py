@@ -752,9 +752,12 @@ def errors_by_class(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def same_split(a: Run, b: Run) -> bool:
-    """The paper's split of the same files: same data_identity, --dedupe and --limit-per-class."""
+    """The same split of the same files: same data_identity, --dedupe, --limit-per-class and --split."""
+
     def key(r: Run) -> tuple[Any, ...]:
-        return r.config.get("data_identity"), r.options["dedupe"], r.options["limit_per_class"]
+        split = r.options.get("split")
+        return (r.config.get("data_identity"), r.options["dedupe"], r.options["limit_per_class"],
+                tuple(split) if split else None)
 
     return key(a) == key(b)
 
