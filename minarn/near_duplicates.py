@@ -451,7 +451,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m minarn.near_duplicates", description=__doc__.split("\n\n")[0].strip("`: "))
+    p = _Parser(prog="python -m minarn.near_duplicates",
+                description="Find byte-identical and near-identical images in a MedNIST-style set and count the "
+                "validation / test images with a near-copy in train (the paper's split and the --dedupe split). "
+                "Writes near_duplicates.md, .json, .png and near_copies.csv into --out.")
     p.add_argument("data", nargs="?", metavar="DATA", help="folder or archive (default: the shipped sample)")
     p.add_argument("--out", default="near-duplicates", metavar="DIR", help="output folder (default: %(default)s)")
     p.add_argument("--threshold", type=float, help="near-identical below this distance (default: from the data)")
