@@ -15,20 +15,21 @@
 #   the true class show where the evidence for each lies, and zeroing the cells a map marks tests the claim.
 # - Two models, side by side. A short model (ARN-CNN on 48x48 inputs, trained here for 2-3 epochs as in
 #   lesson 13) makes enough errors to show the mechanics, each metric computed by hand. The published model
-#   (`results/default-seed123/model.npz`, trained on the full set for 36 epochs) gives a real Table 2 on the
-#   shipped sample's images, its 5x5 Grad-CAM, and its one real test error.
+#   (`results/default-seed123/model.npz`, trained on the full set for 36 epochs) gives a real Table 2 on its
+#   whole test split (from the run's per-image predictions) and on the shipped sample's images, its 5x5
+#   Grad-CAM, and its one real test error.
 #
 # **Prerequisites:** lesson 13 (training, and the batch-norm statistics of its part 4), lesson 12 (the whole
 # network and conv2d_22's 5x5 map), lesson 10 (softmax and cross-entropy); lesson 1 for the split.
 #
 # **Time:** about 30 minutes to read and try; it runs in about 35 s (15 s with `MINARN_LESSON_FAST=1`), of
-# which about 10 s read the full archive for part 10 when it is at hand.
+# which about 10 s read the full archive for part 11 when it is at hand.
 #
 # **Try this**
 # 1. In part 1, add `probs[:] = 1 / 6` after `probs /= ...` and run parts 2-4: accuracy 0.167, kappa 0,
 #    log loss ln 6 = 1.792, every entropy ln 6, and an ECE of 0: a model that knows nothing, and says so, is
 #    perfectly calibrated. (Part 6 then stops: the "errors" it looks at are no longer the model's.)
-# 2. In part 8, set `PART = 0`: Table 2 on the 546 sample images of the run's training split. Every image is
+# 2. In part 9, set `PART = 0`: Table 2 on the 546 sample images of the run's training split. Every image is
 #    right and the log loss is lower still (0.0013 against 0.0014), which says nothing about new images:
 #    that is why the test split is kept apart.
 #
@@ -37,6 +38,7 @@
 # run in the repository's `results/` folder (or the folder named by `MINARN_RESULTS`).
 
 # %%
+import csv
 import io
 import json
 import os
@@ -225,7 +227,8 @@ lesson_support.saved(figures.gradcam_grid(
 # full set without regard to that run's split, so most of them were in the run's TRAINING data. Which ones
 # is computed here: the full set's files are named 000000.jpeg, 000001.jpeg, ... in every class, so a sample
 # file's name gives its place in the full set's path order, and the run's split (seed 123, lesson 1) depends
-# only on the labels in that order, whose counts `config.json` records.
+# only on the labels in that order, whose counts `config.json` records. Part 8 checks the result against the
+# run's own list of its test images.
 
 # %%
 print("\n7. The published model, and which sample images it was trained on")
@@ -273,13 +276,40 @@ print(f"   of the sample's 600 images, {np.sum(split_part == 0)} were in the run
       f"{error_path}, is in the test split here too")
 
 # %% [markdown]
-# ## 8. A real Table 2 of the published model, on the sample images of its test split
-# Only these few were held out from the run's training; its own Table 2 on all 2,359 test images is in
-# `results/default-seed123/report.md`. The sample's images in the training split are scored too (in the
-# full setting), to show what scoring seen images gives.
+# ## 8. A real Table 2 of the published model, on its whole test split
+# The run's `test_predictions.csv` holds, for each of its 2,359 test images, the true class, the predicted
+# class and p(true class). That is all Table 2 needs: the confusion matrix from the two classes, the log loss
+# from p(true). The file also checks part 7: its paths must be exactly the test split reconstructed there.
 
 # %%
-print("\n8. A real Table 2 of the published model, on the sample images of its test split")
+print("\n8. A real Table 2 of the published model, on its whole test split")
+with open(run / "test_predictions.csv", newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+test_paths = [r["path"] for r in rows]
+assert sorted(full_index(p) for p in test_paths) == sorted(parts[2].tolist()), "part 7's test split"
+y_test = np.array([names.index(r["label"]) for r in rows])
+pred_test = np.array([names.index(r["predicted"]) for r in rows])
+p_true_test = np.array([float(r["p_true"]) for r in rows])
+full_table = {"precision": metrics.precision_score(y_test, pred_test, 6),
+              "recall": metrics.recall_score(y_test, pred_test, 6), "f1": metrics.f1_score(y_test, pred_test, 6),
+              "accuracy": metrics.accuracy(y_test, pred_test), "kappa": metrics.cohen_kappa(y_test, pred_test, 6),
+              "log_loss": -np.mean(np.log(p_true_test))}
+print(f"   {len(rows):,} test images:\n   " + metrics.summary_markdown(full_table).strip().replace("\n", "\n   "))
+for key, value in full_table.items():
+    assert abs(value - config["test"][key]) < 1e-6, (key, value, config["test"][key])
+wrong_test = [p for p, t, q in zip(test_paths, y_test, pred_test) if t != q]
+assert wrong_test == [error_path]
+print(f"   == the run's report (to 1e-6); its one error, {error_path}, is a {true_name} image taken for "
+      f"{pred_name}")
+
+# %% [markdown]
+# ## 9. The same model on the shipped sample's images
+# The weights themselves, run here. The sample images of the run's test split must get the probabilities
+# `test_predictions.csv` records for them. The sample's images in the training split are scored too (in the
+# full setting), to show what scoring seen images gives: Table 2 on them says nothing about new images.
+
+# %%
+print("\n9. The same model on the shipped sample's images")
 PART = 2  # which of the run's parts Table 2 is computed on: 0 training, 1 validation, 2 test
 PART_NAMES = ("training", "validation", "test")
 chosen = np.flatnonzero(split_part == PART)
@@ -289,9 +319,14 @@ p_pub[scored] = published.predict(sample.images[scored]).astype(np.float64)
 table2 = metrics.summary(sample.labels[chosen], p_pub[chosen], names)
 print(f"   {len(chosen)} sample images in the run's {PART_NAMES[PART]} split:\n   " +
       metrics.summary_markdown(table2).strip().replace("\n", "\n   "))
-print(f"   the run's report, 2,359 test images: accuracy {config['test']['accuracy']:.4f}, "
-      f"log loss {config['test']['log_loss']:.4f}, kappa {config['test']['kappa']:.4f}")
 assert table2["accuracy"] == 1.0 and table2["log_loss"] < 0.05
+recorded = dict(zip(test_paths, p_true_test))
+in_test = np.flatnonzero(split_part == 2)
+ours_p = p_pub[in_test, sample.labels[in_test]] / p_pub[in_test].sum(axis=1)
+theirs_p = np.array([recorded[sample.paths[i]] for i in in_test])
+print(f"   p(true class) of the {len(in_test)} sample test images against test_predictions.csv: max difference "
+      f"{np.abs(ours_p - theirs_p).max():.1e}")
+assert np.abs(ours_p - theirs_p).max() < 1e-5
 for p in [q for q in (1, 0, 2) if q != PART]:
     where, label = np.flatnonzero(split_part == p), PART_NAMES[p]
     if np.isin(where, scored).all():
@@ -300,12 +335,12 @@ for p in [q for q in (1, 0, 2) if q != PART]:
               f"{metrics.log_loss(sample.labels[where], p_pub[where]):.4f}")
 
 # %% [markdown]
-# ## 9. Both models side by side: the published model's 5x5 Grad-CAM and the short model's 3x3
+# ## 10. Both models side by side: the published model's 5x5 Grad-CAM and the short model's 3x3
 # One sample image of the run's test split per class (the short model may have trained on some of them:
 # its split is the sample's own). A 5x5 map upsampled to 64x64 is coarse; a 3x3 map coarser still.
 
 # %%
-print("\n9. Both models side by side: the published model's 5x5 Grad-CAM and the short model's 3x3")
+print("\n10. Both models side by side: the published model's 5x5 Grad-CAM and the short model's 3x3")
 held_out = np.flatnonzero(split_part == 2)
 pick = np.array([held_out[sample.labels[held_out] == k][0] for k in range(6)])
 cam_pub = gradcam.gradcam(published, sample.images[pick])
@@ -329,14 +364,14 @@ fig.tight_layout()
 lesson_support.save(fig, "14_two_models.png", dpi=100)
 
 # %% [markdown]
-# ## 10. The published model's one real test error
+# ## 11. The published model's one real test error
 # `Hand/000676.jpeg` is not in the sample. If the full MedNIST archive is at hand (`$MINARN_MEDNIST`, the
 # path the run was trained from, or where `minarn.download` saves it), the image is read from it and its
 # Grad-CAM tested as in part 6; otherwise the run's published figure of it is shown. `MINARN_LESSON_FAST=1`
 # does not look for the archive (reading it takes a few seconds).
 
 # %%
-print("\n10. The published model's one real test error")
+print("\n11. The published model's one real test error")
 candidates = [os.environ.get("MINARN_MEDNIST"), config["data_source"], data.default_cache_dir() / "MedNIST.tar.gz"]
 archive = next((Path(c) for c in candidates if c and Path(c).is_file() and tarfile.is_tarfile(c)), None)
 if FAST or archive is None:
