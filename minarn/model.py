@@ -26,7 +26,7 @@ from minarn.layers.dropout import Dropout
 from minarn.layers.flatten import Flatten
 from minarn.layers.pool import MaxPooling2D
 from minarn.layers.residual import ResidualBlock
-from minarn.losses import l1_penalty, l2_penalty, softmax_cross_entropy
+from minarn.losses import l1_penalty, l2_penalty, softmax, softmax_cross_entropy
 
 DENSE_ACTIVATIONS = ("gelu", "relu", "elu", "selu", "swish", "silu", "tanh", "sigmoid", "linear")
 _CONFIG_KEY = "__config__"
@@ -256,7 +256,7 @@ class ARNCNN:
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Class probabilities (N, K) for one batch."""
-        return _softmax(self.logits(x, training))
+        return softmax(self.logits(x, training))
 
     def backward_features(self, dfeatures: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Backward through the convolutional part: d(conv2d_22 output) -> d(input) (N, 64, 64, 1).
@@ -307,7 +307,7 @@ class ARNCNN:
         ce, dlogits = softmax_cross_entropy(logits, y.astype(logits.dtype, copy=False))
         pen = self.penalties(n)
         self.last_terms = {"crossentropy": ce, **{k: v for k, (v, _) in pen.items()}}
-        self.last_probs = _softmax(logits)
+        self.last_probs = softmax(logits)
         self.backward_features(self.backward_head(dlogits, pen["activity_l1"][1]), input_grad=False)
         grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
         grads[f"{self.dense.name}/kernel"] = grads[f"{self.dense.name}/kernel"] + pen["kernel_l2"][1]
@@ -364,11 +364,6 @@ class ARNCNN:
         arrays = dict(self.state_dict())
         arrays[_CONFIG_KEY] = np.array(json.dumps(self.config))
         return save_npz_atomic(path, arrays)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def load_model(path: str | os.PathLike[str]) -> ARNCNN:

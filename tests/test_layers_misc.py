@@ -260,6 +260,16 @@ def test_dropout_seeded_masks():
     assert not np.array_equal(a.forward(x, training=True), first_a)  # each training forward draws anew
 
 
+def test_dropout_set_generator_draws_the_next_masks_from_it():
+    x = uniform(np.random.default_rng(0), (8, 9))
+    layer, fresh = Dropout(0.5, seed=1), Dropout(0.5, seed=7)
+    layer.forward(x, training=True)  # moves the layer's own generator on
+    layer.set_generator(np.random.default_rng(7))
+    np.testing.assert_array_equal(layer.forward(x, training=True), fresh.forward(x, training=True))
+    with pytest.raises(TypeError, match="dropout.*numpy.random.Generator.*int"):
+        layer.set_generator(7)
+
+
 def test_dropout_backward_uses_the_forward_mask():
     rng = np.random.default_rng(2)
     x = away_from_zero(uniform(rng, (6, 7)), margin=0.05)
@@ -277,7 +287,7 @@ def test_dropout_gradient_with_fixed_mask(shape, rate, seed):
     forward = layer.forward
 
     def forward_with_fixed_mask(x, training=False):
-        layer.rng = np.random.default_rng(seed)  # the same mask on every call
+        layer.set_generator(np.random.default_rng(seed))  # the same mask on every call
         return forward(x, training)
 
     layer.forward = forward_with_fixed_mask

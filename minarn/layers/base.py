@@ -58,6 +58,11 @@ class Layer:
         """Output shape for an input shape (batch may be ``None``); raises like ``forward`` on a bad shape."""
         return tuple(input_shape)
 
+    @property
+    def keras_class(self) -> str:
+        """The Keras layer class this layer stands for, as a summary prints it (``"Conv2D"``)."""
+        return type(self).__name__
+
     def count_params(self) -> int:
         """Number of weights, trainable and not (as Keras counts them)."""
         return int(sum(a.size for a in self.params.values()) + sum(a.size for a in self.state.values()))
