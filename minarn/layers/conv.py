@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from minarn import kernels
-from minarn.layers import winograd
+from minarn.kernels import winograd
 from minarn.layers.activations import Linear, ReLU, Sigmoid, get_activation
 from minarn.layers.base import Layer, glorot_uniform
 
@@ -18,7 +18,7 @@ _FUSABLE = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid"}
 # A patch of at most this many values (kh * kw * C; the first layer's 3x3x1 is 9) goes through the direct
 # kernels ``kernels.shallow_conv_*``: a matrix product with so short a reduction only moves memory.
 SHALLOW_PATCH = 16
-# A 3x3 stride-1 convolution this wide and this large runs Winograd's F(2x2, 3x3) (``layers.winograd``) when the
+# A 3x3 stride-1 convolution this wide and this large runs Winograd's F(2x2, 3x3) (``kernels.winograd``) when the
 # backend's tile transforms are fast (``K.WINOGRAD``). Below these sizes the transforms' memory traffic costs
 # more than the 2.25x fewer multiplications save (measured on 2 cores: only ARN-CNN's conv2d_6, 64 -> 64
 # channels on 31x31, gains in both passes; see benchmarks/RESULTS.md).
