@@ -193,7 +193,7 @@ class Minarn:
             x = layer._cache[0]
             if isinstance(layer, Dense):
                 m, k, f = x.shape[0], x.shape[1], layer.params["kernel"].shape[1]
-            elif layer._is_shallow() and layer._fused_kind() is not None:
+            elif layer._is_shallow() and layer.fused_kind is not None:
                 continue
             elif layer._is_winograd(K, x.shape):
                 n, h, w, c = x.shape

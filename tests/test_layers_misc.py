@@ -1,9 +1,10 @@
-"""Dropout, Flatten, Multiply/Add, and the layer contract checked on every layer: shape errors naming the
-layer, backward before forward, dtype (float32 in -> float32 out, grads in the parameters' dtype), dout never
+"""Dropout, Flatten, Multiply/Add, and the layer contract checked on every layer and block: shape errors naming
+the layer, backward before forward, dtype (float32 in -> float32 out, grads in the parameters' dtype), dout never
 modified, repeated backward overwriting (not accumulating) the gradients."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from minarn.gradcheck import check_layer, numeric_grad, rel_error
 from minarn.layers import (
     ACTIVATIONS,
     Add,
+    AttentionModule,
     BatchNormalization,
     Conv2D,
     Dense,
@@ -27,8 +29,10 @@ from minarn.layers import (
     Layer,
     MaxPooling2D,
     Multiply,
+    ResidualBlock,
     get_activation,
 )
+from minarn.model import _KerasNames
 
 
 # -- the contract, on every layer ------------------------------------------------------------------------
@@ -71,6 +75,13 @@ SPECS = [
     Spec("dropout-inference", lambda dt: Dropout(0.4, seed=0), (3, 4), training=False),
     Spec("flatten", lambda dt: Flatten(), (2, 3, 4, 2)),
     *[Spec(f"act-{name}", lambda dt, name=name: get_activation(name), (3, 4)) for name in ACTIVATIONS],
+    Spec("attention-module", lambda dt: AttentionModule(3, ("conv2d_1", "conv2d_2", "multiply"), (0, 1), dt),
+         (2, 4, 3, 3), uses_backend=True),
+    Spec("residual-block-skip", lambda dt: ResidualBlock(2, 3, _KerasNames(), itertools.count(1).__next__, dtype=dt),
+         (2, 5, 4, 2), uses_backend=True),
+    Spec("residual-block-no-attention-identity",
+         lambda dt: ResidualBlock(3, 3, _KerasNames(), itertools.count(1).__next__, attention=False, dtype=dt),
+         (2, 4, 4, 3), training=False, uses_backend=True),
 ]
 
 CASES = [
