@@ -29,18 +29,23 @@ import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 import minarn
-from minarn import kernels
+from minarn import distributed, kernels
 from minarn.controller import EpochEndController
 from minarn.data import (
+    CHANNEL_MODES,
+    IMAGE_SIZE,
+    SPLIT_FRACTIONS,
     DataError,
     Dataset,
     Splits,
+    balanced_class_weights,
     count_table,
     duplicate_groups,
     duplicates_in_train,
@@ -49,6 +54,7 @@ from minarn.data import (
     sample_path,
     scale_images,
     split_dataset,
+    split_stages,
 )
 from minarn.atomic import save_npz_atomic
 from minarn.model import DENSE_ACTIVATIONS, ARNCNN
@@ -63,6 +69,9 @@ SAMPLE_BATCH_SIZE = 5
 PAPER_BATCH_SIZE = 40
 PAPER_EPOCHS = 100
 SPLIT_SEED = 123  # the paper's split, whatever --seed is
+MIN_IMAGE_SIZE = 26  # smaller inputs shrink below a 3x3 kernel or 2x2 pooling window inside the network
+MAX_IMAGE_SIZE = 512  # at 512 the dense(256) layer alone holds 500 million weights
+UNBALANCED_RATIO = 1.5  # largest / smallest class in train from which the log calls the classes unbalanced
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "next_lr", "monitor",
                    "improvement", "duration"]
 
@@ -141,25 +150,33 @@ def format_row(row: dict[str, Any], epochs: int) -> str:
 
 
 # -- evaluation on a split ---------------------------------------------------------------------------------
-def evaluate_split(model: ARNCNN, images: np.ndarray, labels: np.ndarray, batch_size: int = 40
-                   ) -> tuple[float, float, np.ndarray]:
+def evaluate_split(model: ARNCNN, images: np.ndarray, labels: np.ndarray, batch_size: int = 40,
+                   comm: distributed.Communicator | None = None) -> tuple[float, float, np.ndarray]:
     """Loss as Keras reports ``val_loss`` (cross-entropy plus penalties, inference mode), accuracy, probabilities.
 
-    Shapes: images (N, H, W, 1) uint8, labels (N,) int -> loss, accuracy, probs (N, K).
+    Shapes: images (N, H, W, C) uint8, labels (N,) int -> loss, accuracy, probs (N, K).
+    With a communicator of several ranks each takes a contiguous block of the images; the sums and the
+    probabilities are gathered, so every rank returns the whole split's values.
     """
+    comm = comm or distributed.SingleProcess()
     n = len(images)
-    probs = np.empty((n, model.num_classes), dtype=model.dtype)
+    part = distributed.shard(n, comm.rank, comm.size)
+    probs = np.empty((part.count, model.num_classes), dtype=model.dtype)
     ce_sum = activity_sum = 0.0
-    for start in range(0, n, batch_size):
-        x = scale_images(images[start : start + batch_size])
+    for start in range(part.start, part.stop, batch_size):
+        stop = min(start + batch_size, part.stop)
+        x = scale_images(images[start:stop])
         logits = model.logits(x, training=False)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        probs[start : start + len(x)] = p
+        probs[start - part.start : stop - part.start] = p
         z = logits - logits.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        ce_sum -= float(log_p[np.arange(len(x)), labels[start : start + len(x)]].sum())
+        ce_sum -= float(log_p[np.arange(len(x)), labels[start:stop]].sum())
         activity_sum += model.penalties(1)["activity_l1"][0]  # factor * sum |dense output| of this batch
+    if comm.size > 1:
+        ce_sum, activity_sum = comm.allreduce(np.array([ce_sum, activity_sum])).tolist()
+        probs = np.concatenate(comm.allgather(probs))
     pen = model.penalties(1)
     loss = (ce_sum + activity_sum) / max(n, 1) + pen["kernel_l2"][0] + pen["bias_l1"][0]
     accuracy = float(np.mean(probs.argmax(axis=1) == labels)) if n else float("nan")
@@ -266,11 +283,19 @@ def fit(
     out: Path,
     report: Reporter,
     on_batch: Callable[[RunState], None] | None = None,
+    class_weights: np.ndarray | None = None,
+    comm: distributed.Communicator | None = None,
 ) -> RunState:
     """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C or SIGTERM).
 
     ``on_batch(run)``, when given, is called after every optimizer step (``run.batch`` is then the number of
-    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py)."""
+    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py).
+    ``class_weights`` (K,) weight the training cross-entropy per class (``--class-weight balanced``).
+    ``comm`` (``minarn.distributed``): with several ranks each runs its rows of every batch and only rank 0
+    writes; every rank's model, optimizer and state stay equal to rank 0's."""
+    comm = comm or distributed.SingleProcess()
+    root = comm.rank == 0
+    sync_bn = distributed.synchronize_batch_norm(model, comm)
     n = len(train)
     steps = math.ceil(n / batch_size)
     history_path = out / "history.csv"
@@ -281,23 +306,35 @@ def fit(
             lr = optimizer.learning_rate
             started = time.perf_counter() - run.epoch_time
             for b in range(run.batch, steps):
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                batch_rng = np.random.default_rng([seed, run.epoch, b])
+                batch_idx = order[b * batch_size : (b + 1) * batch_size]
+                part = distributed.shard(len(batch_idx), comm.rank, comm.size)  # this rank's rows of the batch
+                idx = batch_idx[part.rows] if part.count else batch_idx[:1]  # no rows: a one-row stand-in
+                batch_rng = distributed.RowsOf(np.random.default_rng([seed, run.epoch, b]), part)
                 model.dropout.rng = batch_rng
                 x = scale_images(train.images[idx])
                 if augment == "hflip":
                     flip = batch_rng.random(len(idx)) < 0.5
                     x[flip] = x[flip, :, ::-1]
                 y = one_hot(train.labels[idx], model.num_classes)
-                loss, grads = model.loss_and_grads(x, y)
+                if sync_bn is not None:
+                    sync_bn.share, sync_bn.contributes = part.share, part.count > 0
+                loss, grads = (model.loss_and_grads(x, y) if class_weights is None else
+                               model.loss_and_grads(x, y, class_weights))
+                grads = distributed.allreduce_gradients(comm, grads, part.share)  # sum_r share_r * grads_r
+                correct = int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx])) if part.count else 0
+                if comm.size > 1:  # the batch's loss and hits, and whether any rank was asked to stop
+                    loss_sum, correct, stop = comm.allreduce(np.array([loss * part.count, correct,
+                                                                       interrupt.requested])).tolist()
+                    loss, correct = loss_sum / len(batch_idx), int(correct)
+                    interrupt.requested = interrupt.requested or stop > 0
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"loss became {loss} at epoch {run.epoch + 1}, batch {b + 1}: training stopped; "
                         f"the last good checkpoint is {checkpoint}")
                 optimizer.apply(model.parameters(), grads)
-                run.loss_sum += loss * len(idx)
-                run.correct += int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx]))
-                run.seen += len(idx)
+                run.loss_sum += loss * len(batch_idx)
+                run.correct += correct
+                run.seen += len(batch_idx)
                 run.batch = b + 1
                 if on_batch is not None:
                     on_batch(run)
@@ -310,12 +347,13 @@ def fit(
                     final=b + 1 == steps)
                 if interrupt.requested and b + 1 < steps:
                     run.epoch_time = time.perf_counter() - started
-                    save_checkpoint(checkpoint, model, optimizer, controller, run)
+                    if root:
+                        save_checkpoint(checkpoint, model, optimizer, controller, run)
                     report(f"Interrupted at epoch {run.epoch + 1}, batch {b + 1}/{steps}: checkpoint saved to "
                            f"{checkpoint}; continue with --resume --out {out}")
                     raise Interrupted(interrupt.signum)
             acc, train_loss = run.correct / max(run.seen, 1), run.loss_sum / max(run.seen, 1)
-            v_loss, v_acc, _ = evaluate_split(model, valid.images, valid.labels, batch_size)
+            v_loss, v_acc, _ = evaluate_split(model, valid.images, valid.labels, batch_size, comm)
             decision = controller.on_epoch_end(run.epoch, acc, v_loss, lr, snapshot=model.state_dict)
             if decision.next_lr != lr:
                 optimizer.learning_rate = decision.next_lr
@@ -327,13 +365,15 @@ def fit(
             color = Reporter.GREEN if decision.improved else (Reporter.ORANGE if decision.next_lr != lr else None)
             report(format_row(row, epochs), color=color)
             run.history.append(row)
-            _append_history(history_path, row)
+            if root:
+                _append_history(history_path, row)
             run.epoch, run.batch, run.loss_sum, run.correct, run.seen, run.epoch_time = run.epoch + 1, 0, 0.0, 0, 0, 0.0
             if decision.stop:
                 report(f"training stopped at epoch {row['epoch']}: {controller.stop_patience} learning-rate cuts "
                        f"without improvement")
                 run.finished = True
-            save_checkpoint(checkpoint, model, optimizer, controller, run)
+            if root:
+                save_checkpoint(checkpoint, model, optimizer, controller, run)
             if interrupt.requested:
                 report(f"Interrupted after epoch {row['epoch']}: checkpoint saved; continue with --resume --out {out}")
                 raise Interrupted(interrupt.signum)
@@ -383,11 +423,42 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _split_fractions(text: str) -> list[float]:
+    try:
+        fractions = [float(Fraction(part.strip())) for part in text.split(",")]
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected three fractions TRAIN,VALID,TEST such as 0.8,0.1,0.1, "
+                                         f"got {text!r}") from None
+    if len(fractions) != 3:
+        raise argparse.ArgumentTypeError(f"expected three fractions TRAIN,VALID,TEST such as 0.8,0.1,0.1, got "
+                                         f"{len(fractions)} in {text!r}")
+    try:
+        split_stages(fractions)
+    except DataError as err:
+        said = str(err)  # names the fractions as floats; the text as given when that reads differently
+        raise argparse.ArgumentTypeError(said if text.replace(" ", "") in said else f"{said} (from {text!r})") from None
+    return fractions
+
+
+def _image_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {value} (below {MIN_IMAGE_SIZE} the network's "
+            f"poolings and 3x3 convolutions leave nothing to convolve; above {MAX_IMAGE_SIZE} the dense layer "
+            "outgrows a CPU's memory)")
+    return value
+
+
 EPILOG = """examples:
   python -m minarn.train                                          the shipped 600-image sample, a few minutes
   python -m minarn.train --data MedNIST.tar.gz                    the paper's run on the full set
   python -m minarn.train --resume --out runs/20261124-001500      continue an interrupted run where it stopped
   python -m minarn.train --data MedNIST.tar.gz --no-attention --epochs 6    a Table 6 ablation
+  python -m minarn.train --data my_images/ --split 0.7,0.15,0.15 --channels 3   your own images, here RGB
 
 threads: minarn uses every core by default; to share the machine set NUMBA_NUM_THREADS and
 OPENBLAS_NUM_THREADS (e.g. both 1 for two runs side by side on two cores) before starting."""
@@ -423,38 +494,82 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--dedupe", action="store_true", help="remove byte-identical duplicates before splitting")
     p.add_argument("--limit-per-class", type=_positive_int, metavar="N",
-                   help="use at most N images per class (quick runs)")
+                   help="use at most N images per class (quick runs; in each part of a split dataset)")
+    p.add_argument("--split", type=_split_fractions, metavar="TRAIN,VALID,TEST",
+                   help="fractions of the stratified split (default: the paper's "
+                   f"{','.join(map(str, SPLIT_FRACTIONS))}); a dataset with train/, valid/ (or val/) and test/ "
+                   "folders is used as it is")
+    p.add_argument("--image-size", type=_image_size, metavar="N",
+                   help=f"images are resized to NxN, the model's input (default: {IMAGE_SIZE}, MedNIST's size)")
+    p.add_argument("--channels", type=int, choices=sorted(CHANNEL_MODES),
+                   help="1: images converted to grayscale (default, the paper's); 3: RGB")
+    p.add_argument("--class-weight", choices=["none", "balanced"],
+                   help="balanced: each class's cross-entropy weighted by n_train / (classes x its images), as "
+                   "Keras' class_weight (default: none)")
     return p
 
 
 def _limit_per_class(ds: Dataset, n: int, seed: int) -> Dataset:
-    """At most ``n`` images per class, chosen with a seeded generator from the path-sorted list."""
+    """At most ``n`` images per class (in each part of a split dataset), chosen with a seeded generator from the
+    path-sorted list."""
     order = np.argsort(ds.paths, kind="stable")
     rng = np.random.default_rng(seed)
     keep = []
-    for c in range(ds.num_classes):
-        members = order[ds.labels[order] == c]
-        keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
+    for part in [None] if ds.part is None else [p for p in ("train", "valid", "test") if p in ds.part]:
+        in_part = order if part is None else order[ds.part[order] == part]
+        for c in range(ds.num_classes):
+            members = in_part[ds.labels[in_part] == c]
+            keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
     return ds.subset(np.sort(np.concatenate(keep)))
 
 
 def select_and_split(ds: Dataset, options: dict[str, Any]) -> tuple[Dataset, Splits]:
     """The images a run uses and their train / valid / test split, from the run's options: at most
-    ``limit_per_class`` images per class (seeded), then the paper's stratified split (seed 123; byte-identical
-    copies removed first with ``dedupe``). Raises ValueError when a class is too small to split."""
+    ``limit_per_class`` images per class (seeded), then the stratified split with the fractions ``split``
+    (None: the paper's; seed 123; byte-identical copies removed first with ``dedupe``), or the parts of a
+    dataset that comes split into folders. Raises ValueError when a class is too small to split."""
     if options.get("limit_per_class"):
         ds = _limit_per_class(ds, int(options["limit_per_class"]), seed=SPLIT_SEED)
-    return ds, split_dataset(ds, seed=SPLIT_SEED, dedupe=bool(options.get("dedupe")))
+    fractions = options.get("split")
+    return ds, split_dataset(ds, seed=SPLIT_SEED, fractions=tuple(fractions) if fractions else None,
+                             dedupe=bool(options.get("dedupe")))
+
+
+def input_format(options: dict[str, Any]) -> tuple[int, int]:
+    """(image size, channels) of a run's model from its options; runs from before ``--image-size`` and
+    ``--channels`` were 64x64 grayscale."""
+    return int(options.get("image_size") or IMAGE_SIZE), int(options.get("channels") or 1)
 
 
 def build_training(options: dict[str, Any], num_classes: int) -> tuple[ARNCNN, Optimizer, EpochEndController]:
     """A fresh run's model (initialised from ``seed``), optimizer (Adamax in the paper's form, Eq. 3-6) and
     epoch-end controller, from the run's options; ``load_checkpoint`` then puts a saved run's state into them."""
-    model = ARNCNN(num_classes=num_classes, attention=options["attention"], residual=options["residual"],
-                   dense_activation=options["dense_activation"], seed=options["seed"])
+    size, channels = input_format(options)
+    model = ARNCNN(num_classes=num_classes, input_shape=(size, size, channels), attention=options["attention"],
+                   residual=options["residual"], dense_activation=options["dense_activation"], seed=options["seed"])
     extra = {"form": "paper"} if options["optimizer"] == "adamax" else {}
     optimizer = get_optimizer(options["optimizer"], options["lr"], **extra)
     return model, optimizer, EpochEndController(model.state_dict())
+
+
+def class_balance(splits: Splits) -> list[str]:
+    """Log lines on the class sizes: the smallest and largest class in train (unbalanced from a ratio of
+    ``UNBALANCED_RATIO``), and any class missing from valid or test (a dataset split into folders)."""
+    names = splits.train.class_names
+    counts = splits.train.class_counts()
+    lo, hi = int(counts.argmin()), int(counts.argmax())
+    ratio = counts[hi] / max(int(counts[lo]), 1)
+    line = (f"classes in train: smallest {names[lo]} {counts[lo]:,}, largest {names[hi]} {counts[hi]:,} "
+            f"(ratio {ratio:.2f})" if ratio > 1 else f"classes in train: all {len(names)} hold {counts[lo]:,} images")
+    if ratio >= UNBALANCED_RATIO:
+        line += ("; unbalanced: accuracy favours the large classes; --class-weight balanced weights the loss by "
+                 "n / (classes x n_class)")
+    lines = [line]
+    for name, part in (("valid", splits.valid), ("test", splits.test)):
+        missing = [c for c, k in zip(names, part.class_counts()) if k == 0]
+        if missing:
+            lines.append(f"warning: the {name} part has no image of class(es) {', '.join(missing)}")
+    return lines
 
 
 def _data_identity(ds: Dataset) -> str:
@@ -504,10 +619,17 @@ def _session(argv: list[str], run: RunState) -> dict[str, Any]:
 
 
 def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, Any]:
+    """The run's options (config.json). Those for your own data (split, image_size, channels, class_weight) are
+    recorded only when they differ from the defaults, so a default run's options read as the published runs'
+    (which predate them); readers use ``options.get`` with the defaults (``input_format``, ``select_and_split``)."""
+    own_data = dict(split=args.split, image_size=args.image_size, channels=args.channels,
+                    class_weight=None if args.class_weight == "none" else args.class_weight)
+    own_defaults = dict(split=None, image_size=IMAGE_SIZE, channels=1, class_weight=None)
     return dict(data=data_source, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 attention=not args.no_attention, residual=not args.no_residual,
                 dense_activation=args.dense_activation, optimizer=args.optimizer, augment=args.augment,
-                dedupe=args.dedupe, limit_per_class=args.limit_per_class)
+                dedupe=args.dedupe, limit_per_class=args.limit_per_class,
+                **{k: v for k, v in own_data.items() if v is not None and v != own_defaults[k]})
 
 
 def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
@@ -515,16 +637,21 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     Ctrl-C, 143 by SIGTERM)."""
     err = sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        args = build_parser().parse_args(argv)
-        args.argv = argv
-        return _main(args, stream)
-    except UsageError as e:
+    try:  # under mpiexec: MPI's ranks (python -m minarn.distributed tells which)
+        comm = distributed.communicator()
+    except distributed.DistributedError as e:
         print(f"python -m minarn.train: error: {e}", file=err)
         return 2
+    distributed.abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
+    distributed.limit_threads(comm)
+    try:
+        args = build_parser().parse_args(argv)
+        args.argv, args.comm = argv, comm
+        return _main(args, stream)
+    except UsageError as e:
+        return distributed.fail(comm, f"python -m minarn.train: error: {e}", 2, err)
     except DataError as e:
-        print(f"python -m minarn.train: data error: {e}", file=err)
-        return 2
+        return distributed.fail(comm, f"python -m minarn.train: data error: {e}", 2, err)
 
 
 def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
@@ -535,7 +662,8 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
             kernels.get_backend()
     except (ImportError, ValueError) as e:
         raise UsageError(str(e) if args.backend else f"{e} (from ${kernels.ENV_VAR})") from None
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    comm = args.comm
+    out = Path(args.out) if args.out else Path("runs") / comm.bcast(time.strftime("%Y%m%d-%H%M%S"))
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out RUN_DIR (the folder of the run to continue)")
@@ -553,12 +681,13 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
         if args.download:
             from minarn.download import download_mednist
 
-            source = str(download_mednist(args.cache_dir))
+            source = comm.bcast(str(download_mednist(args.cache_dir)) if comm.rank == 0 else None)
         options = _options_from_args(args, source or "")
         options["epochs"] = args.epochs or (PAPER_EPOCHS if source else SAMPLE_EPOCHS)
         options["batch_size"] = args.batch_size or (PAPER_BATCH_SIZE if source else SAMPLE_BATCH_SIZE)
-    out.mkdir(parents=True, exist_ok=True)
-    report = Reporter(out / "train.log", stream)
+    if comm.rank == 0:  # rank 0 alone writes the run folder and prints
+        out.mkdir(parents=True, exist_ok=True)
+    report = Reporter(out / "train.log", stream) if comm.rank == 0 else Reporter(None, open(os.devnull, "w"))
     try:
         return _run(options, args, out, report)
     finally:
@@ -566,18 +695,33 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
 
 
 def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: Reporter) -> int:
+    comm = args.comm
+    root = comm.rank == 0
     source = options["data"] or str(sample_path())
     report(f"minarn {minarn.__version__}: ARN-CNN training, kernels: {kernels.get_backend().NAME}, run folder: {out}")
-    ds = load_mednist(source, cache_dir=args.cache_dir, report=lambda msg: report(msg))
+    size, channels = input_format(options)
+    ds = load_mednist(source, image_size=size, channels=channels, cache_dir=args.cache_dir,
+                      report=lambda msg: report(msg))
     report(f"data: {source} ({len(ds):,} images, {ds.num_classes} classes"
-           + (f", {len(ds.skipped)} files skipped" if ds.skipped else "") + ")")
+           + (f", {len(ds.skipped)} files skipped" if ds.skipped else "") + f"; {size}x{size} "
+           + ("grayscale" if channels == 1 else "RGB") + ")")
     try:
         ds, splits = select_and_split(ds, options)
     except ValueError as e:
         hint = f" (--limit-per-class {options['limit_per_class']} leaves too few images)" \
             if options["limit_per_class"] else ""
         raise UsageError(f"cannot split {source} into train/valid/test{hint}: {e}") from None
+    report(("split: the dataset's own train/, valid/ and test/ folders" if ds.part is not None else
+            "split: stratified " + "/".join(f"{f:g}" for f in options.get("split") or SPLIT_FRACTIONS)
+            + f", seed {SPLIT_SEED}"))
     report(count_table(splits))
+    for line in class_balance(splits):
+        report(line)
+    class_weights = None
+    if options.get("class_weight") == "balanced":
+        class_weights = balanced_class_weights(splits.train.labels, ds.num_classes)
+        report("class weights (balanced, n / (classes x n_class) on train): "
+               + ", ".join(f"{c} {w:.3f}" for c, w in zip(ds.class_names, class_weights)))
     groups = duplicate_groups(ds)
     leaks = duplicates_in_train(splits)
     report(f"exact duplicates: {sum(len(g) - 1 for g in groups)} extra copies in {len(groups)} groups"
@@ -587,10 +731,12 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     if args.resume:
         run = load_checkpoint(out / "checkpoint.npz", model, optimizer, controller)
         run.finished = run.finished and options["epochs"] <= run.epoch
-        _rewrite_history(out / "history.csv", run.history)
+        if root:
+            _rewrite_history(out / "history.csv", run.history)
         report(f"resumed from {out / 'checkpoint.npz'} at epoch {run.epoch + 1}, batch {run.batch + 1}")
     else:
         run = RunState()
+    run = distributed.broadcast_training(comm, model, optimizer, controller, run)  # several ranks: rank 0's
     sessions = []
     if args.resume:
         try:
@@ -598,14 +744,19 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         except (OSError, ValueError, AttributeError):
             pass
     sessions.append(_session(getattr(args, "argv", []), run))
+    if comm.size > 1:
+        sessions[-1].update(ranks=comm.size, ranks_on_host=comm.host_ranks)
     config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
               "data_identity": _data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
                                                        map(int, d.class_counts())))}
                                                       for k, d in splits._asdict().items()},
               "duplicates_in_train": leaks, "skipped_files": [list(s) for s in ds.skipped],
+              "split_from": "folders" if ds.part is not None else "stratified",
+              "class_weights": None if class_weights is None else dict(zip(ds.class_names, class_weights.tolist())),
               "versions": _versions(), "backend": kernels.get_backend().NAME, "model": model.config,
               "sessions": sessions}
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    if root:
+        (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     report(f"{model.count_params():,} weights; optimizer {optimizer!r}; batch {options['batch_size']}; "
            f"up to {options['epochs']} epochs")
     report(TABLE_HEADER)
@@ -615,13 +766,15 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     try:
         run = fit(model, optimizer, controller, splits.train, splits.valid, epochs=options["epochs"],
                   batch_size=options["batch_size"], seed=options["seed"], augment=options["augment"],
-                  run=run, out=out, report=report)
+                  run=run, out=out, report=report, class_weights=class_weights, comm=comm)
     except TrainingDiverged as e:
         report(f"error: {e}")
         return 1
     except KeyboardInterrupt as stop:  # Interrupted, or Ctrl-C outside the handler's reach
         return 128 + getattr(stop, "signum", signal.SIGINT)
     model.load_state_dict(controller.best_weights)
+    if not root:  # the others are done: rank 0 alone saves and evaluates the model
+        return 0
     report(f"Training is completed - model is set with weights from epoch {controller.best_epoch} "
            f"(this session trained for {_spelled_duration(time.perf_counter() - t0)})")
     model.save(out / "model.npz")
