@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import BACKENDS, GRAD_TOL, SEEDS, away_from_zero, random_dout, small_shapes, uniform
 
-from minarn import kernels
+from minarn import distributed, kernels
 from minarn.gradcheck import check_layer, numeric_grad, rel_error
 from minarn.layers import (
     ACTIVATIONS,
@@ -279,6 +279,15 @@ def test_dropout_set_generator_draws_the_next_masks_from_it():
     np.testing.assert_array_equal(layer.forward(x, training=True), fresh.forward(x, training=True))
     with pytest.raises(TypeError, match="dropout.*numpy.random.Generator.*int"):
         layer.set_generator(7)
+
+
+def test_dropout_set_generator_takes_a_rank_s_rows_of_the_batch_generator():
+    """Data-parallel training hands each rank a generator that draws the whole batch and keeps its rows."""
+    x = uniform(np.random.default_rng(0), (6, 5))
+    full, ranked = Dropout(0.5), Dropout(0.5)
+    full.set_generator(np.random.default_rng(3))
+    ranked.set_generator(distributed.RowsOf(np.random.default_rng(3), distributed.shard(6, 1, 2)))
+    np.testing.assert_array_equal(ranked.forward(x[3:], training=True), full.forward(x, training=True)[3:])
 
 
 def test_dropout_backward_uses_the_forward_mask():

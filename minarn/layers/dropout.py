@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from minarn.layers.base import Layer
@@ -26,9 +28,10 @@ class Dropout(Layer):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
-    def set_generator(self, rng: np.random.Generator) -> None:
-        """Draw the next masks from ``rng`` (e.g. ``np.random.default_rng([seed, epoch, batch])``)."""
-        if not isinstance(rng, np.random.Generator):
+    def set_generator(self, rng: Any) -> None:
+        """Draw the next masks from ``rng``: a ``numpy.random.Generator`` (e.g. ``default_rng([seed, epoch,
+        batch])``) or anything with its ``random(shape, dtype=...)`` method (``minarn.distributed.RowsOf``)."""
+        if not callable(getattr(rng, "random", None)):
             raise TypeError(f"{self._describe()}: expected a numpy.random.Generator, got {type(rng).__name__} "
                             "(make one with numpy.random.default_rng(seed))")
         self.rng = rng
