@@ -152,11 +152,7 @@ class Minarn:
         from minarn import kernels
 
         K = kernels.get_backend()
-        names = [n for n in ("im2col_padded", "col2im_padded", "bias_activation", "activation_backward",
-                             "attention_backward_mask", "maxpool_forward", "maxpool_backward", "channel_moments",
-                             "batchnorm_apply", "batchnorm_backward", "shallow_conv_forward",
-                             "shallow_conv_weight_grad", "winograd_input", "winograd_output",
-                             "winograd_output_adjoint") if hasattr(K, n)]
+        names = list(kernels.KERNELS)  # those a step does not call are left out of the table
         seen: dict[str, list[float]] = {n: [] for n in names}
 
         def timed(name, original):
@@ -185,7 +181,8 @@ class Minarn:
         output) and, except for the first layer, an input-gradient product; Winograd layers: 16 of each;
         short-patch layers (the first one) run direct loops and have none."""
         from minarn import kernels
-        from minarn.layers import Conv2D, Dense, winograd
+        from minarn.kernels import winograd
+        from minarn.layers import Conv2D, Dense
 
         K = kernels.get_backend()
         self.model.loss_and_grads(self.x[BATCH], self.y)
@@ -196,7 +193,7 @@ class Minarn:
             x = layer._cache[0]
             if isinstance(layer, Dense):
                 m, k, f = x.shape[0], x.shape[1], layer.params["kernel"].shape[1]
-            elif layer._is_shallow() and layer._fused_kind() is not None:
+            elif layer._is_shallow() and layer.fused_kind is not None:
                 continue
             elif layer._is_winograd(K, x.shape):
                 n, h, w, c = x.shape

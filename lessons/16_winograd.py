@@ -44,8 +44,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minarn import kernels  # noqa: E402
-from minarn.kernels import numpy_ref  # noqa: E402
-from minarn.layers import Conv2D, winograd  # noqa: E402
+from minarn.kernels import numpy_ref, winograd  # noqa: E402
+from minarn.layers import Conv2D  # noqa: E402
 
 rng = np.random.default_rng(0)
 

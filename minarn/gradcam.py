@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from minarn.losses import softmax
 from minarn.model import ARNCNN
 
 __all__ = ["GradCAM", "cam_from_maps", "class_score_gradient", "gradcam", "head_logits", "overlay",
@@ -188,6 +189,5 @@ def gradcam(model: ARNCNN, images: np.ndarray, class_index: int | np.ndarray | N
     cam = cam_from_maps(A, dA)
     H, W = x.shape[1:3]
     heatmap = np.stack([upsample(c, (H, W)) for c in cam])
-    z = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    probs = softmax(logits)
     return GradCAM(cam, heatmap, classes, logits, probs, A, dA, dA.astype(np.float64).mean(axis=(1, 2)))

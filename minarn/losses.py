@@ -1,11 +1,23 @@
-"""Categorical cross-entropy (paper Eq. 7) on logits, and the L1/L2 penalties of the dense head.
+"""Softmax and log-softmax, categorical cross-entropy (paper Eq. 7) on logits, and the L1/L2 penalties of the
+dense head.
 
-Each function returns ``(value, gradient)``: the forward value and its derivative with respect to its input.
+``softmax`` and ``log_softmax`` are the one place minarn turns scores into (log-)probabilities (the model, the
+``Softmax`` layer and Grad-CAM use them). The loss and penalty functions return ``(value, gradient)``: the
+forward value and its derivative with respect to its input.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, stable for any scores: p = exp(z - max(z)) / sum(exp(z - max(z))).
+
+    Shapes: logits (..., K) -> probabilities (..., K), same dtype; rows sum to 1 up to rounding.
+    """
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

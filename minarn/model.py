@@ -1,8 +1,11 @@
 """ARN-CNN, the attention-based residual connection CNN of Kavousinejad (2024), Figure 2, layer for layer.
 
-The forward pass is written out top to bottom and the backward pass bottom to top, so a reader can follow
-every tensor. Layer names are the ones Keras gives (``conv2d``, ``conv2d_1``, ..., ``multiply_7``, ``add``,
-``activation``, ``dense``, ``dense_1``), so weights line up 1:1 with the Keras original.
+The network is written once, in ``ARNCNN.__init__``: the convolutional part as ``stages``, a chain of layers
+and blocks (attention modules, the residual block) built in Keras' creation order, then the dense ``head``.
+Everything else follows that list: ``layers`` (every plain layer, in order), ``features`` (forward through the
+stages) and ``backward_features`` (back through them), ``summary``. Layer names are the ones Keras gives
+(``conv2d``, ``conv2d_1``, ..., ``multiply_7``, ``add``, ``activation``, ``dense``, ``dense_1``), so weights line
+up 1:1 with the Keras original.
 """
 
 from __future__ import annotations
@@ -12,24 +15,26 @@ import os
 import zipfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from minarn.atomic import save_npz_atomic
 from minarn.layers.activations import ACTIVATIONS
 from minarn.layers.attention import AttentionModule
-from minarn.layers.base import Layer, shape_str
+from minarn.layers.base import Layer, SummaryRow, chain_rows, shape_str
 from minarn.layers.conv import Conv2D
 from minarn.layers.dense import Dense
 from minarn.layers.dropout import Dropout
 from minarn.layers.flatten import Flatten
 from minarn.layers.pool import MaxPooling2D
 from minarn.layers.residual import ResidualBlock
-from minarn.losses import l1_penalty, l2_penalty, softmax_cross_entropy
+from minarn.losses import l1_penalty, l2_penalty, softmax, softmax_cross_entropy
 
 DENSE_ACTIVATIONS = ("gelu", "relu", "elu", "selu", "swish", "silu", "tanh", "sigmoid", "linear")
 _CONFIG_KEY = "__config__"
+_INPUT_NAME = "input_1"  # Keras' name of the input layer, the first row of the summary
+_L = TypeVar("_L", bound=Layer)
 
 
 class _KerasNames:
@@ -111,44 +116,48 @@ class ARNCNN:
                 for _ in range(count)
             ]
 
-        H, W, C = self.input_shape
-        # Layers in Keras' creation order, which fixes their names.
-        self.conv_in = Conv2D(C, 32, 3, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
-        self.pool_in = MaxPooling2D(2, name=name("max_pooling2d"))
-        self.stem_attention = attention_modules(2, 32)
-        self.block = ResidualBlock(32, 64, name, next_seed, attention=attention, residual=residual, dtype=dtype)
-        self.conv_mid = Conv2D(64, 64, 3, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
-        self.mid_attention = attention_modules(1, 64)
-        self.conv_deep = Conv2D(64, 256, 3, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
-        self.pool_deep = MaxPooling2D(2, name=name("max_pooling2d"))
-        self.deep_attention = attention_modules(4, 256)
-        self.conv_out = Conv2D(256, 125, 1, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d"))
+        self.stages: list[Layer] = []  # the convolutional part, in order: features() runs through it
+
+        def stage(layer: _L) -> _L:
+            self.stages.append(layer)
+            return layer
+
+        C = self.input_shape[2]
+        # Figure 2 in Keras' creation order, which fixes the layer names.
+        self.conv_in = stage(Conv2D(C, 32, 3, activation="relu", seed=next_seed(), dtype=dtype, name=name("conv2d")))
+        self.pool_in = stage(MaxPooling2D(2, name=name("max_pooling2d")))
+        self.stem_attention = [stage(m) for m in attention_modules(2, 32)]
+        self.block = stage(ResidualBlock(32, 64, name, next_seed, attention=attention, residual=residual,
+                                         dtype=dtype))
+        self.conv_mid = stage(Conv2D(64, 64, 3, activation="relu", seed=next_seed(), dtype=dtype,
+                                     name=name("conv2d")))
+        self.mid_attention = [stage(m) for m in attention_modules(1, 64)]
+        self.conv_deep = stage(Conv2D(64, 256, 3, activation="relu", seed=next_seed(), dtype=dtype,
+                                      name=name("conv2d")))
+        self.pool_deep = stage(MaxPooling2D(2, name=name("max_pooling2d")))
+        self.deep_attention = [stage(m) for m in attention_modules(4, 256)]
+        self.conv_out = stage(Conv2D(256, 125, 1, activation="relu", seed=next_seed(), dtype=dtype,
+                                     name=name("conv2d")))
         self.flatten = Flatten(name=name("flatten"))
         try:  # the flatten size follows from the input size (3125 for 64x64)
-            flat = self._graph()[-1][2][1]
+            flat = self._rows([*self.stages, self.flatten])[-1].output_shape[1]
         except ValueError as err:
             raise ValueError(f"ARNCNN: input_shape {self.input_shape} is too small for the network: {err}") from None
         self.dense = Dense(flat, 256, activation=key, seed=next_seed(), dtype=dtype, name=name("dense"))
         self.dropout = Dropout(dropout, seed=next_seed(), name=name("dropout"))
         self.classifier = Dense(256, num_classes, activation="softmax", seed=next_seed(), dtype=dtype,
                                 name=name("dense"))
+        # the dense head; logits() and backward_head() run it (the activity penalty and the fused softmax
+        # cross-entropy need its inside)
+        self.head: list[Layer] = [self.flatten, self.dense, self.dropout, self.classifier]
         self.last_terms: dict[str, float] = {}
         self.last_probs: np.ndarray | None = None
 
     # -- structure --------------------------------------------------------------------------------------
     @property
     def layers(self) -> list[Layer]:
-        """Every layer in Keras order (the order of Figure 2)."""
-        out: list[Layer] = [self.conv_in, self.pool_in]
-        for att in self.stem_attention:
-            out += att.layers
-        out += self.block.layers + [self.conv_mid]
-        for att in self.mid_attention:
-            out += att.layers
-        out += [self.conv_deep, self.pool_deep]
-        for att in self.deep_attention:
-            out += att.layers
-        return out + [self.conv_out, self.flatten, self.dense, self.dropout, self.classifier]
+        """Every plain layer in Keras order (the order of Figure 2); blocks are walked through."""
+        return [leaf for layer in [*self.stages, *self.head] for leaf in layer.layers]
 
     def get_layer(self, name: str) -> Layer:
         """The layer called ``name`` (``KeyError`` listing the names when there is none)."""
@@ -157,42 +166,14 @@ class ARNCNN:
                 return layer
         raise KeyError(f"ARNCNN has no layer {name!r}; layers: {', '.join(l.name for l in self.layers)}")
 
-    def _graph(self) -> list[tuple[str, str, tuple[Any, ...], int, list[str]]]:
-        """Rows (name, type, output shape, parameter count, inputs) in Keras order, for ``summary()``."""
-        rows: list[tuple[str, str, tuple[Any, ...], int, list[str]]] = []
+    def _rows(self, layers: list[Layer]) -> list[SummaryRow]:
+        """Summary rows of the input and of ``layers`` chained onto it."""
         shape: tuple[Any, ...] = (None, *self.input_shape)
-        rows.append(("input_1", "InputLayer", shape, 0, []))
+        return [SummaryRow(_INPUT_NAME, "InputLayer", shape, 0, []), *chain_rows(layers, _INPUT_NAME, shape)]
 
-        def add(layer: Layer, inputs: list[str], kind: str | None = None) -> str:
-            nonlocal shape
-            in_shapes = [next(r[2] for r in rows if r[0] == i) for i in inputs]
-            shape = layer.compute_output_shape(tuple(in_shapes) if len(in_shapes) == 2 else in_shapes[0])
-            rows.append((layer.name, kind or type(layer).__name__, shape, layer.count_params(), inputs))
-            return layer.name
-
-        def attend(modules: list[AttentionModule], x: str) -> str:
-            for att in modules:
-                a = add(att.conv_a, [x])
-                w = add(att.conv_b, [a])
-                x = add(att.multiply, [x, w])
-            return x
-
-        h = add(self.pool_in, [add(self.conv_in, ["input_1"])])
-        h = attend(self.stem_attention, h)
-        b = self.block
-        block_in = h
-        h = add(b.bn2, [add(b.conv2, [add(b.bn1, [add(b.conv1, [h])])])])
-        h = attend([b.attention] if b.attention else [], h)
-        if b.residual:
-            skip = add(b.skip, [block_in]) if b.skip else block_in
-            h = add(b.add, [h, skip])
-        h = add(b.pool, [add(b.relu, [h], kind="Activation")])
-        h = attend(self.mid_attention, add(self.conv_mid, [h]))
-        h = attend(self.deep_attention, add(self.pool_deep, [add(self.conv_deep, [h])]))
-        h = add(self.flatten, [add(self.conv_out, [h])])
-        if hasattr(self, "dense"):  # during __init__ the graph is traced up to flatten to size the dense layer
-            h = add(self.classifier, [add(self.dropout, [add(self.dense, [h])])])
-        return rows
+    def _graph(self) -> list[SummaryRow]:
+        """Rows (name, type, output shape, parameter count, inputs) in Keras order, for ``summary()``."""
+        return self._rows([*self.stages, *self.head])
 
     def count_params(self) -> int:
         """All weights, trainable and not (1,624,131 for the default model)."""
@@ -235,17 +216,10 @@ class ARNCNN:
 
     def features(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """The convolutional part: input (N, H, W, C) -> conv2d_22's map (N, h, w, 125), the Grad-CAM layer."""
-        h = self.pool_in.forward(self.conv_in.forward(x, training), training)
-        for att in self.stem_attention:
-            h = att.forward(h, training)
-        h = self.block.forward(h, training)
-        h = self.conv_mid.forward(h, training)
-        for att in self.mid_attention:
-            h = att.forward(h, training)
-        h = self.pool_deep.forward(self.conv_deep.forward(h, training), training)
-        for att in self.deep_attention:
-            h = att.forward(h, training)
-        return self.conv_out.forward(h, training)
+        h = x
+        for layer in self.stages:
+            h = layer.forward(h, training)
+        return h
 
     def logits(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Pre-softmax class scores (N, K). Keeps the dense layer's output for its activity penalty."""
@@ -256,22 +230,15 @@ class ARNCNN:
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         """Class probabilities (N, K) for one batch."""
-        return _softmax(self.logits(x, training))
+        return softmax(self.logits(x, training))
 
     def backward_features(self, dfeatures: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Backward through the convolutional part: d(conv2d_22 output) -> d(input) (N, 64, 64, 1).
         Fills every layer's grads; with ``input_grad=False`` (training) the image gradient is skipped: None."""
-        dh = self.conv_out.backward(dfeatures)
-        for att in reversed(self.deep_attention):
-            dh = att.backward(dh)
-        dh = self.conv_deep.backward(self.pool_deep.backward(dh))
-        for att in reversed(self.mid_attention):
-            dh = att.backward(dh)
-        dh = self.conv_mid.backward(dh)
-        dh = self.block.backward(dh)
-        for att in reversed(self.stem_attention):
-            dh = att.backward(dh)
-        return self.conv_in.backward(self.pool_in.backward(dh), input_grad)
+        dh = dfeatures
+        for layer in reversed(self.stages[1:]):
+            dh = layer.backward(dh)
+        return self.conv_in.backward(dh, input_grad)  # conv_in is stages[0]
 
     def backward_head(self, dlogits: np.ndarray, ddense_extra: np.ndarray | None = None) -> np.ndarray:
         """Backward through the dense head: d(logits) -> d(conv2d_22 output).
@@ -309,7 +276,7 @@ class ARNCNN:
         ce, dlogits = softmax_cross_entropy(logits, y.astype(logits.dtype, copy=False), class_weights)
         pen = self.penalties(n)
         self.last_terms = {"crossentropy": ce, **{k: v for k, (v, _) in pen.items()}}
-        self.last_probs = _softmax(logits)
+        self.last_probs = softmax(logits)
         self.backward_features(self.backward_head(dlogits, pen["activity_l1"][1]), input_grad=False)
         grads = {f"{layer.name}/{k}": g for layer in self.layers for k, g in layer.grads.items()}
         grads[f"{self.dense.name}/kernel"] = grads[f"{self.dense.name}/kernel"] + pen["kernel_l2"][1]
@@ -366,11 +333,6 @@ class ARNCNN:
         arrays = dict(self.state_dict())
         arrays[_CONFIG_KEY] = np.array(json.dumps(self.config))
         return save_npz_atomic(path, arrays)
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def load_model(path: str | os.PathLike[str]) -> ARNCNN:

@@ -1,9 +1,10 @@
-"""Dropout, Flatten, Multiply/Add, and the layer contract checked on every layer: shape errors naming the
-layer, backward before forward, dtype (float32 in -> float32 out, grads in the parameters' dtype), dout never
+"""Dropout, Flatten, Multiply/Add, and the layer contract checked on every layer and block: shape errors naming
+the layer, backward before forward, dtype (float32 in -> float32 out, grads in the parameters' dtype), dout never
 modified, repeated backward overwriting (not accumulating) the gradients."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,11 +15,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import BACKENDS, GRAD_TOL, SEEDS, away_from_zero, random_dout, small_shapes, uniform
 
-from minarn import kernels
+from minarn import distributed, kernels
 from minarn.gradcheck import check_layer, numeric_grad, rel_error
 from minarn.layers import (
     ACTIVATIONS,
     Add,
+    AttentionModule,
     BatchNormalization,
     Conv2D,
     Dense,
@@ -27,8 +29,10 @@ from minarn.layers import (
     Layer,
     MaxPooling2D,
     Multiply,
+    ResidualBlock,
     get_activation,
 )
+from minarn.model import _KerasNames
 
 
 # -- the contract, on every layer ------------------------------------------------------------------------
@@ -71,6 +75,13 @@ SPECS = [
     Spec("dropout-inference", lambda dt: Dropout(0.4, seed=0), (3, 4), training=False),
     Spec("flatten", lambda dt: Flatten(), (2, 3, 4, 2)),
     *[Spec(f"act-{name}", lambda dt, name=name: get_activation(name), (3, 4)) for name in ACTIVATIONS],
+    Spec("attention-module", lambda dt: AttentionModule(3, ("conv2d_1", "conv2d_2", "multiply"), (0, 1), dt),
+         (2, 4, 3, 3), uses_backend=True),
+    Spec("residual-block-skip", lambda dt: ResidualBlock(2, 3, _KerasNames(), itertools.count(1).__next__, dtype=dt),
+         (2, 5, 4, 2), uses_backend=True),
+    Spec("residual-block-no-attention-identity",
+         lambda dt: ResidualBlock(3, 3, _KerasNames(), itertools.count(1).__next__, attention=False, dtype=dt),
+         (2, 4, 4, 3), training=False, uses_backend=True),
 ]
 
 CASES = [
@@ -260,6 +271,25 @@ def test_dropout_seeded_masks():
     assert not np.array_equal(a.forward(x, training=True), first_a)  # each training forward draws anew
 
 
+def test_dropout_set_generator_draws_the_next_masks_from_it():
+    x = uniform(np.random.default_rng(0), (8, 9))
+    layer, fresh = Dropout(0.5, seed=1), Dropout(0.5, seed=7)
+    layer.forward(x, training=True)  # moves the layer's own generator on
+    layer.set_generator(np.random.default_rng(7))
+    np.testing.assert_array_equal(layer.forward(x, training=True), fresh.forward(x, training=True))
+    with pytest.raises(TypeError, match="dropout.*numpy.random.Generator.*int"):
+        layer.set_generator(7)
+
+
+def test_dropout_set_generator_takes_a_rank_s_rows_of_the_batch_generator():
+    """Data-parallel training hands each rank a generator that draws the whole batch and keeps its rows."""
+    x = uniform(np.random.default_rng(0), (6, 5))
+    full, ranked = Dropout(0.5), Dropout(0.5)
+    full.set_generator(np.random.default_rng(3))
+    ranked.set_generator(distributed.RowsOf(np.random.default_rng(3), distributed.shard(6, 1, 2)))
+    np.testing.assert_array_equal(ranked.forward(x[3:], training=True), full.forward(x, training=True)[3:])
+
+
 def test_dropout_backward_uses_the_forward_mask():
     rng = np.random.default_rng(2)
     x = away_from_zero(uniform(rng, (6, 7)), margin=0.05)
@@ -277,7 +307,7 @@ def test_dropout_gradient_with_fixed_mask(shape, rate, seed):
     forward = layer.forward
 
     def forward_with_fixed_mask(x, training=False):
-        layer.rng = np.random.default_rng(seed)  # the same mask on every call
+        layer.set_generator(np.random.default_rng(seed))  # the same mask on every call
         return forward(x, training)
 
     layer.forward = forward_with_fixed_mask

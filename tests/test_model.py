@@ -107,10 +107,10 @@ def test_whole_model_gradient_check_float64(options: dict) -> None:
 
 def _check_model_gradients(model: minarn.ARNCNN, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> None:
     def loss() -> float:
-        model.dropout.rng = np.random.default_rng(7)  # the same dropout mask at every evaluation
+        model.dropout.set_generator(np.random.default_rng(7))  # the same dropout mask at every evaluation
         return model.loss_and_grads(x, y)[0]
 
-    model.dropout.rng = np.random.default_rng(7)
+    model.dropout.set_generator(np.random.default_rng(7))
     _, grads = model.loss_and_grads(x, y)
     grads = {k: g.copy() for k, g in grads.items()}
     params = model.parameters()

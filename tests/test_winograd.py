@@ -12,8 +12,8 @@ from strategies import BACKENDS, GRAD_TOL, SEEDS, check_layer_on
 
 import minarn
 from minarn import kernels
-from minarn.kernels import numpy_ref
-from minarn.layers import Conv2D, conv, winograd
+from minarn.kernels import numpy_ref, winograd
+from minarn.layers import Conv2D, conv
 
 backends = pytest.mark.parametrize("backend", BACKENDS)
 no_workspace = lambda shape, dtype, slot: np.empty(shape, dtype)  # noqa: E731 - a fresh array per call

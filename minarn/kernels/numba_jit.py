@@ -13,6 +13,9 @@ import numba
 import numpy as np
 from numba import prange
 
+from minarn.kernels import workspace
+from minarn.kernels.numpy_ref import ACTIVATION_KINDS
+
 NAME = "numba"
 
 # Conv2D picks Winograd's algorithm where its sizes qualify: these tile transforms are one pass over memory.
@@ -163,8 +166,9 @@ def maxpool_backward(
 # Fast-path kernels (see the NumPy twins in numpy_ref for the math). Arrays are (rows, C) views of
 # channels-last maps; each kernel is one fused pass, parallel over blocks of rows.
 
-ACTIVATION_KINDS = ("linear", "relu", "sigmoid")
-_KIND = {"linear": 0, "relu": 1, "sigmoid": 2}
+# The activation ``kind`` as the integer code the compiled loops test (numba folds the module constants in).
+_KIND = {kind: code for code, kind in enumerate(ACTIVATION_KINDS)}
+_RELU, _SIGMOID = _KIND["relu"], _KIND["sigmoid"]
 _ROWS_PER_TASK = 256  # rows of a (rows, C) array one prange iteration handles
 
 
@@ -250,9 +254,9 @@ def _shallow_conv_forward(x, w, bias, has_bias, kind, stride, top, left, out):  
                             acc[f] += xv * w[i, j, c, f]
             for f in range(F):
                 a = acc[f]
-                if kind == 1:
+                if kind == _RELU:
                     a = max(a, zero)
-                elif kind == 2:
+                elif kind == _SIGMOID:
                     a = _sigmoid(a, one)
                 out[n, p, q, f] = a
 
@@ -291,7 +295,7 @@ def _shallow_conv_weight_grad(x, dz, kh, kw, stride, top, left, partial):  # pra
                     partial[t, k, f] += acc[k, f]
 
 
-# Winograd F(2x2, 3x3) tile transforms (see numpy_ref and minarn.layers.winograd). Each 1-D transform is one
+# Winograd F(2x2, 3x3) tile transforms (see numpy_ref and minarn.kernels.winograd). Each 1-D transform is one
 # inline function; a 2-D transform applies it along the rows, then along the columns. The channel loop is
 # innermost so that it vectorizes.
 @numba.njit(inline="always")
@@ -400,9 +404,9 @@ def _bias_activation(z, bias, has_bias, kind):  # pragma: no cover - compiled
         for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
             for c in range(C):
                 v = z[r, c] + bias[c] if has_bias else z[r, c]
-                if kind == 1:
+                if kind == _RELU:
                     v = max(v, zero)
-                elif kind == 2:
+                elif kind == _SIGMOID:
                     v = _sigmoid(v, one)
                 z[r, c] = v
 
@@ -442,9 +446,9 @@ def _activation_backward(dout, out, kind, dz):  # pragma: no cover - compiled
         for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
             for c in range(C):
                 g = dout[r, c]
-                if kind == 1:
+                if kind == _RELU:
                     g = g if out[r, c] > zero else zero
-                elif kind == 2:
+                elif kind == _SIGMOID:
                     g = g * out[r, c] * (1 - out[r, c])
                 dz[r, c] = g
 
@@ -460,9 +464,9 @@ def _activation_backward_sum(dout, out, kind, dz, partial):  # pragma: no cover 
         for r in range(t * M // chunks, (t + 1) * M // chunks):
             for c in range(C):
                 g = dout[r, c]
-                if kind == 1:
+                if kind == _RELU:
                     g = g if out[r, c] > zero else zero
-                elif kind == 2:
+                elif kind == _SIGMOID:
                     g = g * out[r, c] * (1 - out[r, c])
                 dz[r, c] = g
                 s[c] += g
@@ -625,8 +629,6 @@ def bias_activation(z, bias, kind):
     if kind != "sigmoid":
         _bias_activation(z, bias if has_bias else z[0], has_bias, _KIND[kind])
         return z
-    from minarn.kernels import workspace  # the package imports this module: import at call time
-
     e = workspace(z.shape, z.dtype, slot=2)
     _bias_neg_abs(z, bias if has_bias else z[0], has_bias, e)
     np.exp(e, out=e)

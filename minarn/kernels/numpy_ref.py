@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
+from minarn.kernels.winograd import A_T, B_T
+
 NAME = "numpy"
 
 # Whether Conv2D should pick Winograd's algorithm where its sizes qualify: the NumPy tile transforms below are
@@ -169,11 +171,9 @@ def shallow_conv_weight_grad(
     return dkernel, dz.sum(axis=0, dtype=np.float64).astype(dz.dtype)
 
 
-# Winograd F(2x2, 3x3) tile transforms (see ``minarn.layers.winograd`` for the algorithm). Tile t = (n, a, b)
-# covers outputs (2a..2a+1, 2b..2b+1) and reads the 4x4 input window at rows 2a - top.., columns 2b - left..
-# (zeros outside the image). Tiles are numbered t = (n * TH + a) * TW + b.
-_WINOGRAD_B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
-_WINOGRAD_A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
+# Winograd F(2x2, 3x3) tile transforms (see ``minarn.kernels.winograd`` for the algorithm and the matrices B^T,
+# A^T). Tile t = (n, a, b) covers outputs (2a..2a+1, 2b..2b+1) and reads the 4x4 input window at rows 2a - top..,
+# columns 2b - left.. (zeros outside the image). Tiles are numbered t = (n * TH + a) * TW + b.
 
 
 def _tile_windows(xp: np.ndarray, th: int, tw: int) -> np.ndarray:
@@ -189,7 +189,7 @@ def winograd_input(
     N, H, W, C = x.shape
     xp = np.pad(x, ((0, 0), (top, 2 * th + 2 - H - top), (left, 2 * tw + 2 - W - left), (0, 0)))
     d = _tile_windows(xp, th, tw)
-    b_t = _WINOGRAD_B_T.astype(x.dtype)  # in the data's precision, as the Numba kernels compute
+    b_t = B_T.astype(x.dtype)  # in the data's precision, as the Numba kernels compute
     v = np.einsum("xu,ntbuvc,yv->xyntbc", b_t, d, b_t)
     if out is None:
         out = np.empty((16, N * th * tw, C), dtype=x.dtype)
@@ -201,7 +201,7 @@ def winograd_output(m: np.ndarray, out_shape: tuple[int, int, int, int], th: int
     """Y = A^T M A for every tile and filter, cropped to the output: M (16, T, F) -> z (N, OH, OW, F)."""
     N, OH, OW, F = out_shape
     mt = m.reshape(4, 4, N, th, tw, F)
-    a_t = _WINOGRAD_A_T.astype(m.dtype)
+    a_t = A_T.astype(m.dtype)
     y = np.einsum("xu,uvntbf,yv->ntxbyf", a_t, mt, a_t)
     return np.ascontiguousarray(y.reshape(N, 2 * th, 2 * tw, F)[:, :OH, :OW])
 
@@ -212,7 +212,7 @@ def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, out: np.ndarray | 
     dy = np.zeros((N, 2 * th, 2 * tw, F), dtype=dz.dtype)
     dy[:, :OH, :OW] = dz
     dyt = dy.reshape(N, th, 2, tw, 2, F)
-    a_t = _WINOGRAD_A_T.astype(dz.dtype)
+    a_t = A_T.astype(dz.dtype)
     dm = np.einsum("xu,ntxbyf,yv->uvntbf", a_t, dyt, a_t)
     if out is None:
         out = np.empty((16, N * th * tw, F), dtype=dz.dtype)

@@ -1,10 +1,11 @@
-"""minarn's layers: explicit forward and backward passes, channels-last, Keras names and layouts."""
+"""minarn's layers: explicit forward and backward passes, channels-last, Keras names and layouts; the blocks
+(``AttentionModule``, ``ResidualBlock``) are layers made of layers."""
 
 from minarn.layers.activations import (
+    ACTIVATIONS,
     ELU,
     GELU,
     SELU,
-    ACTIVATIONS,
     Linear,
     ReLU,
     Sigmoid,
@@ -13,7 +14,8 @@ from minarn.layers.activations import (
     Tanh,
     get_activation,
 )
-from minarn.layers.base import Layer, glorot_uniform
+from minarn.layers.attention import AttentionModule
+from minarn.layers.base import Block, Layer, glorot_uniform
 from minarn.layers.conv import Conv2D
 from minarn.layers.dense import Dense
 from minarn.layers.dropout import Dropout
@@ -21,23 +23,27 @@ from minarn.layers.flatten import Flatten
 from minarn.layers.merge import Add, Multiply
 from minarn.layers.norm import BatchNormalization
 from minarn.layers.pool import MaxPooling2D
+from minarn.layers.residual import ResidualBlock
 
 __all__ = [
     "ACTIVATIONS",
+    "ELU",
+    "GELU",
+    "SELU",
     "Add",
+    "AttentionModule",
     "BatchNormalization",
+    "Block",
     "Conv2D",
     "Dense",
     "Dropout",
-    "ELU",
     "Flatten",
-    "GELU",
     "Layer",
     "Linear",
     "MaxPooling2D",
     "Multiply",
     "ReLU",
-    "SELU",
+    "ResidualBlock",
     "Sigmoid",
     "Softmax",
     "Swish",

@@ -13,6 +13,7 @@ from scipy import special
 
 from minarn import kernels
 from minarn.layers.base import Layer
+from minarn.losses import softmax
 
 _SQRT_2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -24,8 +25,14 @@ SELU_SCALE = 1.0507009873554804934193349852946
 class _Elementwise(Layer):
     """Shared plumbing: check the input, keep it (and the output) for backward."""
 
-    def _keep(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
-        self._cache = (x, out)
+    @property
+    def keras_class(self) -> str:
+        """Keras' ``Activation`` layer (``Activation("relu")``): what a stand-alone activation is in a summary."""
+        return "Activation"
+
+    def _keep(self, x: np.ndarray, out: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+        """Keep x, the output and (GELU, Swish) an intermediate that backward reuses; return the output."""
+        self._cache = (x, out, extra)
         return out
 
     def _check(self, x: np.ndarray) -> None:
@@ -33,9 +40,15 @@ class _Elementwise(Layer):
             raise TypeError(f"{self._describe()}: expected a floating-point numpy array, got {type(x).__name__}")
 
     def _input_output(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        x, out = self._saved()
+        x, out, _ = self._saved()
         self._check_dout(dout, out.shape)
         return x, out
+
+    def _input_extra(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The kept input and intermediate (see ``_keep``), after checking ``dout``."""
+        x, out, extra = self._saved()
+        self._check_dout(dout, out.shape)
+        return x, extra
 
 
 class Linear(_Elementwise):
@@ -104,13 +117,12 @@ class GELU(_Elementwise):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check(x)
         cdf = 0.5 * (1 + special.erf(x / x.dtype.type(_SQRT_2)))
-        self._cdf = cdf
-        return self._keep(x, x * cdf)
+        return self._keep(x, x * cdf, cdf)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, _ = self._input_output(dout)
+        x, cdf = self._input_extra(dout)
         pdf = x.dtype.type(_INV_SQRT_2PI) * np.exp(-0.5 * x * x)
-        return dout * (self._cdf + x * pdf)
+        return dout * (cdf + x * pdf)
 
 
 class ELU(_Elementwise):
@@ -145,17 +157,15 @@ class Swish(_Elementwise):
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check(x)
         s = special.expit(x)
-        self._s = s
-        return self._keep(x, x * s)
+        return self._keep(x, x * s, s)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        x, _ = self._input_output(dout)
-        s = self._s
+        x, s = self._input_extra(dout)
         return dout * (s + x * s * (1 - s))
 
 
 class Softmax(_Elementwise):
-    """Softmax over the last axis, stable (the row maximum is subtracted before ``exp``).
+    """Softmax over the last axis, stable (the row maximum is subtracted before ``exp``: ``losses.softmax``).
 
     Math: p_i = exp(x_i - m) / sum_j exp(x_j - m); dx = p * (dout - sum_j dout_j p_j).
     (A model's final softmax is differentiated together with the cross-entropy instead: dz = p - y.)
@@ -163,9 +173,7 @@ class Softmax(_Elementwise):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._check(x)
-        z = x - x.max(axis=-1, keepdims=True)
-        e = np.exp(z)
-        return self._keep(x, e / e.sum(axis=-1, keepdims=True))
+        return self._keep(x, softmax(x))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         _, p = self._input_output(dout)

@@ -6,48 +6,50 @@ from typing import Any
 
 import numpy as np
 
-from minarn import kernels
-from minarn.layers.base import Layer
+from minarn.layers.base import Block, Layer, SummaryRow, chain_rows
 from minarn.layers.conv import Conv2D
 from minarn.layers.merge import Multiply
 
 
-class AttentionModule:
+class AttentionModule(Block):
     """a = ReLU(Conv1x1_C(x)); w = sigmoid(Conv1x1_C(a)); out = x * w.
 
     Shapes: x, a, w, out (N, H, W, C); each 1x1 convolution has a (1, 1, C, C) kernel and a (C,) bias.
     Backward: x feeds both the product and the first convolution, so its gradient is the *sum* of the two
     paths: dx = dout * w  +  conv_a^T(relu'(conv_b^T(dout * x * sigmoid'))).
+    ``names`` are the Keras names of conv_a, conv_b and the product; ``weights`` keeps the last mask w
+    (lesson 7 and Fig. 3 show it).
     """
 
-    def __init__(self, channels: int, names: tuple[str, str, str], seeds: tuple[int, int], dtype: Any) -> None:
+    def __init__(self, channels: int, names: tuple[str, str, str], seeds: tuple[int, int], dtype: Any,
+                 name: str | None = None) -> None:
+        super().__init__(name)
         self.conv_a = Conv2D(channels, channels, 1, activation="relu", seed=seeds[0], dtype=dtype, name=names[0])
         self.conv_b = Conv2D(channels, channels, 1, activation="sigmoid", seed=seeds[1], dtype=dtype, name=names[1])
         self.multiply = Multiply(name=names[2])
+        self.weights: np.ndarray | None = None
 
     @property
-    def layers(self) -> list[Layer]:
+    def sublayers(self) -> list[Layer]:
         return [self.conv_a, self.conv_b, self.multiply]
+
+    def summary_rows(self, source: str, input_shape: tuple[Any, ...]) -> list[SummaryRow]:
+        rows = chain_rows([self.conv_a, self.conv_b], source, input_shape)
+        mask = rows[-1]
+        return rows + [self.multiply.summary_row([source, mask.name], (input_shape, mask.output_shape))]
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         a = self.conv_a.forward(x, training)
         w = self.conv_b.forward(a, training)
-        self.weights = w  # kept for inspection (lesson 7, the Fig. 3 illustration)
-        return self.multiply.forward((x, w), training)
+        self.weights = w
+        return self._keep_output_shape(self.multiply.forward((x, w), training))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        if self.conv_b._fused_kind() != "sigmoid":  # the plain path, layer by layer
-            dx_direct, dw = self.multiply.backward(dout)
-            da = self.conv_b.backward(dw)
-            dx_through_mask = self.conv_a.backward(da)
-            return dx_direct + dx_through_mask  # fan-out: x was used twice
-        # Fast path, the same math: the product's and the sigmoid's backward in one fused pass
-        # (dx_direct = dout * w, dzb = dout * x * w * (1 - w)), then the two 1x1 convolutions.
-        x, w = self.multiply._saved()
-        self.multiply._check_dout(dout, x.shape)
-        C = x.shape[-1]
-        dx_direct, dzb = kernels.get_backend().attention_backward_mask(
-            dout.reshape(-1, C), x.reshape(-1, C), w.reshape(-1, C))
-        dx = self.conv_a.backward(self.conv_b.backward_linear(dzb.reshape(x.shape)))
-        dx += dx_direct.reshape(x.shape)  # fan-out: x was used twice (dx is a fresh array)
+        # conv_b's sigmoid is fused with its bias (its backward_linear is the convolution's alone), so the
+        # product's and the sigmoid's backward run as one pass: dx_direct = dout * w, dzb = dout * x * w * (1 - w);
+        # then the two 1x1 convolutions.
+        self._check_block_dout(dout)
+        dx_direct, dzb = self.multiply.backward_sigmoid_gate(dout)
+        dx = self.conv_a.backward(self.conv_b.backward_linear(dzb))
+        dx += dx_direct  # fan-out: x was used twice (dx is a fresh array)
         return dx

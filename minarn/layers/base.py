@@ -6,14 +6,19 @@ A layer holds
 - ``grads``: same keys and shapes as ``params``, *overwritten* (never accumulated) by every ``backward``;
 - ``state``: non-trainable arrays (batch norm's moving statistics).
 
-``forward(x, training=False)`` keeps what ``backward`` needs; ``backward(dout)`` returns ``dx`` and fills
-``grads``. ``backward`` never writes into ``dout`` or into the saved inputs.
+``forward(x, training=False)`` keeps what ``backward`` needs (in ``_cache``); ``backward(dout)`` returns ``dx``
+and fills ``grads``. ``backward`` never writes into ``dout`` or into the saved inputs.
+
+A ``Block`` (the attention module, the residual block) is a layer made of layers: its ``params``, ``grads`` and
+``state`` are its layers' arrays keyed ``"layer/weight"``, and ``layers`` lists the plain layers inside it (a
+plain layer's ``layers`` is itself), so whatever walks ``layers`` recurses into blocks.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -37,6 +42,25 @@ def shape_str(shape: tuple[Any, ...]) -> str:
     return "(" + ", ".join("None" if s is None else str(s) for s in shape) + ")"
 
 
+class SummaryRow(NamedTuple):
+    """One row of a Keras-style summary: layer name, Keras class, output shape, weight count, input layers."""
+
+    name: str
+    keras_class: str
+    output_shape: tuple[Any, ...]
+    params: int
+    inputs: list[str]
+
+
+def chain_rows(layers: Sequence[Layer], source: str, input_shape: tuple[Any, ...]) -> list[SummaryRow]:
+    """Summary rows of ``layers`` applied one after the other to the output of the layer ``source``."""
+    rows: list[SummaryRow] = []
+    for layer in layers:
+        rows += layer.summary_rows(source, input_shape)
+        source, input_shape = rows[-1].name, rows[-1].output_shape
+    return rows
+
+
 class Layer:
     """Base class: bookkeeping, input checks and the backward-before-forward guard."""
 
@@ -58,9 +82,29 @@ class Layer:
         """Output shape for an input shape (batch may be ``None``); raises like ``forward`` on a bad shape."""
         return tuple(input_shape)
 
+    @property
+    def keras_class(self) -> str:
+        """The Keras layer class this layer stands for, as a summary prints it (``"Conv2D"``)."""
+        return type(self).__name__
+
     def count_params(self) -> int:
         """Number of weights, trainable and not (as Keras counts them)."""
         return int(sum(a.size for a in self.params.values()) + sum(a.size for a in self.state.values()))
+
+    @property
+    def layers(self) -> list[Layer]:
+        """The plain layers this layer is made of, in Keras order: ``[self]`` (a ``Block`` lists its own)."""
+        return [self]
+
+    def summary_row(self, inputs: list[str], input_shape: Any) -> SummaryRow:
+        """This layer's summary row when fed by the layers ``inputs`` (``input_shape``: one shape, or a pair)."""
+        return SummaryRow(self.name, self.keras_class, self.compute_output_shape(input_shape), self.count_params(),
+                          list(inputs))
+
+    def summary_rows(self, source: str, input_shape: tuple[Any, ...]) -> list[SummaryRow]:
+        """The summary rows of this layer fed by the layer ``source``, the output last (a ``Block`` gives one
+        row per layer inside it)."""
+        return [self.summary_row([source], input_shape)]
 
     def __call__(self, x: Any, training: bool = False) -> Any:
         return self.forward(x, training=training)
@@ -103,3 +147,63 @@ class Layer:
                 f"{self._describe()}: upstream gradient has shape {shape_str(dout.shape)}, "
                 f"expected {shape_str(tuple(expected_shape))} (the shape of the last forward output)"
             )
+
+
+class Block(Layer):
+    """A layer made of layers, with the ``Layer`` contract: ``forward``, ``backward``, ``params`` / ``grads`` /
+    ``state`` (its layers' live arrays, keyed ``"layer/weight"``) and ``layers`` (the plain layers inside it, in
+    Keras order; a block inside a block is walked through).
+
+    Subclasses build their layers, list them in ``sublayers`` (creation order, which fixes Keras' numbering) and
+    write ``forward``, ``backward`` and ``summary_rows``; the output shape follows from ``summary_rows``.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        # Not Layer.__init__: a block holds no arrays of its own (params, grads and state are views, below).
+        self.name = name or _snake_case(type(self).__name__)
+        self._cache: Any = None
+
+    @property
+    def sublayers(self) -> list[Layer]:
+        """The block's own layers (plain layers and blocks), in creation order."""
+        raise NotImplementedError
+
+    @property
+    def layers(self) -> list[Layer]:
+        return [leaf for layer in self.sublayers for leaf in layer.layers]
+
+    def _arrays(self, kind: str) -> dict[str, np.ndarray]:
+        """``{"layer/key": array}`` of every plain layer's ``params``, ``grads`` or ``state`` (``kind``)."""
+        out: dict[str, np.ndarray] = {}
+        for layer in self.layers:
+            for key, array in getattr(layer, kind).items():
+                qualified = f"{layer.name}/{key}"
+                if qualified in out:
+                    raise ValueError(f"{self._describe()}: two of its layers are called {layer.name!r}; "
+                                     "give each layer of a block its own name")
+                out[qualified] = array
+        return out
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:  # type: ignore[override]
+        return self._arrays("params")
+
+    @property
+    def grads(self) -> dict[str, np.ndarray]:  # type: ignore[override]
+        return self._arrays("grads")
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:  # type: ignore[override]
+        return self._arrays("state")
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return self.summary_rows("input", tuple(input_shape))[-1].output_shape
+
+    def _keep_output_shape(self, out: np.ndarray) -> np.ndarray:
+        """Remember the output's shape (``backward`` checks ``dout`` against it); return ``out``."""
+        self._cache = out.shape
+        return out
+
+    def _check_block_dout(self, dout: np.ndarray) -> None:
+        """Backward-before-forward and ``dout``'s shape, checked with the block's name."""
+        self._check_dout(dout, self._saved())

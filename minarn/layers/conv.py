@@ -8,17 +8,16 @@ from typing import Any
 import numpy as np
 
 from minarn import kernels
-from minarn.layers import winograd
+from minarn.kernels import winograd
 from minarn.layers.activations import Linear, ReLU, Sigmoid, get_activation
 from minarn.layers.base import Layer, glorot_uniform
-
 
 # Activations the fast path fuses with the bias (see ``kernels.bias_activation``).
 _FUSABLE = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid"}
 # A patch of at most this many values (kh * kw * C; the first layer's 3x3x1 is 9) goes through the direct
 # kernels ``kernels.shallow_conv_*``: a matrix product with so short a reduction only moves memory.
 SHALLOW_PATCH = 16
-# A 3x3 stride-1 convolution this wide and this large runs Winograd's F(2x2, 3x3) (``layers.winograd``) when the
+# A 3x3 stride-1 convolution this wide and this large runs Winograd's F(2x2, 3x3) (``kernels.winograd``) when the
 # backend's tile transforms are fast (``K.WINOGRAD``). Below these sizes the transforms' memory traffic costs
 # more than the 2.25x fewer multiplications save (measured on 2 cores: only ARN-CNN's conv2d_6, 64 -> 64
 # channels on 31x31, gains in both passes; see benchmarks/RESULTS.md).
@@ -121,9 +120,12 @@ class Conv2D(Layer):
         C = self.in_channels
         return C >= WINOGRAD_MIN_CHANNELS and F <= C and OH * OW >= WINOGRAD_MIN_OUTPUT
 
-    def _fused_kind(self) -> str | None:
-        """The activation as a kernel ``kind`` when bias and activation can be fused into one pass
-        (linear, ReLU, sigmoid: their derivative follows from the output alone), else None."""
+    @property
+    def fused_kind(self) -> str | None:
+        """The activation as a kernel ``kind`` when bias and activation run fused into one pass (linear, ReLU,
+        sigmoid: their derivative follows from the output alone), else None. With a fused kind, ``backward_linear``
+        is the backward of the convolution alone: a caller that has dL/dz (the attention module) skips the
+        activation's backward."""
         return _FUSABLE.get(type(self.activation))
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
@@ -134,7 +136,7 @@ class Conv2D(Layer):
         kernel = self.params["kernel"].astype(x.dtype, copy=False).reshape(kh * kw * self.in_channels, F)
         pads = self._pads(x.shape[1], x.shape[2])
         bias = self.params["bias"].astype(x.dtype, copy=False) if "bias" in self.params else None
-        kind = self._fused_kind()
+        kind = self.fused_kind
         if kind is not None and self._is_shallow():
             out = K.shallow_conv_forward(x, kernel.reshape(kh, kw, self.in_channels, F), bias, self.strides, pads,
                                          kind)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from minarn.layers.base import Layer
@@ -13,7 +15,9 @@ class Dropout(Layer):
     Shapes: x (N, ...) -> out, same shape. Identity in inference (nothing to rescale: "inverted" dropout
     keeps the expected value of every element unchanged in training).
     Math: mask = [u >= rate] / (1 - rate) with u ~ U[0, 1); out = x * mask; dx = dout * mask.
-    Randomness: a ``numpy.random.Generator`` seeded with ``seed``; each training forward draws a new mask.
+    Randomness: a ``numpy.random.Generator`` (``rng``) seeded with ``seed``; each training forward draws a new
+    mask from it. ``set_generator`` hands it another one (training gives every batch its own, so a resumed run
+    draws the same masks).
     """
 
     def __init__(self, rate: float, seed: int | None = None, name: str | None = None) -> None:
@@ -23,6 +27,14 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def set_generator(self, rng: Any) -> None:
+        """Draw the next masks from ``rng``: a ``numpy.random.Generator`` (e.g. ``default_rng([seed, epoch,
+        batch])``) or anything with its ``random(shape, dtype=...)`` method (``minarn.distributed.RowsOf``)."""
+        if not callable(getattr(rng, "random", None)):
+            raise TypeError(f"{self._describe()}: expected a numpy.random.Generator, got {type(rng).__name__} "
+                            "(make one with numpy.random.default_rng(seed))")
+        self.rng = rng
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         if not isinstance(x, np.ndarray) or not np.issubdtype(x.dtype, np.floating):

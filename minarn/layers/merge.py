@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minarn import kernels
 from minarn.layers.base import Layer, shape_str
 
 
@@ -45,6 +46,20 @@ class Multiply(_Merge):
         self._check_dout(dout, a.shape)
         return dout * b, dout * a
 
+    def backward_sigmoid_gate(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fused backward of out = a * b when b = sigmoid(z) (the attention mask): through the product and
+        the sigmoid in one pass (``kernels.attention_backward_mask``).
+
+        Returns (da, dz), both shaped like a: da = dout * b, dz = dout * a * b * (1 - b). dz goes on to the
+        layer whose sigmoid made b, as the gradient of its pre-activation (``Conv2D.backward_linear``).
+        """
+        a, b = self._saved()
+        self._check_dout(dout, a.shape)
+        C = a.shape[-1]
+        da, dz = kernels.get_backend().attention_backward_mask(dout.reshape(-1, C), a.reshape(-1, C),
+                                                               b.reshape(-1, C))
+        return da.reshape(a.shape), dz.reshape(a.shape)
+
 
 class Add(_Merge):
     """Element-wise sum (the residual connection). Shapes: a, b, out (N, ...). Math: out = a + b; da = db = dout."""
@@ -58,3 +73,9 @@ class Add(_Merge):
         shape = self._saved()
         self._check_dout(dout, shape)
         return dout.copy(), dout.copy()
+
+    def backward_shared(self, dout: np.ndarray) -> np.ndarray:
+        """The gradient both inputs receive, as one array: ``dout`` itself, checked but not copied. For a caller
+        that hands it to two branches neither of which writes into it (the residual block)."""
+        self._check_dout(dout, self._saved())
+        return dout

@@ -9,21 +9,22 @@ import numpy as np
 
 from minarn.layers.activations import ReLU
 from minarn.layers.attention import AttentionModule
-from minarn.layers.base import Layer
+from minarn.layers.base import Block, Layer, SummaryRow, chain_rows
 from minarn.layers.conv import Conv2D
 from minarn.layers.merge import Add
 from minarn.layers.norm import BatchNormalization
 from minarn.layers.pool import MaxPooling2D
 
 
-class ResidualBlock:
+class ResidualBlock(Block):
     """h = BN(Conv3x3_F(x, same, ReLU)); h = BN(Conv3x3_F(h, same, ReLU)); h = Attention(h);
     s = Conv1x1_F(x) (linear) if x has C != F channels else x;  out = MaxPool2x2(ReLU(h + s)).
 
     Shapes: x (N, H, W, C) -> out (N, H // 2, W // 2, F).
     ``attention=False`` drops the attention module; ``residual=False`` drops the skip and the add (paper
     Table 6), keeping ReLU and pooling. Backward: x feeds the main path and the skip, so dx is their sum.
-    ``name`` is a callable giving Keras' next name for a layer type (``name("conv2d") -> "conv2d_5"``).
+    ``name`` is a callable giving Keras' next name for a layer type (``name("conv2d") -> "conv2d_5"``); the
+    block itself is called ``"residual_block"``.
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class ResidualBlock:
         residual: bool = True,
         dtype: Any = np.float32,
     ) -> None:
+        super().__init__()
         conv = dict(padding="same", activation="relu", dtype=dtype)
         self.conv1 = Conv2D(in_channels, filters, 3, seed=seed(), name=name("conv2d"), **conv)
         self.bn1 = BatchNormalization(filters, dtype=dtype, name=name("batch_normalization"))
@@ -55,32 +57,44 @@ class ResidualBlock:
         self.pool = MaxPooling2D(2, name=name("max_pooling2d"))
 
     @property
-    def layers(self) -> list[Layer]:
+    def main_path(self) -> list[Layer]:
+        """The layers of h, from x to the add: conv, BN, conv, BN and (unless ablated) the attention module."""
+        return [self.conv1, self.bn1, self.conv2, self.bn2] + ([self.attention] if self.attention else [])
+
+    @property
+    def sublayers(self) -> list[Layer]:
         """The block's layers in creation (= Keras numbering) order."""
-        found: list[Layer | None] = [self.conv1, self.bn1, self.conv2, self.bn2]
-        found += self.attention.layers if self.attention else []
-        found += [self.skip, self.add, self.relu, self.pool]
+        found: list[Layer | None] = [*self.main_path, self.skip, self.add, self.relu, self.pool]
         return [layer for layer in found if layer is not None]
 
+    def summary_rows(self, source: str, input_shape: tuple[Any, ...]) -> list[SummaryRow]:
+        rows = chain_rows(self.main_path, source, input_shape)
+        if self.add is not None:
+            h = rows[-1]
+            skip, skip_shape = source, input_shape
+            if self.skip is not None:
+                rows.append(self.skip.summary_row([source], input_shape))
+                skip, skip_shape = rows[-1].name, rows[-1].output_shape
+            rows.append(self.add.summary_row([h.name, skip], (h.output_shape, skip_shape)))
+        return rows + chain_rows([self.relu, self.pool], rows[-1].name, rows[-1].output_shape)
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        h = self.bn1.forward(self.conv1.forward(x, training), training)
-        h = self.bn2.forward(self.conv2.forward(h, training), training)
-        if self.attention:
-            h = self.attention.forward(h, training)
-        if self.residual:
+        h = x
+        for layer in self.main_path:
+            h = layer.forward(h, training)
+        if self.add is not None:
             s = self.skip.forward(x, training) if self.skip else x
             h = self.add.forward((h, s), training)
-        return self.pool.forward(self.relu.forward(h, training), training)
+        return self._keep_output_shape(self.pool.forward(self.relu.forward(h, training), training))
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
+        self._check_block_dout(dout)
         dh = self.relu.backward(self.pool.backward(dout))
         dx_skip = None
-        if self.residual:
-            # Add's backward hands dout to both inputs; neither branch writes into it, so share it (no copies)
-            self.add._check_dout(dh, self.add._saved())
+        if self.add is not None:
+            # the add hands dh to both inputs; neither branch writes into it, so they share it (no copies)
+            dh = self.add.backward_shared(dh)
             dx_skip = self.skip.backward(dh) if self.skip else dh
-        if self.attention:
-            dh = self.attention.backward(dh)
-        dh = self.conv2.backward(self.bn2.backward(dh))
-        dx_main = self.conv1.backward(self.bn1.backward(dh))
-        return dx_main if dx_skip is None else dx_main + dx_skip  # fan-out: x fed both branches
+        for layer in reversed(self.main_path):
+            dh = layer.backward(dh)
+        return dh if dx_skip is None else dh + dx_skip  # fan-out: x fed both branches

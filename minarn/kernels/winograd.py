@@ -13,9 +13,11 @@ backward pass applies the adjoint (transposed) transforms in reverse order:
     dM_t = A dY_t A^T,   dU = sum_t V_t^T dM_t (16 products),   dg = G^T dU G,
     and dx, a convolution of dY with the turned kernel, by the same forward algorithm.
 
-The tile transforms are kernels (``kernels.winograd_*``); this module holds the matrices, the filter
-transform (computed in float64: it is tiny) and the products. Float32 error stays at im2col's level (the
-transforms only add, subtract and halve; lesson 16 measures both).
+The tile transforms are backend kernels (``winograd_input``, ``winograd_output``, ``winograd_output_adjoint``
+in ``numpy_ref`` and ``numba_jit``); this module holds the matrices (their one definition: the NumPy reference
+builds its transforms from them), the filter transform (computed in float64: it is tiny) and the products that
+``Conv2D`` runs. Float32 error stays at im2col's level (the transforms only add, subtract and halve; lesson 16
+measures both).
 """
 
 from __future__ import annotations
