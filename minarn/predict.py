@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,8 +41,8 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from minarn import metrics
-from minarn.data import MEDNIST_CLASSES, _decode
+from minarn import kernels, metrics
+from minarn.data import MEDNIST_CLASSES, _decode, describe_error, file_problem
 from minarn.model import ARNCNN, load_model
 
 __all__ = ["PredictError", "class_names_for", "expand_folders", "input_size", "load_image", "main", "predict_files",
@@ -87,13 +89,17 @@ def load_image(path: str | Path, size: int = 64) -> np.ndarray:
 
     Raises ``OSError`` (missing/unreadable file) or ``ValueError`` (not an image Pillow can decode).
     """
+    st = os.stat(path)
+    problem = None if stat.S_ISDIR(st.st_mode) else file_problem(st)  # a FIFO or a device is never opened
+    if problem:
+        raise ValueError(problem)
     data = Path(path).read_bytes()
     try:
         return _decode(data, size, Image.NEAREST)[..., None]
     except UnidentifiedImageError:
         raise ValueError("not an image (Pillow does not recognise the file format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"not an image Pillow can decode ({type(err).__name__}: {err})") from None
+        raise ValueError(f"not an image Pillow can decode ({describe_error(err, str(path))})") from None
 
 
 def expand_folders(paths: Sequence[str | Path]) -> list[str]:
@@ -205,6 +211,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
                 raise PredictError(f"--gradcam must name a .png file, got {args.gradcam}")
             if not target.parent.is_dir():
                 raise PredictError(f"--gradcam: folder {target.parent} does not exist")
+        try:
+            kernels.get_backend()
+        except (ImportError, ValueError) as e:
+            raise PredictError(f"{e} (from ${kernels.ENV_VAR})") from None
         model, names, _ = resolve_model(args.model)
         input_size(model)  # checked before the first image is read
     except PredictError as e:
