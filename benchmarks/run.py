@@ -1,4 +1,5 @@
-"""Benchmark minarn (NumPy and Numba kernels) against PyTorch and Keras on the ARN-CNN, in one run.
+"""Benchmark minarn (NumPy and Numba kernels) against PyTorch and Keras on the ARN-CNN, in one run; ONNX Runtime
+(on minarn's ONNX export) joins the inference columns as the deployment peer.
 
     python benchmarks/run.py [--quick] [--repeats R] [--threads 2] [--out benchmarks/RESULTS.md]
 
@@ -6,7 +7,8 @@ Every framework runs in its own child process (``workers.py``) with the same thr
 started once, warmed up, and then measured in interleaved rounds (round 1: every framework, round 2: every
 framework, ...), so a burst of load from something else on the machine hits all of them alike. A figure is the
 median over rounds of (images in the round / seconds in the round). Ratios are against the fastest peer
-framework (PyTorch or Keras) *of the same run*. Peak memory comes from separate children that only train.
+framework *of the same run*: PyTorch or Keras for training and memory, PyTorch, Keras or ONNX Runtime for
+inference. Peak memory comes from separate children that only train (ONNX Runtime has no training step).
 """
 
 from __future__ import annotations
@@ -27,18 +29,20 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 WORKER = HERE / "workers.py"
 BATCH = 40
-PEERS = ("torch", "keras")
-ALL = ("minarn-numba", "minarn-numpy", "torch", "keras")
+PEERS = ("torch", "keras")  # training and memory
+INFER_PEERS = ("torch", "keras", "onnxruntime")  # inference: ONNX Runtime is the deployment peer
+ALL = ("minarn-numba", "minarn-numpy", "torch", "keras", "onnxruntime")
 DATA = Path("/work/shared/data/MedNIST.tar.gz")
 
 
 def installed(framework: str) -> bool:
     import importlib.util
 
-    need = {"minarn-numba": "numba", "baseline-numba": "numba", "torch": "torch", "keras": "tensorflow"}.get(framework)
+    need = {"minarn-numba": "numba", "baseline-numba": "numba", "torch": "torch", "keras": "tensorflow",
+            "onnxruntime": "onnxruntime"}.get(framework)
     ok = need is None or importlib.util.find_spec(need) is not None
-    if framework == "keras":
-        ok = ok and importlib.util.find_spec("keras") is not None
+    if framework in ("keras", "onnxruntime"):  # Keras needs its backend; ONNX Runtime the export's onnx package
+        ok = ok and importlib.util.find_spec({"keras": "keras", "onnxruntime": "onnx"}[framework]) is not None
     return ok
 
 
@@ -135,37 +139,41 @@ def main() -> None:
         for r in range(rounds):
             for f, w in workers.items():
                 time.sleep(0.2)  # let the previous worker's spinning threads go idle
-                t = w.ask(f"train {steps}")["times"]
-                samples[f]["train"].append(BATCH * len(t) / sum(t))
+                if w.info.get("trains", True):
+                    t = w.ask(f"train {steps}")["times"]
+                    samples[f]["train"].append(BATCH * len(t) / sum(t))
                 for batch, key in ((BATCH, "infer40"), (256, "infer256")):
                     t = w.ask(f"infer {batch} {infer_calls[batch]}")["times"]
                     samples[f][key].append(batch * len(t) / sum(t))
             print(f"round {r + 1}/{rounds}: " + ", ".join(
-                f"{f} {samples[f]['train'][-1]:.1f}" for f in frameworks) + " img/s train", file=sys.stderr)
+                f"{f} {samples[f]['train'][-1]:.1f} train" if samples[f]["train"] else
+                f"{f} {samples[f]['infer40'][-1]:.1f} infer b40" for f in frameworks) + " img/s", file=sys.stderr)
         layers = None
         for f in ("minarn-numba", "minarn-numpy"):
             if f in workers:
                 layers = layers or {}
                 layers[f] = workers[f].ask(f"layers {max(3, rounds)}")
         versions = {f: w.info.get("versions", {}) for f, w in workers.items()}
+        trainers = [f for f, w in workers.items() if w.info.get("trains", True)]
     finally:
         for w in workers.values():
             w.close()
 
     memory = {}
     if not args.no_memory:
-        for f in frameworks:
+        for f in trainers:
             print(f"peak memory: {f}", file=sys.stderr)
             memory[f] = peak_memory(f, args.threads, 5 if args.quick else 10)
     data_result = None if (args.no_data or args.quick) else data_loading()
 
-    med = {f: {k: statistics.median(v) for k, v in s.items()} for f, s in samples.items()}
-    peers = [f for f in PEERS if f in med]
-    best = {k: max((med[p][k] for p in peers), default=None) for k in ("train", "infer40", "infer256")}
-    best_by = {k: max(peers, key=lambda p: med[p][k]) if peers else None for k in best}
-    best_mem = min((memory[p]["peak_rss_mb"] for p in peers if p in memory), default=None)
+    med = {f: {k: statistics.median(v) for k, v in s.items() if v} for f, s in samples.items()}
+    peers = {k: [f for f in (PEERS if k == "train" else INFER_PEERS) if k in med.get(f, {})]
+             for k in ("train", "infer40", "infer256")}
+    best = {k: max((med[p][k] for p in peers[k]), default=None) for k in peers}
+    best_by = {k: max(peers[k], key=lambda p: med[p][k]) if peers[k] else None for k in peers}
+    best_mem = min((memory[p]["peak_rss_mb"] for p in PEERS if p in memory), default=None)
 
-    lines = ["# ARN-CNN benchmark: minarn vs PyTorch vs Keras", ""]
+    lines = ["# ARN-CNN benchmark: minarn vs PyTorch vs Keras (and ONNX Runtime for inference)", ""]
     lines += [f"Command: `{' '.join(shlex.quote(a) for a in [Path(sys.executable).name, 'benchmarks/run.py', *sys.argv[1:]])}`  ",
               f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
               f"Machine: {platform.machine()} {cpu_name()}, {os.cpu_count()} logical CPUs (shared with other jobs), "
@@ -174,12 +182,16 @@ def main() -> None:
               f"TF intra-op {args.threads}, inter-op 1)  ",
               f"Protocol: batch {BATCH}, 64x64x1 float32 inputs, 6 classes; {rounds} interleaved rounds of {steps} "
               f"training steps (forward, backward, Adamax) and {infer_calls[BATCH]}x batch-40 / {infer_calls[256]}x "
-              "batch-256 inference per framework, after warm-up; figures are medians over rounds.", ""]
+              "batch-256 inference per framework, after warm-up; figures are medians over rounds. ONNX Runtime "
+              "runs minarn's ONNX export (minarn.onnx_export) and only infers.", ""]
     lines += ["| framework | train img/s | vs best peer | infer b40 img/s | vs best | infer b256 img/s | vs best | "
               "peak RSS training (MB) | vs best peer |", "|---|---|---|---|---|---|---|---|---|"]
     for f in frameworks:
         row = [f]
         for k in ("train", "infer40", "infer256"):
+            if k not in med[f]:  # ONNX Runtime: no training step
+                row += ["-", "-"]
+                continue
             row += [fmt(med[f][k]), f"{med[f][k] / best[k]:.2f}" if best[k] else "-"]
         if f in memory:
             row += [fmt(memory[f]["peak_rss_mb"], 0), f"{memory[f]['peak_rss_mb'] / best_mem:.2f}" if best_mem else "-"]
@@ -192,7 +204,7 @@ def main() -> None:
     lines += ["Spread (min-max over rounds, img/s):", ""]
     for f in frameworks:
         lines.append(f"- {f}: " + "; ".join(
-            f"{k} {fmt(min(v))}-{fmt(max(v))}" for k, v in samples[f].items()))
+            f"{k} {fmt(min(v))}-{fmt(max(v))}" for k, v in samples[f].items() if v))
     if memory:
         lines += ["", "Memory detail (MB): " + "; ".join(
             f"{f} at start {m['at_start_mb']:.0f}, after build {m['after_build_mb']:.0f}, peak {m['peak_rss_mb']:.0f}"

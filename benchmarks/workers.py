@@ -1,5 +1,8 @@
 """One benchmark worker process per framework: the same ARN-CNN, one training step, one inference call.
 
+``onnxruntime`` runs minarn's ONNX export of the network (``minarn.onnx_export``) in ONNX Runtime: inference
+only, the deployment peer (it has no training step; its ready line says ``"trains": false``).
+
 ``run.py`` starts this file as a child process (``python benchmarks/workers.py FRAMEWORK``), so every
 framework gets its own interpreter, its own thread pools and its own peak-memory counter. Thread counts are
 fixed *before* any framework is imported (environment variables for OpenBLAS/OpenMP/Numba, then
@@ -22,7 +25,7 @@ import resource
 import sys
 import time
 
-FRAMEWORKS = ("minarn-numba", "minarn-numpy", "torch", "keras", "baseline-numba", "baseline-numpy")
+FRAMEWORKS = ("minarn-numba", "minarn-numpy", "torch", "keras", "onnxruntime", "baseline-numba", "baseline-numpy")
 # baseline-*: minarn imported from the directory in $MINARN_BASELINE_SRC (e.g. an unpacked older commit),
 # to put a before/after comparison into one run.
 BATCH = 40
@@ -352,13 +355,43 @@ class Keras:
         self.model.predict_on_batch(self.x[batch])
 
 
+# ----------------------------------------------------------------------------------------------------------
+# ONNX Runtime on minarn's export (inference only)
+
+
+class OnnxRuntime:
+    trains = False
+
+    def __init__(self, threads: int) -> None:
+        import numpy as np
+        import onnx
+        import onnxruntime
+
+        from minarn.model import ARNCNN
+        from minarn.onnx_export import IR_VERSION, OPSET, build_onnx
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        graph = build_onnx(ARNCNN(seed=0)).SerializeToString()  # the graph python -m minarn.export writes
+        self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.versions = {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+                         "graph": f"minarn.onnx_export, IR {IR_VERSION}, opset {OPSET}", "intra_op": threads,
+                         "inter_op": 1}
+        rng = np.random.default_rng(0)
+        self.x = {b: rng.random((b, *SHAPE), dtype=np.float32) for b in (BATCH, 256)}
+
+    def infer(self, batch: int) -> None:
+        self.session.run(["probabilities"], {"image": self.x[batch]})
+
+
 def make(framework: str, threads: int):
     if framework.startswith("baseline-"):
         sys.path.insert(0, os.environ["MINARN_BASELINE_SRC"])
         return Minarn(threads)
     if framework.startswith("minarn-"):
         return Minarn(threads)
-    return {"torch": Torch, "keras": Keras}[framework](threads)
+    return {"torch": Torch, "keras": Keras, "onnxruntime": OnnxRuntime}[framework](threads)
 
 
 def main() -> None:
@@ -378,11 +411,15 @@ def main() -> None:
             fw.train_step()
         print(json.dumps({"peak_rss_mb": rss_mb(), "after_build_mb": built, "at_start_mb": before}), flush=True)
         return
+    trains = getattr(fw, "trains", True)
     for _ in range(args.warmup):
-        fw.train_step()
+        if trains:
+            fw.train_step()
+        else:
+            fw.infer(BATCH)
     fw.infer(BATCH)
     fw.infer(256)
-    print(json.dumps({"ready": True, "versions": fw.versions}), flush=True)
+    print(json.dumps({"ready": True, "versions": fw.versions, "trains": trains}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":

@@ -13,14 +13,20 @@ same layer names (``conv2d`` ... ``conv2d_22``, ``batch_normalization``, ``batch
   inspect a Keras-trained model with minarn's Grad-CAM and lessons;
 - :func:`keras_to_state_dict`, :func:`load_keras_weights` and :func:`copy_to_keras` copy weights between
   existing models.
+- :func:`to_onnx` writes the model as an ONNX file for ONNX Runtime (the graph is built in
+  :mod:`minarn.onnx_export`, from the weights alone, without Keras).
 
 Keras is not a dependency of minarn: it is imported only inside the functions that build a Keras model
 (``pip install keras tensorflow``). Copying weights works on any object with Keras' ``layers`` /
-``weights`` interface and needs no import.
+``weights`` interface and needs no import. Likewise ``onnx`` is imported only inside :func:`to_onnx`
+(``pip install 'minarn[onnx]'``).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +43,7 @@ __all__ = [
     "keras_to_state_dict",
     "load_keras_weights",
     "to_keras",
+    "to_onnx",
 ]
 
 # The weights a layer of the network can hold, by their Keras names (minarn uses the same names).
@@ -412,3 +419,27 @@ def from_keras(keras_model: Any) -> ARNCNN:
     model = ARNCNN(**_infer_config(keras_model), seed=0)
     _check_layers(model, keras_model)
     return load_keras_weights(model, keras_model)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# To ONNX
+
+
+def to_onnx(model: ARNCNN, path: str | os.PathLike[str], class_names: Sequence[str] | None = None,
+            provenance: Mapping[str, str] | None = None) -> Path:
+    """Write ``model`` as an ONNX file that ONNX Runtime runs with minarn's probabilities; returns the path.
+
+    The graph takes what ``model.predict`` takes, (N, H, W, C) float32 in [0, 1] (input ``image``), and gives the
+    class probabilities (N, K) (output ``probabilities``); the file's metadata holds ``class_names``,
+    ``input_shape``, the preprocessing and ``provenance``. See :mod:`minarn.onnx_export` for the graph,
+    :func:`minarn.onnx_export.build_onnx` for the arguments and errors.
+
+    Raises
+    ------
+    ImportError
+        When the ``onnx`` package is not installed (``pip install 'minarn[onnx]'``).
+    """
+    # the optional onnx package is imported only here, as Keras is above
+    from minarn import onnx_export
+
+    return onnx_export.to_onnx(model, path, class_names, provenance)

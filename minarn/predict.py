@@ -6,6 +6,9 @@ MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folde
 to 8-bit grayscale ('L'), resized to the model's input size with nearest-neighbour sampling only when the size
 differs, scaled to [0, 1].
 
+MODEL may also be a ``.onnx`` file from ``python -m minarn.export`` (needs ``onnxruntime``): ONNX Runtime runs it
+(``minarn.onnx_model``) and its metadata gives the class names; ``--gradcam`` needs the ``model.npz``.
+
 An IMAGE that is a folder stands for the image files anywhere below it (by the file extensions Pillow knows,
 sorted by path). Images are decoded and classified ``CHUNK`` at a time and each line is printed as soon as its
 chunk is done, so a folder of any size runs in bounded memory.
@@ -44,9 +47,10 @@ from PIL import Image, UnidentifiedImageError
 from minarn import kernels, metrics
 from minarn.data import MEDNIST_CLASSES, _decode, describe_error, file_problem
 from minarn.model import ARNCNN, load_model
+from minarn.onnx_model import OnnxModel, load_onnx_model
 
-__all__ = ["PredictError", "class_names_for", "expand_folders", "input_size", "load_image", "main", "predict_files",
-           "resolve_model"]
+__all__ = ["PredictError", "class_names_for", "default_class_names", "expand_folders", "input_size", "load_image",
+           "main", "predict_files", "resolve_model"]
 
 PROG = "python -m minarn.predict"
 MAX_GRADCAM = 36  # overlays in one --gradcam figure (6 per row)
@@ -57,12 +61,19 @@ class PredictError(ValueError):
     """Bad usage or an unreadable model: one line, exit status 2."""
 
 
-def resolve_model(path: str | Path) -> tuple[ARNCNN, list[str], Path]:
-    """Load MODEL (a ``model.npz`` or a run folder holding one); returns (model, class names, model path)."""
+def resolve_model(path: str | Path) -> tuple[ARNCNN | OnnxModel, list[str], Path]:
+    """Load MODEL (a ``model.npz``, a run folder holding one, or a ``.onnx`` export); returns (model, class names,
+    model path)."""
     path = Path(path)
     model_path = path / "model.npz" if path.is_dir() else path
     if not model_path.is_file():
         raise PredictError(f"model {path}: no such file" + (" (no model.npz in this folder)" if path.is_dir() else ""))
+    if model_path.suffix.lower() == ".onnx":
+        try:
+            onnx_model = load_onnx_model(model_path)
+        except (ImportError, ValueError) as err:
+            raise PredictError(str(err)) from None
+        return onnx_model, onnx_model.class_names, model_path
     try:
         model = load_model(model_path)
     except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
@@ -79,9 +90,14 @@ def class_names_for(model: ARNCNN, model_path: Path) -> list[str]:
             return names
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    if model.num_classes == len(MEDNIST_CLASSES):
+    return default_class_names(model.num_classes)
+
+
+def default_class_names(num_classes: int) -> list[str]:
+    """The MedNIST names for a six-class model, else ``class 0``, ``class 1``, ..."""
+    if num_classes == len(MEDNIST_CLASSES):
         return list(MEDNIST_CLASSES)
-    return [f"class {k}" for k in range(model.num_classes)]
+    return [f"class {k}" for k in range(num_classes)]
 
 
 def load_image(path: str | Path, size: int = 64) -> np.ndarray:
@@ -118,7 +134,7 @@ def expand_folders(paths: Sequence[str | Path]) -> list[str]:
     return out
 
 
-def input_size(model: ARNCNN) -> int:
+def input_size(model: ARNCNN | OnnxModel) -> int:
     """The side of the square images the model takes; ``PredictError`` for a model with non-square inputs."""
     H, W, _ = model.input_shape
     if H != W:
@@ -126,7 +142,7 @@ def input_size(model: ARNCNN) -> int:
     return H
 
 
-def predict_files(model: ARNCNN, paths: Sequence[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray,
+def predict_files(model: ARNCNN | OnnxModel, paths: Sequence[str | Path]) -> tuple[list[str], np.ndarray, np.ndarray,
                                                                          list[tuple[str, str]]]:
     """Decode and classify image files.
 
@@ -188,7 +204,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Classify image files with a model trained by python -m minarn.train; "
                 "prints IMAGE, CLASS and PROBABILITY per image (tab-separated).")
-    p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder)")
+    p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder), "
+                   "or a .onnx file from python -m minarn.export")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files (any size or mode Pillow reads), or folders of them")
     p.add_argument("--probabilities", action="store_true",
@@ -216,6 +233,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         except (ImportError, ValueError) as e:
             raise PredictError(f"{e} (from ${kernels.ENV_VAR})") from None
         model, names, _ = resolve_model(args.model)
+        if args.gradcam is not None and not isinstance(model, ARNCNN):
+            raise PredictError(f"--gradcam needs a model.npz (Grad-CAM runs minarn's backward pass), got {args.model}")
         input_size(model)  # checked before the first image is read
     except PredictError as e:
         print(f"{PROG}: error: {e}", file=err)
@@ -255,6 +274,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         from minarn import figures
         from minarn.gradcam import gradcam
 
+        assert isinstance(model, ARNCNN)  # an .onnx model with --gradcam was refused above
         stack = np.stack(cam_images)
         try:
             figures.gradcam_grid(stack, gradcam(model, stack), names, args.gradcam,
