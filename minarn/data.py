@@ -87,7 +87,7 @@ IMAGE_EXTENSIONS = frozenset(
 CACHE_ENV = "MINARN_CACHE"
 MAX_FILE_BYTES = 256 << 20  # one image file (or archive member) larger than this is reported and not read
 MAX_IMAGE_PIXELS = 50_000_000  # an image with more pixels is reported and not decoded (Pillow's bomb limit is 89 M)
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: 16-bit/float images scaled by their range, tar links read
 _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -538,7 +538,7 @@ def load_mednist(
         template) or "bilinear". The MedNIST files are all 64x64, so nothing is resampled there.
     cache, cache_dir : keep the decoded arrays in ``cache_dir`` (default :func:`default_cache_dir`) as an
         uncompressed .npz, keyed by the source (archive: SHA-1 of its bytes; folder: its path and every
-        file's name, size and mtime) and by image_size/resample. A changed source is decoded again.
+        file's name, size, mtime, ctime and inode) and by image_size/resample. A changed source is decoded again.
     report : callback for messages (e.g. ``print``); default: the ``minarn.data`` logger (skipped files
         as warnings).
 

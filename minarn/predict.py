@@ -3,8 +3,8 @@
 MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folder). Class names come from the
 ``config.json`` beside it; without one, a six-class model uses the MedNIST names and any other ``class 0``,
 ``class 1``, ... Every image is converted as in training, whatever its size or mode: decoded by Pillow, converted
-to 8-bit grayscale ('L'), resized to the model's input size with nearest-neighbour sampling only when the size
-differs, scaled to [0, 1].
+to 8-bit grayscale ('L'; 16-bit and float images scaled from their smallest to their largest value), resized to
+the model's input size with nearest-neighbour sampling only when the size differs, scaled to [0, 1].
 
 MODEL may also be a ``.onnx`` file from ``python -m minarn.export`` (needs ``onnxruntime``): ONNX Runtime runs it
 (``minarn.onnx_model``) and its metadata gives the class names; ``--gradcam`` needs the ``model.npz``.

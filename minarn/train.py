@@ -87,6 +87,8 @@ class CheckpointError(RuntimeError):
 
 LOCK_FILE = "train.lock"  # held (fcntl.flock) while a training uses the run folder
 TEMP_PATTERNS = ("checkpoint.npz.*.tmp", "model.npz.*.tmp")  # what an interrupted save_npz_atomic can leave
+RESUME_OPTIONS = ("data", "epochs", "batch_size", "lr", "seed", "attention", "residual", "dense_activation",
+                  "optimizer", "augment", "dedupe", "limit_per_class")  # what a resumed run's config.json must hold
 LEFTOVERS = ("history.csv", "model.npz")  # an earlier run's results, which a new run must not mix with
 
 
@@ -590,7 +592,7 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
             raise UsageError(f"--resume: no checkpoint.npz in {out}")
         try:
             saved = json.loads((out / "config.json").read_text())["options"]
-            missing = [k for k in _options_from_args(args, "") if k not in saved]
+            missing = [k for k in RESUME_OPTIONS if k not in saved]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UsageError(f"--resume: cannot read the run's options from {out / 'config.json'}: {err!r}") from None
         if missing:

@@ -786,3 +786,70 @@ def test_evaluate_warns_when_the_data_differ(finished_run: Path, tiny_data: Path
     same = evaluate.evaluate_run(finished_run, data=str(tiny_data), report=None, cache_dir=str(cache_dir),
                                  make_figures=False, out_dir=tmp_path / "report2")
     assert same["warnings"] == []
+
+
+# ------------------------------------------------------------------------------------------------------------
+# kept from the first sweep: what already held, so that it keeps holding
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: code run from a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_payloads_never_run(finished_run: Path, tmp_path: Path, tiny_data: Path, cache_dir: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A model file, a checkpoint and a cache file holding a pickle: refused or ignored, the pickle never loaded."""
+    marker = tmp_path / "code-ran"
+    payload = np.array([_Payload(marker)], dtype=object)
+    model = _edited_model(finished_run, tmp_path, weight_change=lambda a: a.update({"dense/bias": payload}))
+    image = min((sample_path() / "CXR").iterdir())
+    assert predict.main([str(model), str(image)], stdout=io.StringIO()) == 2
+    assert "load_model" in one_error_line(capsys, "python -m minarn.predict")
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    with np.load(run / "checkpoint.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["run"] = payload
+    np.savez(run / "checkpoint.npz", **arrays)
+    assert train.main(["--resume", "--out", str(run), "--cache-dir", str(cache_dir), "--epochs", "2"],
+                      stream=io.StringIO()) == 2
+    assert "cannot resume" in one_error_line(capsys)
+    cache = tmp_path / "cache"
+    D.load_mednist(tiny_data, cache_dir=cache, report=lambda m: None)
+    (cached,) = cache.glob("*.npz")
+    with np.load(cached) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(cached, **{**arrays, "labels": payload})
+    assert len(D.load_mednist(tiny_data, cache_dir=cache, report=lambda m: None)) == 2 * PER_CLASS
+    assert not marker.exists()
+
+
+def test_kill_9_while_saving_leaves_the_old_file_whole(tmp_path: Path) -> None:
+    """A process killed (SIGKILL) in the middle of an atomic save leaves the previous file as it was, and only a
+    temporary file beside it (which the next training start removes)."""
+    target = tmp_path / "checkpoint.npz"
+    np.savez(target, epoch=np.array(1))
+    code = ("import sys, time, numpy as np\nfrom minarn import atomic\n"
+            "def slow(f, **a):\n    f.write(b'PK half'); f.flush(); print('writing', flush=True); time.sleep(60)\n"
+            "atomic.np.savez = slow\natomic.save_npz_atomic(sys.argv[1], {'epoch': np.array(2)})\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(D.__file__).parents[1]),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.kill()
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+    with np.load(target) as z:
+        assert int(z["epoch"]) == 1
+    assert len(list(tmp_path.glob("checkpoint.npz.*.tmp"))) == 1
