@@ -15,6 +15,7 @@ before the first step.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from PIL import Image
 
 from minarn import data as D
 from minarn import download as DL
-from minarn import evaluate, kernels, predict, train
+from minarn import atomic, evaluate, kernels, predict, train
 from minarn.data import DataError, sample_path
 from minarn.model import ARNCNN, load_model
 from test_download import PAYLOAD, PAYLOAD_MD5, server  # noqa: F401 (the 127.0.0.1 server fixture)
@@ -316,8 +318,9 @@ def test_a_run_folder_in_use_is_locked(tiny_data: Path, cache_dir: Path, tmp_pat
     assert inner["status"] == 2
     assert "in use by another training" in str(inner["err"]) and str(out) in str(inner["err"])
     assert len((out / "history.csv").read_text().splitlines()) == 2  # header and one epoch, no interleaving
-    # released at the end: the folder can be resumed
-    assert run_train(out, None, cache_dir, "--resume", "--epochs", "1")[0] == 0
+    # released at the end
+    with open(out / train.LOCK_FILE) as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def test_leftovers_of_a_failed_run_are_not_mixed_with_a_new_one(tiny_data: Path, cache_dir: Path, tmp_path: Path,
@@ -334,8 +337,8 @@ def test_leftovers_of_a_failed_run_are_not_mixed_with_a_new_one(tiny_data: Path,
     assert (out / "history.csv").read_text() == old
 
 
-def test_stale_checkpoint_temp_files_are_removed_on_the_next_start(tiny_data: Path, cache_dir: Path,
-                                                                   tmp_path: Path) -> None:
+def test_stale_checkpoint_temp_files_are_removed_on_the_next_start(tiny_data: Path, cache_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A killed run used to leave its checkpoint.npz.*.tmp (26 MB) for good."""
     out = tmp_path / "run"
     out.mkdir()
@@ -344,8 +347,9 @@ def test_stale_checkpoint_temp_files_are_removed_on_the_next_start(tiny_data: Pa
         p.write_bytes(b"half a checkpoint")
     keep = out / "notes.tmp"  # not one of minarn's temp files
     keep.write_text("mine")
+    monkeypatch.setattr(train, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))  # no training
     status, text = run_train(out, tiny_data, cache_dir, "--epochs", "1")
-    assert status == 0, text
+    assert status == 130, text
     assert not any(p.exists() for p in stale) and keep.read_text() == "mine"
     assert "removed 2 temporary file(s)" in text and "checkpoint.npz.abc123.tmp" in text
 
@@ -552,8 +556,6 @@ def test_seed_minus_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 def test_disk_full_while_checkpointing(tiny_data: Path, cache_dir: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """Disk full while checkpointing used to print three chained tracebacks (the data stayed safe)."""
-    import minarn.atomic
-
     out = tmp_path / "run"
     calls = {"n": 0}
     real_savez = np.savez
@@ -566,7 +568,7 @@ def test_disk_full_while_checkpointing(tiny_data: Path, cache_dir: Path, tmp_pat
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_savez(f, **arrays)
 
-    monkeypatch.setattr(minarn.atomic.np, "savez", savez)
+    monkeypatch.setattr(atomic.np, "savez", savez)
     status, text = run_train(out, tiny_data, cache_dir, "--epochs", "2")
     assert status == 1
     err = capsys.readouterr().err
@@ -706,8 +708,6 @@ def _edited_model(finished_run: Path, tmp_path: Path, config_change=None, weight
 def test_edited_model_configs_in_predict(change, named: str, finished_run: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     """Edited configs used to give tracebacks, or (input_shape) allocate gigabytes before refusing."""
-    import tracemalloc
-
     model = _edited_model(finished_run, tmp_path, config_change=change)
     image = sorted((sample_path() / "CXR").iterdir())[0]
     tracemalloc.start()
