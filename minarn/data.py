@@ -4,10 +4,14 @@ Layout read: ``<root>/<ClassName>/<file>.jpeg`` from a folder or straight from a
 (``.tgz``, ``.tar.bz2``, ``.tar.xz``) or ``.zip`` archive. ``<root>`` may be the folder/archive itself or
 one top folder inside it (the MONAI archive has ``MedNIST/``). Class indices follow the sorted class names:
 AbdomenCT 0, BreastMRI 1, CXR 2, ChestCT 3, Hand 4, HeadCT 5 (as Keras' ``flow_from_dataframe`` and MONAI).
+A dataset that comes split, ``<root>/train/<ClassName>/...``, ``<root>/valid/...`` (or ``val/``) and
+``<root>/test/...``, keeps its parts (``Dataset.part``) and :func:`split_dataset` uses them as they are.
+Images are decoded to grayscale (one channel) or RGB (three), at any square size.
 
 The split reproduces the paper's template (``training-spec.md`` section 2): sklearn's stratified
 ``train_test_split(train_size=0.9, random_state=123)``, then the remaining 10 % split 60/40 into validation
-and test, re-implemented here in NumPy. On the full set: train 53,058 / valid 3,537 / test 2,359.
+and test, re-implemented here in NumPy. On the full set: train 53,058 / valid 3,537 / test 2,359. Other
+fractions (train, valid, test) split the same way: train first, then the rest valid : test.
 
 Pixels: 8-bit images are read as they are (colour converted to luma by Pillow, ITU-R 601-2); 16-bit, 32-bit
 integer and float images (PNG ``I;16``, TIFF ``I``/``F``) are scaled linearly from the image's own smallest to its
@@ -37,8 +41,9 @@ import time
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,9 +59,11 @@ __all__ = [
     "MAX_FILE_BYTES",
     "MAX_IMAGE_PIXELS",
     "MEDNIST_CLASSES",
+    "SPLIT_FRACTIONS",
     "DataError",
     "Dataset",
     "Splits",
+    "balanced_class_weights",
     "count_table",
     "default_cache_dir",
     "describe_error",
@@ -70,9 +77,10 @@ __all__ = [
     "remove_duplicates",
     "sample_path",
     "scale_images",
-    "smallest_class_size",
+    "smallest_balanced_split",
     "split_dataset",
     "split_indices",
+    "split_stages",
     "stratified_split",
 ]
 
@@ -87,6 +95,11 @@ IMAGE_EXTENSIONS = frozenset(
 CACHE_ENV = "MINARN_CACHE"
 MAX_FILE_BYTES = 256 << 20  # one image file (or archive member) larger than this is reported and not read
 MAX_IMAGE_PIXELS = 50_000_000  # an image with more pixels is reported and not decoded (Pillow's bomb limit is 89 M)
+SPLIT_FRACTIONS = (0.9, 0.06, 0.04)  # the paper's train / valid / test
+CHANNEL_MODES = {1: "L", 3: "RGB"}  # channels -> the Pillow mode images are converted to
+# Folder names of a dataset that comes split (compared in lower case) -> the part they hold.
+PART_FOLDERS = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
+PARTS = ("train", "valid", "test")
 _CACHE_VERSION = 2  # 2: 16-bit/float images scaled by their range, tar links read
 _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -124,10 +137,12 @@ def default_cache_dir() -> Path:
 class Dataset:
     """Decoded images, labels and per-file provenance, in one fixed order (sorted by path after loading).
 
-    Shapes: images (N, H, W, 1) uint8; labels (N,) int64 in [0, num_classes); paths (N,) str, each
-    relative to the dataset root, e.g. ``"CXR/001234.jpeg"``; sha1 (N,) str, hex SHA-1 of the file's raw
-    bytes (equal digests = byte-identical files). ``skipped`` lists ``(path, reason)`` for files that could
-    not be decoded, ``ignored`` the files that are not images of the layout (README, .DS_Store, ...).
+    Shapes: images (N, H, W, C) uint8, C = 1 (grayscale) or 3 (RGB); labels (N,) int64 in [0, num_classes);
+    paths (N,) str, each relative to the dataset root, e.g. ``"CXR/001234.jpeg"``; sha1 (N,) str, hex SHA-1
+    of the file's raw bytes (equal digests = byte-identical files). ``skipped`` lists ``(path, reason)`` for
+    files that could not be decoded, ``ignored`` the files that are not images of the layout (README,
+    .DS_Store, ...). ``part`` (N,) str, "train" / "valid" / "test", when the source came split into such
+    folders (paths then start with the folder, ``"train/CXR/1.png"``); None otherwise.
     """
 
     images: np.ndarray
@@ -138,12 +153,14 @@ class Dataset:
     source: str = ""
     skipped: tuple[tuple[str, str], ...] = ()
     ignored: tuple[str, ...] = ()
+    part: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        if self.images.ndim != 4 or self.images.shape[-1] != 1 or self.images.dtype != np.uint8:
-            raise ValueError(f"Dataset: images must be uint8 (N, H, W, 1), got {self.images.dtype} {self.images.shape}")
-        for name in ("labels", "paths", "sha1"):
+        if self.images.ndim != 4 or self.images.shape[-1] not in CHANNEL_MODES or self.images.dtype != np.uint8:
+            raise ValueError(
+                f"Dataset: images must be uint8 (N, H, W, 1 or 3), got {self.images.dtype} {self.images.shape}")
+        for name in ("labels", "paths", "sha1") + (("part",) if self.part is not None else ()):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Dataset: {name} has {len(getattr(self, name))} entries, images has {n}")
 
@@ -174,6 +191,7 @@ class Dataset:
             source=self.source,
             skipped=self.skipped,
             ignored=self.ignored,
+            part=None if self.part is None else self.part[index],
         )
 
 
@@ -367,13 +385,37 @@ def _read_archive(path: Path) -> tuple[list[str], dict[str, bytes | Exception], 
     return names, blobs, notes
 
 
-def _layout(names: Sequence[str], where: str) -> tuple[list[tuple[str, str, str]], list[str], list[tuple[str, str]]]:
+def _split_parts(roots: Collection[tuple[str, ...]], where: str) -> dict[tuple[str, ...], str] | None:
+    """The parts of a dataset that comes split: {class-folder root: "train" / "valid" / "test"} when the roots
+    are sibling folders named after the parts (``PART_FOLDERS``), None when they are not."""
+    parents = {r[:-1] for r in roots if r}
+    if len(parents) != 1 or any(not r or r[-1].lower() not in PART_FOLDERS for r in roots):
+        return None
+    parts = {r: PART_FOLDERS[r[-1].lower()] for r in roots}
+    seen = Counter(parts.values())
+    twice = [p for p, k in seen.items() if k > 1]
+    if twice:
+        names = ", ".join(sorted(f"{r[-1]}/" for r, p in parts.items() if p in twice))
+        raise DataError(f"{where}: the folders {names} are all the {twice[0]} part; keep one of them")
+    missing = [p for p in PARTS if p not in seen]
+    if missing:
+        found = ", ".join(f"{r[-1]}/" for r in sorted(roots))
+        wanted = " and ".join(f"{p}/" + (" (or val/)" if p == "valid" else "") for p in missing)
+        raise DataError(f"{where}: has {found} with class folders but no {wanted}; a split dataset needs "
+                        "train/, valid/ and test/, each holding <ClassName>/ folders (or point to one part)")
+    return parts
+
+
+def _layout(names: Sequence[str], where: str
+            ) -> tuple[list[tuple[str, str, str, str]], list[str], list[tuple[str, str]]]:
     """Find the class folders among file names.
 
-    Returns ([(path relative to the dataset root, class name, name in the source)] sorted by the relative
-    path, [ignored names], [(name, reason)] of image entries with unsafe paths, which are never read). The
-    dataset root is the parent of the class folders: the folder that holds the most image files two levels
-    down; files elsewhere are ignored (and reported). Paths and class names are made printable (_printable).
+    Returns ([(path relative to the dataset root, class name, name in the source, part)] sorted by the
+    relative path, [ignored names], [(name, reason)] of image entries with unsafe paths, which are never read). The dataset root is the parent of the class folders: the folder that
+    holds the most image files two levels down; files elsewhere are ignored (and reported). When the class
+    folders sit in sibling folders train/, valid/ (or val/) and test/, their parent is the root, the relative
+    paths start with that folder and part says which it is; otherwise part is "". Paths and class names are
+    made printable (_printable).
     """
     images: list[tuple[tuple[str, ...], str]] = []
     ignored: list[str] = []
@@ -396,15 +438,16 @@ def _layout(names: Sequence[str], where: str) -> tuple[list[tuple[str, str, str]
     if depth < 2:
         raise DataError(f"{where}: the images are not in class folders (expected <root>/<ClassName>/*.jpeg)")
     roots = Counter(parts[: depth - 2] for parts, _ in images if len(parts) == depth)
-    if len(roots) > 1:
+    split_parts = _split_parts(roots, where) if len(roots) > 1 else {}
+    if split_parts is None:
         found = ", ".join(sorted("/".join(r) or "." for r in roots))
         raise DataError(f"{where}: class folders under several roots ({found}); point to one of them")
-    (root,) = roots
-    entries: dict[str, tuple[str, str, str]] = {}
+    entries: dict[str, tuple[str, str, str, str]] = {}
     for parts, name in images:
-        if len(parts) == depth and parts[: depth - 2] == root:
-            rel = _printable(f"{parts[-2]}/{parts[-1]}")
-            entries[rel] = (rel, _printable(parts[-2]), name)  # "./A/x.png" and "A/x.png" in one tar: one image
+        root = parts[: depth - 2]
+        if len(parts) == depth and root in roots:
+            rel = _printable("/".join(parts[-3:] if split_parts else parts[-2:]))
+            entries[rel] = (rel, _printable(parts[-2]), name, split_parts.get(root, ""))  # "./A/x" and "A/x" in a tar: one
         else:
             ignored.append(_printable(name))
     bad = [(_printable(n), "unsafe path (absolute, or through ..): not read") for n in unsafe
@@ -412,23 +455,24 @@ def _layout(names: Sequence[str], where: str) -> tuple[list[tuple[str, str, str]
     return sorted(entries.values()), sorted(ignored), bad
 
 
-def _to_gray(img: Image.Image) -> Image.Image:
-    """8-bit grayscale 'L' of a decoded image. 16-bit, 32-bit integer and float images are scaled linearly from
-    their smallest to their largest value onto 0..255 (a constant image gives 0); a float image with NaN or
-    infinite values and a mode without a grayscale conversion raise ValueError naming them."""
-    if img.mode == "L":
-        return img
+def _convert(img: Image.Image, mode: str = "L") -> Image.Image:
+    """A decoded image in ``mode`` ('L' 8-bit grayscale or 'RGB'). 16-bit, 32-bit integer and float images are
+    scaled linearly from their smallest to their largest value onto 0..255 (a constant image gives 0), then
+    converted; a float image with NaN or infinite values and a mode without a conversion raise ValueError
+    naming them."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         a = np.asarray(img, dtype=np.float64)
         if not np.isfinite(a).all():
             raise ValueError(f"a {img.mode} (float) image with NaN or infinite pixel values")
         lo, hi = float(a.min()), float(a.max())
         scaled = (a - lo) * 255 / (hi - lo) if hi > lo else np.zeros_like(a)
-        return Image.fromarray(np.round(scaled).astype(np.uint8))
+        img = Image.fromarray(np.round(scaled).astype(np.uint8))
+    if img.mode == mode:
+        return img
     try:
-        return img.convert("L")
+        return img.convert(mode)
     except ValueError as err:
-        raise ValueError(f"image mode {img.mode} has no conversion to grayscale ({err})") from None
+        raise ValueError(f"image mode {img.mode} has no conversion to {mode} ({err})") from None
 
 
 def describe_error(exc: BaseException, name: str) -> str:
@@ -437,27 +481,29 @@ def describe_error(exc: BaseException, name: str) -> str:
     return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", repr(name), f"{type(exc).__name__}: {exc}")
 
 
-def _decode(data: bytes, size: int, resample: int) -> np.ndarray:
-    """Decode one image file to grayscale 'L' (:func:`_to_gray`), resized to (size, size) only if needed.
-    Shape (size, size) uint8. An image over MAX_IMAGE_PIXELS raises ValueError before its pixels are decoded."""
+def _decode(data: bytes, size: int, resample: int, channels: int = 1) -> np.ndarray:
+    """Decode one image file to grayscale 'L' (channels 1) or 'RGB' (channels 3) (:func:`_convert`), resized to
+    (size, size) only if needed. Shape (size, size) uint8 for one channel, (size, size, 3) for three. An image
+    over MAX_IMAGE_PIXELS raises ValueError before its pixels are decoded."""
+    mode = CHANNEL_MODES[channels]
     with Image.open(io.BytesIO(data)) as img:
         w, h = img.size
         if w * h > MAX_IMAGE_PIXELS:
             raise ValueError(f"a {w}x{h} image, {w * h:,} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
                              "(minarn.data.MAX_IMAGE_PIXELS): not decoded")
         img.load()  # decodes fully: a truncated JPEG raises here (LOAD_TRUNCATED_IMAGES stays False)
-        gray = _to_gray(img)
-        if gray.size != (size, size):
-            gray = gray.resize((size, size), resample)
-        return np.asarray(gray, dtype=np.uint8)
+        converted = _convert(img, mode)
+        if converted.size != (size, size):
+            converted = converted.resize((size, size), resample)
+        return np.asarray(converted, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Cache
 
 
-def _cache_file(cache_dir: Path, key: str, image_size: int) -> Path:
-    return cache_dir / f"mednist-{image_size}px-{key[:24]}.npz"
+def _cache_file(cache_dir: Path, key: str, image_size: int, channels: int = 1) -> Path:
+    return cache_dir / f"mednist-{image_size}px-{'rgb-' if channels == 3 else ''}{key[:24]}.npz"
 
 
 def _to_arrays(ds: Dataset, key: str) -> dict[str, np.ndarray]:
@@ -471,19 +517,24 @@ def _to_arrays(ds: Dataset, key: str) -> dict[str, np.ndarray]:
         "skipped_paths": np.array([p for p, _ in ds.skipped], dtype=str),
         "skipped_reasons": np.array([r for _, r in ds.skipped], dtype=str),
         "ignored": np.array(ds.ignored, dtype=str),
+        **({"part": ds.part} if ds.part is not None else {}),
     }
 
 
-def _load_cached(path: Path, key: str, source: str) -> Dataset | None:
-    """The cached dataset if ``path`` holds one for ``key``; None if absent, stale or unreadable."""
+def _load_cached(path: Path, key: str, source: str, shape: tuple[int, int, int]) -> Dataset | None:
+    """The cached dataset if ``path`` holds one for ``key`` with images of ``shape`` (H, W, C); None if absent,
+    stale or unreadable."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) != key:
                 return None
+            images = z["images"]
+            if images.shape[1:] != shape:
+                return None
             return Dataset(
-                images=z["images"],
+                images=images,
                 labels=z["labels"].astype(np.int64),
                 paths=z["paths"],
                 sha1=z["sha1"],
@@ -491,6 +542,7 @@ def _load_cached(path: Path, key: str, source: str) -> Dataset | None:
                 source=source,
                 skipped=tuple(zip(map(str, z["skipped_paths"]), map(str, z["skipped_reasons"]))),
                 ignored=tuple(str(s) for s in z["ignored"]),
+                part=z["part"] if "part" in z.files else None,
             )
     except Exception as exc:  # a damaged cache is never fatal: decode again and overwrite it
         logger.warning("minarn.data: ignoring unreadable cache file %s (%s)", path, exc)
@@ -522,29 +574,33 @@ def load_mednist(
     source: str | os.PathLike[str] | None = None,
     *,
     image_size: int = IMAGE_SIZE,
+    channels: int = 1,
     resample: str = "nearest",
     cache: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
     report: Report | None = None,
 ) -> Dataset:
-    """Load a MedNIST-style image set: decode, convert to grayscale, and cache the arrays.
+    """Load a MedNIST-style image set: decode, convert to grayscale (or RGB), and cache the arrays.
 
     Parameters
     ----------
-    source : folder or .tar/.tar.gz/.zip archive laid out as ``[<top>/]<ClassName>/<image>``; default: the
-        shipped sample (:func:`sample_path`). Any format Pillow reads by extension (IMAGE_EXTENSIONS).
-    image_size : side of the square output. Images are converted to 'L' and resized only when their size
+    source : folder or .tar/.tar.gz/.zip archive laid out as ``[<top>/]<ClassName>/<image>``, or split into
+        ``[<top>/]train|valid|val|test/<ClassName>/<image>`` (``Dataset.part``); default: the shipped sample
+        (:func:`sample_path`). Any format Pillow reads by extension (IMAGE_EXTENSIONS).
+    image_size : side of the square output. Images are converted to 'L' (``channels`` 1) or 'RGB'
+        (``channels`` 3; grayscale files get three equal channels) and resized only when their size
         differs, with ``resample`` = "nearest" (default: what Keras' ``load_img`` uses in the paper's
         template) or "bilinear". The MedNIST files are all 64x64, so nothing is resampled there.
     cache, cache_dir : keep the decoded arrays in ``cache_dir`` (default :func:`default_cache_dir`) as an
         uncompressed .npz, keyed by the source (archive: SHA-1 of its bytes; folder: its path and every
-        file's name, size, mtime, ctime and inode) and by image_size/resample. A changed source is decoded again.
+        file's name, size, mtime, ctime and inode) and by image_size/channels/resample. A changed source is decoded
+        again.
     report : callback for messages (e.g. ``print``); default: the ``minarn.data`` logger (skipped files
         as warnings).
 
     Returns
     -------
-    Dataset, sorted by relative path: images (N, image_size, image_size, 1) uint8, labels (N,) int64.
+    Dataset, sorted by relative path: images (N, image_size, image_size, channels) uint8, labels (N,) int64.
     Files that fail to decode are left out and listed in ``Dataset.skipped`` (path, reason).
 
     Raises
@@ -557,6 +613,8 @@ def load_mednist(
         raise ValueError(f"load_mednist: resample must be one of {sorted(_RESAMPLE)}, got {resample!r}")
     if int(image_size) < 1:
         raise ValueError(f"load_mednist: image_size must be positive, got {image_size!r}")
+    if channels not in CHANNEL_MODES:
+        raise ValueError(f"load_mednist: channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     image_size = int(image_size)
     src = sample_path() if source is None else Path(source).expanduser()
     where = str(src)
@@ -585,12 +643,14 @@ def load_mednist(
             identity = "archive\0" + file_digest(src)
         except OSError as exc:
             raise DataError(f"{where}: cannot read: {exc}") from exc
-    key = hashlib.sha1(f"v{_CACHE_VERSION}\0{identity}\0{image_size}\0{resample}".encode()).hexdigest()
+    mode = "" if channels == 1 else f"\0{CHANNEL_MODES[channels]}"  # grayscale keeps the keys of earlier caches
+    key = hashlib.sha1(f"v{_CACHE_VERSION}\0{identity}\0{image_size}\0{resample}{mode}".encode()).hexdigest()
 
-    cache_path = _cache_file(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), key, image_size)
+    cache_path = _cache_file(Path(cache_dir).expanduser() if cache_dir else default_cache_dir(), key, image_size,
+                             channels)
     if cache:
         t0 = time.perf_counter()
-        cached = _load_cached(cache_path, key, where)
+        cached = _load_cached(cache_path, key, where, (image_size, image_size, channels))
         if cached is not None:
             info(f"{where}: {len(cached)} images loaded from cache {cache_path} in {time.perf_counter() - t0:.1f} s")
             _report_problems(cached, warn, info)
@@ -606,16 +666,16 @@ def load_mednist(
     else:  # read in one pass; the layout is only known once every name has been seen
         names, blobs, notes = _read_archive(src)
     entries, ignored, unsafe = _layout(names, where)
-    class_names = tuple(sorted({cls for _, cls, _ in entries}))
+    class_names = tuple(sorted({cls for _, cls, _, _ in entries}))
     if len(class_names) < 2:
         raise DataError(f"{where}: found {len(class_names)} class folder ({class_names[0]}); need at least two")
 
-    images = np.empty((len(entries), image_size, image_size, 1), dtype=np.uint8)
+    images = np.empty((len(entries), image_size, image_size, channels), dtype=np.uint8)
     class_index = {c: i for i, c in enumerate(class_names)}
-    labels, paths, digests = [], [], []
+    labels, paths, digests, parts = [], [], [], []
     skipped: list[tuple[str, str]] = [*notes, *unsafe]
     resample_filter = _RESAMPLE[resample]
-    for rel, cls, name in entries:
+    for rel, cls, name, part in entries:
         try:
             if from_folder:
                 problem = problems.get(name) or _size_problem(sizes.get(name, 0))
@@ -626,7 +686,7 @@ def load_mednist(
                 data = blobs[name]
             if isinstance(data, Exception):  # a zip member that failed its CRC check, a member not read
                 raise data
-            images[len(labels), :, :, 0] = _decode(data, image_size, resample_filter)
+            images[len(labels)] = _decode(data, image_size, resample_filter, channels).reshape(images.shape[1:])
         except DataError as exc:  # minarn's own reason: as it is
             skipped.append((rel, str(exc)))
             continue
@@ -636,6 +696,7 @@ def load_mednist(
         labels.append(class_index[cls])
         paths.append(rel)
         digests.append(hashlib.sha1(data).hexdigest())
+        parts.append(part)
 
     n = len(labels)
     ds = Dataset(
@@ -647,6 +708,7 @@ def load_mednist(
         source=where,
         skipped=tuple(skipped),
         ignored=tuple(ignored),
+        part=np.array(parts, dtype="<U5") if entries and entries[0][3] else None,
     )
     _report_problems(ds, warn, info)
     if n == 0:
@@ -754,59 +816,105 @@ class Splits(NamedTuple):
     test: Dataset
 
 
+def split_stages(fractions: Sequence[float] = SPLIT_FRACTIONS) -> tuple[float, float]:
+    """(train_size, valid_of_rest) of :func:`split_indices` for (train, valid, test) fractions.
+
+    Math: train_size = t / (t + v + e), valid_of_rest = v / (v + e), computed on the decimal values the
+    floats print as, so the paper's (0.9, 0.06, 0.04) gives exactly (0.9, 0.6). Each fraction must be > 0 and
+    they must sum to 1 (within 1e-6); ``DataError`` otherwise.
+    """
+    shown = ",".join(str(f) for f in fractions)
+    try:
+        t, v, e = (Fraction(repr(float(f))) for f in fractions)
+    except (TypeError, ValueError, OverflowError):
+        raise DataError(f"split fractions must be three numbers TRAIN,VALID,TEST, got {shown}") from None
+    if min(t, v, e) <= 0:
+        raise DataError(f"split fractions must all be > 0, got {shown} (e.g. 0.8,0.1,0.1)")
+    if abs(t + v + e - 1) > Fraction(1, 10**6):
+        raise DataError(f"split fractions must sum to 1, got {shown} (sum {float(t + v + e):g}; e.g. 0.8,0.1,0.1)")
+    return float(t / (t + v + e)), float(v / (v + e))
+
+
+def smallest_balanced_split(num_classes: int, fractions: Sequence[float] = SPLIT_FRACTIONS, seed: int = 123,
+                            most: int = 100_000) -> int | None:
+    """The fewest images per class with which ``num_classes`` equal classes split into train / valid / test
+    (each part holding every class), found by trying the split itself; None if not even ``most`` do.
+    The paper's split needs 16 per class for 2 classes, 21 for 6, 23 for 10."""
+    train_size, valid_of_rest = split_stages(fractions)
+    # Valid and test must each hold num_classes images, so k * min(fraction) >= (K - 1) / K >= 1/2 (up to rounding).
+    start = max(2, int(0.5 / min(float(f) for f in fractions)))
+    for k in range(start, most + 1):
+        labels = np.repeat(np.arange(num_classes), k)
+        try:
+            parts = split_indices(labels, seed=seed, train_size=train_size, valid_of_rest=valid_of_rest)
+        except DataError:
+            continue
+        if all(len(np.unique(labels[p])) == num_classes for p in parts):
+            return k
+    return None
+
+
+def _split_too_small(ds: Dataset, fractions: Sequence[float], seed: int) -> str:
+    """Why ``ds`` cannot be split with ``fractions``: the smallest set the split holds, and per class by name
+    the images there are."""
+    counts = ds.class_counts()
+    shown = ",".join(f"{f:g}" for f in fractions)
+    need = smallest_balanced_split(ds.num_classes, fractions, seed)
+    what = (f"the smallest set it holds has {need} images in each of the {ds.num_classes} classes "
+            f"({need * ds.num_classes:,} in all)" if need else "no set of equal classes up to 100,000 each splits")
+    small = [(c, int(k)) for c, k in zip(ds.class_names, counts) if need and k < need]
+    listed = small or list(zip(ds.class_names, map(int, counts)))
+    per_class = ", ".join(f"{c} {k}" for c, k in listed)
+    return (f"{len(ds):,} images are too few for the split {shown} (stratified, every class in train, valid and "
+            f"test): {what}; " + (f"too few in {per_class}" if small else f"the classes hold {per_class}")
+            + "; use more images, larger valid and test fractions (--split), or train/, valid/ and test/ folders")
+
+
+def _split_by_folders(ds: Dataset) -> Splits:
+    """The parts a split dataset came in (``ds.part``), each in path order; every class must be in train."""
+    assert ds.part is not None
+    order = np.lexsort((ds.sha1, ds.paths))
+    splits = Splits(*(ds.subset(order[ds.part[order] == p]) for p in PARTS))
+    missing = [c for c, k in zip(ds.class_names, splits.train.class_counts()) if k == 0]
+    if missing:
+        raise DataError(f"{ds.source}: the train part has no image of class(es) {', '.join(missing)} (they are only "
+                        "in valid/ or test/); the network cannot learn a class it never sees")
+    return splits
+
+
 def split_dataset(
     ds: Dataset,
     *,
     seed: int = 123,
-    train_size: float = 0.9,
-    valid_of_rest: float = 0.6,
+    fractions: Sequence[float] | None = None,
     dedupe: bool = False,
 ) -> Splits:
     """Split into train / valid / test as the paper's template does (90 / 6 / 4 %, stratified, seed 123).
 
-    The images are first put in order of their relative path (so the listing order of the source does not
-    matter); with ``dedupe`` byte-identical copies are removed first (:func:`remove_duplicates`). On the
-    full MedNIST set: train 53,058, valid 3,537, test 2,359 (per class 9000/600/400, BreastMRI 8058/537/359).
+    ``fractions`` (train, valid, test) changes the shares (:func:`split_stages`; None: the paper's
+    ``SPLIT_FRACTIONS``). A dataset that came split into train/, valid/ and test/ folders (``ds.part``) keeps
+    those parts (giving ``fractions`` then is an error). The images are first put in order of their relative
+    path (so the listing order of the source does not matter); with ``dedupe`` byte-identical copies are
+    removed first (:func:`remove_duplicates`). On the full MedNIST set: train 53,058, valid 3,537, test 2,359
+    (per class 9000/600/400, BreastMRI 8058/537/359). A set too small for the split raises ``DataError``
+    naming the smallest set the split holds and the classes below it.
     """
     if dedupe:
         ds = remove_duplicates(ds)
+    if ds.part is not None:
+        if fractions is not None:
+            raise DataError(f"{ds.source} comes split into train/, valid/ and test/ folders, which are used as "
+                            "they are; split fractions do not apply")
+        return _split_by_folders(ds)
+    fractions = tuple(SPLIT_FRACTIONS if fractions is None else fractions)
+    train_size, valid_of_rest = split_stages(fractions)
     order = np.lexsort((ds.sha1, ds.paths))  # by path; sha1 only breaks ties between equal paths
     try:
         train, valid, test = split_indices(ds.labels[order], seed=seed, train_size=train_size,
                                            valid_of_rest=valid_of_rest)
     except DataError:
-        raise DataError(_split_problem(ds, seed, train_size, valid_of_rest)) from None
+        raise DataError(_split_too_small(ds, fractions, seed)) from None
     return Splits(ds.subset(order[train]), ds.subset(order[valid]), ds.subset(order[test]))
-
-
-def smallest_class_size(num_classes: int, *, seed: int = 123, train_size: float = 0.9, valid_of_rest: float = 0.6,
-                        limit: int = 10_000) -> int | None:
-    """The fewest images per class with which ``num_classes`` classes of equal size split into three parts that
-    each hold every class (tried upwards from 2; None if even ``limit`` does not)."""
-    for n in range(2, limit + 1):
-        try:
-            split_indices(np.repeat(np.arange(num_classes), n), seed=seed, train_size=train_size,
-                          valid_of_rest=valid_of_rest)
-        except DataError:
-            continue
-        return n
-    return None
-
-
-def _split_problem(ds: Dataset, seed: int, train_size: float, valid_of_rest: float) -> str:
-    """Why ``ds`` cannot be split: the classes by name with their sizes, and the smallest size that splits."""
-    counts = ds.class_counts()
-    need = smallest_class_size(ds.num_classes, seed=seed, train_size=train_size, valid_of_rest=valid_of_rest)
-    fractions = (f"{train_size:.0%} train, then {valid_of_rest:.0%} / {1 - valid_of_rest:.0%} of the rest for "
-                 "validation / test")
-    few = [f"{name} ({k} images)" for name, k in zip(ds.class_names, counts) if need is None or k < need]
-    if need is None:
-        return f"cannot split {len(ds)} images ({fractions}) so that every part holds each of the classes"
-    if not few:  # the classes are large enough one by one, but not together
-        few = [f"{name} ({k} images)" for name, k in zip(ds.class_names, counts)]
-    return (f"cannot split {len(ds)} images ({fractions}) so that every part holds every class: with "
-            f"{ds.num_classes} classes the split needs at least {need} images per class; too few in "
-            + ", ".join(few))
 
 
 def count_table(splits: Splits | Mapping[str, Dataset]) -> str:
@@ -844,9 +952,12 @@ def duplicate_groups(ds: Dataset) -> list[np.ndarray]:
 
 def remove_duplicates(ds: Dataset) -> Dataset:
     """The dataset without extra copies: of each group of byte-identical files, the one whose path sorts
-    first is kept. Order of the kept images is unchanged."""
+    first is kept (in a dataset split into folders, the one in train, else valid, else test, then by path).
+    Order of the kept images is unchanged."""
     drop = np.zeros(len(ds), dtype=bool)
     for g in duplicate_groups(ds):
+        if ds.part is not None:
+            g = g[np.argsort([PARTS.index(p) for p in ds.part[g]], kind="stable")]
         drop[g[1:]] = True
     return ds.subset(np.flatnonzero(~drop))
 
@@ -877,6 +988,18 @@ def scale_images(x: np.ndarray) -> np.ndarray:
     if x.dtype != np.uint8:
         raise TypeError(f"scale_images: expected uint8 pixels, got {x.dtype}")
     return np.divide(x, np.float32(255.0), dtype=np.float32)
+
+
+def balanced_class_weights(labels: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
+    """Keras users' ``class_weight`` "balanced" (sklearn's ``compute_class_weight``): w_c = N / (K * n_c).
+
+    Shapes: labels (N,) ints in [0, num_classes) -> (num_classes,) float64; equal classes all get 1, a class
+    half as large as the others about 2. ``ValueError`` names a class with no image (its weight is undefined).
+    """
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    if len(counts) != num_classes or counts.min() == 0:
+        raise ValueError(f"balanced_class_weights: class(es) {np.flatnonzero(counts == 0).tolist()} have no label")
+    return counts.sum() / (num_classes * counts.astype(np.float64))
 
 
 def one_hot(labels: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:

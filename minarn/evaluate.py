@@ -41,6 +41,7 @@ import numpy as np
 
 from minarn import figures, kernels, metrics
 from minarn.data import (
+    SPLIT_FRACTIONS,
     DataError,
     Dataset,
     Splits,
@@ -93,6 +94,33 @@ def _data_source(config: dict[str, Any], data: str | None) -> str:
     return source
 
 
+def _model_input(config: dict[str, Any]) -> tuple[int, int]:
+    """(image size, channels) the run's model takes: its ``input_shape`` in config.json (which train writes
+    from the model), else the run's options (64x64 grayscale before --image-size and --channels)."""
+    from minarn.train import input_format
+
+    shape = (config.get("model") or {}).get("input_shape")
+    if not shape:
+        return input_format(config["options"])
+    try:
+        height, width, channels = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise EvaluationError(f"config.json: model input_shape {shape!r} is not (height, width, channels)") from None
+    if height != width or channels not in (1, 3):
+        raise EvaluationError(f"config.json: model input_shape {shape!r}: only square 1- or 3-channel inputs are "
+                              "supported")
+    return height, channels
+
+
+def _split_words(ds: Dataset, options: dict[str, Any]) -> str:
+    """How the run split its data: "stratified 90 / 6 / 4 %, seed 123", or "the dataset's own train/, valid/ and
+    test/ folders"."""
+    if ds.part is not None:
+        return "the dataset's own train/, valid/ and test/ folders"
+    fractions = options.get("split") or SPLIT_FRACTIONS
+    return "stratified " + " / ".join(f"{100 * float(f):g}" for f in fractions) + " %, seed 123"
+
+
 def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str | None = None,
                     report: Report | None = None) -> tuple[Splits, Dataset, dict[str, Any], list[str]]:
     """The train / valid / test split of a run, rebuilt as ``minarn.train`` built it.
@@ -106,7 +134,8 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
     config = _read_config(run_dir)
     options = config["options"]
     source = _data_source(config, data)
-    ds = load_mednist(source, cache_dir=cache_dir, report=report)
+    size, channels = _model_input(config)
+    ds = load_mednist(source, image_size=size, channels=channels, cache_dir=cache_dir, report=report)
     if list(ds.class_names) != list(config["class_names"]):
         raise EvaluationError(f"{source}: classes {list(ds.class_names)} differ from the run's {config['class_names']}")
     ds, splits = select_and_split(ds, options)
@@ -202,10 +231,10 @@ def _pick_per_class(labels: np.ndarray, num_classes: int, per_class: int) -> np.
 
 
 def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray, history_path: Path,
-                  best_epoch: int | None, out: Path, title: str, wanted: Collection[str] = figures.FIGURE_FILES
-                  ) -> tuple[dict[str, Path], list[str]]:
+                  best_epoch: int | None, out: Path, title: str, wanted: Collection[str] = figures.FIGURE_FILES,
+                  split_how: str = "stratified 90 / 6 / 4 %, seed 123") -> tuple[dict[str, Path], list[str]]:
     """The single-run figures named in ``wanted`` (keys of ``FIGURE_FILES``) into ``out``; returns their paths
-    and notes on figures that were skipped."""
+    and notes on figures that were skipped. ``split_how`` (:func:`_split_words`) goes into Fig. 6's title."""
     from minarn.gradcam import gradcam
 
     names = list(ds.class_names)
@@ -220,7 +249,7 @@ def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray,
         made["samples"] = figures.sample_images(ds.images, ds.labels, names, out / files["samples"])
     if "label_frequency" in wanted:
         counts = {k: part.class_counts() for k, part in splits._asdict().items()}
-        made["label_frequency"] = figures.label_frequency(counts, names, out / files["label_frequency"])
+        made["label_frequency"] = figures.label_frequency(counts, names, out / files["label_frequency"], split_how)
     if "learning_curves" in wanted:
         if history_path.is_file() and figures.read_history(history_path):
             made["learning_curves"] = figures.learning_curves(figures.read_history(history_path),
@@ -314,6 +343,9 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
             raise EvaluationError(str(err)) from None
         best_epoch = (config.get("test") or {}).get("best_epoch")
     names = list(config["class_names"])
+    if model.input_shape != splits.test.images.shape[1:]:
+        raise EvaluationError(f"{model_path}: the model takes {model.input_shape} images but config.json describes "
+                              f"{splits.test.images.shape[1:]}")
     if model.num_classes != len(names):
         raise EvaluationError(f"{model_path}: {model.num_classes} outputs but {len(names)} classes in config.json")
     test = splits.test
@@ -344,7 +376,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     notes: list[str] = []
     if wanted:
         made, notes = _make_figures(model, splits, ds, probs, run_dir / "history.csv", best_epoch, fig_dir, title,
-                                    wanted)
+                                    wanted, _split_words(ds, options))
         for key in set(wanted) - set(made):  # e.g. no errors this time: no Grad-CAM of errors left from before
             (fig_dir / figures.FIGURE_FILES[key]).unlink(missing_ok=True)
 
@@ -354,7 +386,11 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     variant = ", ".join(f"{k} {'on' if options.get(k, True) else 'off'}" for k in ("attention", "residual"))
     limit = options.get("limit_per_class")
     data_line = (f"- data: `{source}`" + (f", at most {limit} images per class" if limit else "")
-                 + ("; byte-identical duplicates removed before splitting" if options.get("dedupe") else ""))
+                 + ("; byte-identical duplicates removed before splitting" if options.get("dedupe") else "")
+                 + ("" if model.input_shape == (64, 64, 1) else
+                    f"; images {model.input_shape[0]}x{model.input_shape[1]} "
+                    + ("grayscale" if model.input_shape[2] == 1 else "RGB"))
+                 + ("; cross-entropy weighted by class (balanced)" if options.get("class_weight") else ""))
     model_line = (f"- model: `{model_path}` ({model.count_params():,} weights; {variant}; dense activation "
                   f"{options.get('dense_activation', 'gelu')})" + (f"; best epoch {best_epoch}" if best_epoch else ""))
     if checkpoint:
@@ -370,7 +406,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
         "",
         model_line,
         data_line,
-        (f"- split (seed 123, 90 / 6 / 4 %): train {len(splits.train):,}, valid {len(splits.valid):,}, "
+        (f"- split ({_split_words(ds, options)}): train {len(splits.train):,}, valid {len(splits.valid):,}, "
          f"test {len(test):,}"),
         (f"- test: {errors} errors in {len(test):,} images; Keras-style loss with the dense layer's penalties "
          f"{loss_pen:.5f} (Table 2's log loss is the pure cross-entropy)"),

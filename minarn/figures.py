@@ -155,9 +155,11 @@ def sample_images(images: np.ndarray, labels: np.ndarray, class_names: Sequence[
                   path: str | os.PathLike[str], per_class: int = 6, seed: int = 0) -> Path:
     """Fig. 5: ``per_class`` images of each class, one row per class, picked with a seeded generator.
 
-    Shapes: images (N, H, W[, 1]) uint8 or float in [0, 1]; labels (N,) ints indexing ``class_names``.
+    Shapes: images (N, H, W[, 1 or 3]) uint8 or float in [0, 1]; labels (N,) ints indexing ``class_names``.
     """
     labels = np.asarray(labels)
+    height, width = np.shape(images)[1:3]
+    colour = "RGB" if np.ndim(images) == 4 and np.shape(images)[3] == 3 else "grayscale"
     rng = np.random.default_rng(seed)
     K = len(class_names)
     cols = max(1, int(per_class))
@@ -173,15 +175,16 @@ def sample_images(images: np.ndarray, labels: np.ndarray, class_names: Sequence[
             else:
                 ax.axis("off")
         axes[k, 0].set_ylabel(f"{name}\n({len(members):,})", fontsize=10, rotation=0, ha="right", va="center")
-    fig.suptitle("Fig. 5 - Sample images per class (64x64 grayscale; image count in brackets)")
+    fig.suptitle(f"Fig. 5 - Sample images per class ({height}x{width} {colour}; image count in brackets)")
     return _save(fig, path)
 
 
 def label_frequency(counts: Mapping[str, Sequence[int]], class_names: Sequence[str],
-                    path: str | os.PathLike[str]) -> Path:
+                    path: str | os.PathLike[str], how: str = "stratified 90 / 6 / 4 %, seed 123") -> Path:
     """Fig. 6: images per class in each split, one panel per split (their scales differ ~15x).
 
-    ``counts`` maps a split name ("train", "valid", "test") to per-class counts in ``class_names`` order.
+    ``counts`` maps a split name ("train", "valid", "test") to per-class counts in ``class_names`` order;
+    ``how`` says in the title how the split was made.
     """
     splits = list(counts)
     fig = _figure(4.2 * len(splits) + 0.5, 4.2)
@@ -196,7 +199,7 @@ def label_frequency(counts: Mapping[str, Sequence[int]], class_names: Sequence[s
         ax.set_ylabel("images")
         ax.set_ylim(0, max(1, values.max()) * 1.15)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle("Fig. 6 - Label frequency per split (stratified 90 / 6 / 4 %, seed 123)")
+    fig.suptitle(f"Fig. 6 - Label frequency per split ({how})")
     return _save(fig, path)
 
 
@@ -469,7 +472,9 @@ def gradcam_grid(images: np.ndarray, result: GradCAM, class_names: Sequence[str]
         axes[2 * b + 1, 0].set_ylabel("Grad-CAM", fontsize=9)
     fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), ax=axes, shrink=0.5,
                  label="Grad-CAM (scaled to [0, 1])")
-    fig.suptitle(title or "Fig. 9 - Grad-CAM on conv2d_22 (5x5 map, upsampled); below: explained class, its probability")
+    h, w = result.cam.shape[1:3]
+    fig.suptitle(title or f"Fig. 9 - Grad-CAM on conv2d_22 ({h}x{w} map, upsampled); below: explained class, "
+                 "its probability")
     return _save(fig, path)
 
 

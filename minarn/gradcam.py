@@ -120,10 +120,10 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
-    """Blend a [0, 1] heat map, coloured with ``cmap``, over a grayscale image.
+    """Blend a [0, 1] heat map, coloured with ``cmap``, over a grayscale (or RGB) image.
 
-    Shapes: image (H, W) or (H, W, 1), uint8 or float in [0, 1]; heatmap (H, W) in [0, 1] -> RGB (H, W, 3)
-    float in [0, 1]. Math: out = alpha * cmap(heatmap) + (1 - alpha) * gray, gray repeated on R, G, B
+    Shapes: image (H, W), (H, W, 1) or (H, W, 3), uint8 or float in [0, 1]; heatmap (H, W) in [0, 1] -> RGB
+    (H, W, 3) float in [0, 1]. Math: out = alpha * cmap(heatmap) + (1 - alpha) * image, gray repeated on R, G, B
     (keras.io adds 0.4 * heat to the image and rescales; a plain alpha blend keeps the image's brightness).
     """
     from matplotlib import colormaps  # lazy: `import minarn` stays light
@@ -132,10 +132,11 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, cmap: st
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
     img = img.astype(np.float64) / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
-    if img.shape != np.shape(heatmap):
+    rgb = img.ndim == 3 and img.shape[-1] == 3
+    if img.shape[:2] != np.shape(heatmap) or (img.ndim == 3 and not rgb):
         raise ValueError(f"overlay: image {img.shape} and heatmap {np.shape(heatmap)} must have the same (H, W)")
     colour = colormaps[cmap](np.clip(heatmap, 0.0, 1.0))[..., :3]
-    return np.clip(alpha * colour + (1.0 - alpha) * img[..., None], 0.0, 1.0)
+    return np.clip(alpha * colour + (1.0 - alpha) * (img if rgb else img[..., None]), 0.0, 1.0)
 
 
 @dataclass(frozen=True)

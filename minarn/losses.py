@@ -14,11 +14,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
-def softmax_cross_entropy(logits: np.ndarray, y_onehot: np.ndarray) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy(logits: np.ndarray, y_onehot: np.ndarray, class_weights: np.ndarray | None = None
+                          ) -> tuple[float, np.ndarray]:
     """Mean categorical cross-entropy of softmax(logits), differentiated together with the softmax.
 
-    Shapes: logits, y_onehot (N, K) -> loss (scalar), dlogits (N, K).
+    Shapes: logits, y_onehot (N, K), class_weights (K,) or None -> loss (scalar), dlogits (N, K).
     Math (Eq. 7): L = -(1/N) sum_n sum_k y_nk ln p_nk, p = softmax(z);  dL/dz = (p - y) / N.
+    With ``class_weights`` w each image counts w_c of its class c, as Keras' ``class_weight`` does (a
+    per-sample weight s_n = sum_k y_nk w_k, still divided by N): L = -(1/N) sum_n s_n sum_k y_nk ln p_nk,
+    dL/dz_n = s_n (p_n - y_n) / N.
     Computing ln p as a log-softmax never takes the log of a rounded-to-0 probability (Keras' TensorFlow
     backend does the same when the softmax output comes straight from a layer).
     """
@@ -28,8 +32,17 @@ def softmax_cross_entropy(logits: np.ndarray, y_onehot: np.ndarray) -> tuple[flo
         )
     n = logits.shape[0]
     log_p = log_softmax(logits)
-    loss = float(-(y_onehot * log_p).sum() / n)
-    dlogits = (np.exp(log_p) - y_onehot) / logits.dtype.type(n)
+    if class_weights is None:
+        loss = float(-(y_onehot * log_p).sum() / n)
+        dlogits = (np.exp(log_p) - y_onehot) / logits.dtype.type(n)
+        return loss, dlogits.astype(logits.dtype, copy=False)
+    weights = np.asarray(class_weights, dtype=logits.dtype)
+    if weights.shape != (logits.shape[1],):
+        raise ValueError(f"softmax_cross_entropy: class_weights must have shape ({logits.shape[1]},), "
+                         f"got {weights.shape}")
+    per_sample = y_onehot @ weights  # (N,)
+    loss = float(-(per_sample[:, None] * y_onehot * log_p).sum() / n)
+    dlogits = per_sample[:, None] * (np.exp(log_p) - y_onehot) / logits.dtype.type(n)
     return loss, dlogits.astype(logits.dtype, copy=False)
 
 

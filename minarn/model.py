@@ -300,19 +300,21 @@ class ARNCNN:
             "activity_l1": l1_penalty(self._dense_out, self.activity_l1, batch_size=batch_size),
         }
 
-    def loss_and_grads(self, x: np.ndarray, y_onehot: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+    def loss_and_grads(self, x: np.ndarray, y_onehot: np.ndarray, class_weights: np.ndarray | None = None
+                       ) -> tuple[float, dict[str, np.ndarray]]:
         """One training-mode forward and backward pass.
 
         Returns the loss as Keras reports it (cross-entropy, Eq. 7, plus the three penalties; the terms are
         kept in ``last_terms``, the probabilities in ``last_probs``) and the gradient of every trainable
-        weight keyed ``"layer/weight"``.
+        weight keyed ``"layer/weight"``. ``class_weights`` (K,) weight each image's cross-entropy by its
+        class, as Keras' ``class_weight`` (``losses.softmax_cross_entropy``); the penalties stay as they are.
         """
         n = len(x)
         y = np.asarray(y_onehot)
         if y.shape != (n, self.num_classes):
             raise ValueError(f"ARNCNN: expected one-hot labels of shape ({n}, {self.num_classes}), got {shape_str(y.shape)}")
         logits = self.logits(x, training=True)
-        ce, dlogits = softmax_cross_entropy(logits, y.astype(logits.dtype, copy=False))
+        ce, dlogits = softmax_cross_entropy(logits, y.astype(logits.dtype, copy=False), class_weights)
         pen = self.penalties(n)
         self.last_terms = {"crossentropy": ce, **{k: v for k, (v, _) in pen.items()}}
         self.last_probs = _softmax(logits)

@@ -3,8 +3,10 @@
 MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folder). Class names come from the
 ``config.json`` beside it; without one, a six-class model uses the MedNIST names and any other ``class 0``,
 ``class 1``, ... Every image is converted as in training, whatever its size or mode: decoded by Pillow, converted
-to 8-bit grayscale ('L'; 16-bit and float images scaled from their smallest to their largest value), resized to
-the model's input size with nearest-neighbour sampling only when the size differs, scaled to [0, 1].
+to 8-bit grayscale ('L') or RGB as the model takes one or three channels (its ``input_shape``, which training
+sets with ``--channels``; 16-bit and float images scaled from their smallest to their largest value), resized to
+the model's input size (``--image-size``) with nearest-neighbour sampling only when the size differs, scaled to
+[0, 1].
 
 MODEL may also be a ``.onnx`` file from ``python -m minarn.export`` (needs ``onnxruntime``): ONNX Runtime runs it
 (``minarn.onnx_model``) and its metadata gives the class names; ``--gradcam`` needs the ``model.npz``.
@@ -24,7 +26,7 @@ paper's Table 2 (macro precision, recall, F1, accuracy, kappa, log loss) and the
 model's score on your own labelled images, laid out as MedNIST is.
 
 ``--gradcam OUT.png`` also writes the Grad-CAM overlays (conv2d_22, ``minarn.gradcam``) of the predicted class
-(of the first 36 images), each under the 64x64 input the model saw.
+(of the first 36 images), each under the input the model saw (64x64 for MedNIST models).
 
 Exit status: 0 all images predicted; 1 some file could not be read as an image; 2 bad usage or an unreadable
 model (one line on stderr, never a traceback).
@@ -45,7 +47,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from minarn import kernels, metrics
-from minarn.data import MEDNIST_CLASSES, _decode, describe_error, file_problem
+from minarn.data import CHANNEL_MODES, MEDNIST_CLASSES, _decode, describe_error, file_problem
 from minarn.model import ARNCNN, load_model
 from minarn.onnx_model import OnnxModel, load_onnx_model
 
@@ -54,7 +56,7 @@ __all__ = ["PredictError", "class_names_for", "default_class_names", "expand_fol
 
 PROG = "python -m minarn.predict"
 MAX_GRADCAM = 36  # overlays in one --gradcam figure (6 per row)
-CHUNK = 256  # images decoded and classified at a time (256 x 64 x 64 bytes, and model.predict's own batches)
+CHUNK = 256  # images decoded and classified at a time (256 x 64 x 64 bytes at 64x64, in model.predict's batches)
 
 
 class PredictError(ValueError):
@@ -100,8 +102,8 @@ def default_class_names(num_classes: int) -> list[str]:
     return [f"class {k}" for k in range(num_classes)]
 
 
-def load_image(path: str | Path, size: int = 64) -> np.ndarray:
-    """One image file as training sees it: grayscale uint8 (size, size, 1).
+def load_image(path: str | Path, size: int = 64, channels: int = 1) -> np.ndarray:
+    """One image file as training sees it: uint8 (size, size, channels), grayscale for 1 channel, RGB for 3.
 
     Raises ``OSError`` (missing/unreadable file) or ``ValueError`` (not an image Pillow can decode).
     """
@@ -111,7 +113,7 @@ def load_image(path: str | Path, size: int = 64) -> np.ndarray:
         raise ValueError(problem)
     data = Path(path).read_bytes()
     try:
-        return _decode(data, size, Image.NEAREST)[..., None]
+        return _decode(data, size, Image.NEAREST, channels).reshape(size, size, channels)
     except UnidentifiedImageError:
         raise ValueError("not an image (Pillow does not recognise the file format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -135,10 +137,13 @@ def expand_folders(paths: Sequence[str | Path]) -> list[str]:
 
 
 def input_size(model: ARNCNN | OnnxModel) -> int:
-    """The side of the square images the model takes; ``PredictError`` for a model with non-square inputs."""
-    H, W, _ = model.input_shape
+    """The side of the square images the model takes; ``PredictError`` for a model with non-square inputs or
+    with other than 1 (grayscale) or 3 (RGB) channels."""
+    H, W, C = model.input_shape
     if H != W:
         raise PredictError(f"the model takes {H}x{W} images; only square inputs are supported")
+    if C not in CHANNEL_MODES:
+        raise PredictError(f"the model takes images with {C} channels; only 1 (grayscale) or 3 (RGB) are supported")
     return H
 
 
@@ -146,16 +151,17 @@ def predict_files(model: ARNCNN | OnnxModel, paths: Sequence[str | Path]) -> tup
                                                                          list[tuple[str, str]]]:
     """Decode and classify image files.
 
-    Returns (the paths that were read, their images (M, H, W, 1) uint8, probabilities (M, K),
+    Returns (the paths that were read, their images (M, H, W, C) uint8, probabilities (M, K),
     [(path, reason)] for the files that could not be read).
     """
     H = W = input_size(model)
+    C = model.input_shape[2]
     good: list[str] = []
     images: list[np.ndarray] = []
     failed: list[tuple[str, str]] = []
     for p in paths:
         try:
-            images.append(load_image(p, H))
+            images.append(load_image(p, H, C))
             good.append(str(p))
         except FileNotFoundError:
             failed.append((str(p), "no such file"))
@@ -163,7 +169,7 @@ def predict_files(model: ARNCNN | OnnxModel, paths: Sequence[str | Path]) -> tup
             failed.append((str(p), "a folder without image files"))
         except (OSError, ValueError) as err:
             failed.append((str(p), str(err) if isinstance(err, ValueError) else f"cannot read: {err.strerror or err}"))
-    stack = np.stack(images) if images else np.zeros((0, H, W, 1), np.uint8)
+    stack = np.stack(images) if images else np.zeros((0, H, W, C), np.uint8)
     probs = model.predict(stack) if len(stack) else np.zeros((0, model.num_classes))
     return good, stack, probs, failed
 
@@ -279,7 +285,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         try:
             figures.gradcam_grid(stack, gradcam(model, stack), names, args.gradcam,
                                  names=[Path(p).name for p in cam_paths],
-                                 title="Grad-CAM on conv2d_22 of the predicted class (the 64x64 input the model saw)")
+                                 title="Grad-CAM on conv2d_22 of the predicted class (the "
+                                 f"{stack.shape[1]}x{stack.shape[2]} input the model saw)")
         except OSError as e:
             print(f"{PROG}: error: cannot write {args.gradcam}: {e}", file=err)
             return 1

@@ -30,6 +30,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,9 +45,13 @@ import minarn
 from minarn import kernels
 from minarn.controller import EpochEndController
 from minarn.data import (
+    CHANNEL_MODES,
+    IMAGE_SIZE,
+    SPLIT_FRACTIONS,
     DataError,
     Dataset,
     Splits,
+    balanced_class_weights,
     count_table,
     duplicate_groups,
     duplicates_in_train,
@@ -55,6 +60,7 @@ from minarn.data import (
     sample_path,
     scale_images,
     split_dataset,
+    split_stages,
 )
 from minarn.atomic import save_npz_atomic
 from minarn.model import DENSE_ACTIVATIONS, ARNCNN
@@ -69,6 +75,9 @@ SAMPLE_BATCH_SIZE = 5
 PAPER_BATCH_SIZE = 40
 PAPER_EPOCHS = 100
 SPLIT_SEED = 123  # the paper's split, whatever --seed is
+MIN_IMAGE_SIZE = 26  # smaller inputs shrink below a 3x3 kernel or 2x2 pooling window inside the network
+MAX_IMAGE_SIZE = 512  # at 512 the dense(256) layer alone holds 500 million weights
+UNBALANCED_RATIO = 1.5  # largest / smallest class in train from which the log calls the classes unbalanced
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "next_lr", "monitor",
                    "improvement", "duration"]
 
@@ -162,7 +171,7 @@ def evaluate_split(model: ARNCNN, images: np.ndarray, labels: np.ndarray, batch_
                    ) -> tuple[float, float, np.ndarray]:
     """Loss as Keras reports ``val_loss`` (cross-entropy plus penalties, inference mode), accuracy, probabilities.
 
-    Shapes: images (N, H, W, 1) uint8, labels (N,) int -> loss, accuracy, probs (N, K).
+    Shapes: images (N, H, W, C) uint8, labels (N,) int -> loss, accuracy, probs (N, K).
     """
     n = len(images)
     probs = np.empty((n, model.num_classes), dtype=model.dtype)
@@ -284,11 +293,13 @@ def fit(
     out: Path,
     report: Reporter,
     on_batch: Callable[[RunState], None] | None = None,
+    class_weights: np.ndarray | None = None,
 ) -> RunState:
     """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C or SIGTERM).
 
     ``on_batch(run)``, when given, is called after every optimizer step (``run.batch`` is then the number of
-    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py)."""
+    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py).
+    ``class_weights`` (K,) weight the training cross-entropy per class (``--class-weight balanced``)."""
     n = len(train)
     steps = math.ceil(n / batch_size)
     history_path = out / "history.csv"
@@ -319,7 +330,8 @@ def fit(
                     flip = batch_rng.random(len(idx)) < 0.5
                     x[flip] = x[flip, :, ::-1]
                 y = one_hot(train.labels[idx], model.num_classes)
-                loss, grads = model.loss_and_grads(x, y)
+                loss, grads = (model.loss_and_grads(x, y) if class_weights is None else
+                               model.loss_and_grads(x, y, class_weights))
                 if not math.isfinite(loss):
                     where = (f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else
                              f"no checkpoint was written (it diverged in the first epoch; try a smaller --lr than "
@@ -429,11 +441,42 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _split_fractions(text: str) -> list[float]:
+    try:
+        fractions = [float(Fraction(part.strip())) for part in text.split(",")]
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected three fractions TRAIN,VALID,TEST such as 0.8,0.1,0.1, "
+                                         f"got {text!r}") from None
+    if len(fractions) != 3:
+        raise argparse.ArgumentTypeError(f"expected three fractions TRAIN,VALID,TEST such as 0.8,0.1,0.1, got "
+                                         f"{len(fractions)} in {text!r}")
+    try:
+        split_stages(fractions)
+    except DataError as err:
+        said = str(err)  # names the fractions as floats; the text as given when that reads differently
+        raise argparse.ArgumentTypeError(said if text.replace(" ", "") in said else f"{said} (from {text!r})") from None
+    return fractions
+
+
+def _image_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of pixels, got {text!r}") from None
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels, got {value} (below {MIN_IMAGE_SIZE} the network's "
+            f"poolings and 3x3 convolutions leave nothing to convolve; above {MAX_IMAGE_SIZE} the dense layer "
+            "outgrows a CPU's memory)")
+    return value
+
+
 EPILOG = """examples:
   python -m minarn.train                                          the shipped 600-image sample, a few minutes
   python -m minarn.train --data MedNIST.tar.gz                    the paper's run on the full set
   python -m minarn.train --resume --out runs/20261124-001500      continue an interrupted run where it stopped
   python -m minarn.train --data MedNIST.tar.gz --no-attention --epochs 6    a Table 6 ablation
+  python -m minarn.train --data my_images/ --split 0.7,0.15,0.15 --channels 3   your own images, here RGB
 
 threads: minarn uses every core by default; to share the machine set NUMBA_NUM_THREADS and
 OPENBLAS_NUM_THREADS (e.g. both 1 for two runs side by side on two cores) before starting."""
@@ -469,38 +512,82 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--dedupe", action="store_true", help="remove byte-identical duplicates before splitting")
     p.add_argument("--limit-per-class", type=_positive_int, metavar="N",
-                   help="use at most N images per class (quick runs)")
+                   help="use at most N images per class (quick runs; in each part of a split dataset)")
+    p.add_argument("--split", type=_split_fractions, metavar="TRAIN,VALID,TEST",
+                   help="fractions of the stratified split (default: the paper's "
+                   f"{','.join(map(str, SPLIT_FRACTIONS))}); a dataset with train/, valid/ (or val/) and test/ "
+                   "folders is used as it is")
+    p.add_argument("--image-size", type=_image_size, metavar="N",
+                   help=f"images are resized to NxN, the model's input (default: {IMAGE_SIZE}, MedNIST's size)")
+    p.add_argument("--channels", type=int, choices=sorted(CHANNEL_MODES),
+                   help="1: images converted to grayscale (default, the paper's); 3: RGB")
+    p.add_argument("--class-weight", choices=["none", "balanced"],
+                   help="balanced: each class's cross-entropy weighted by n_train / (classes x its images), as "
+                   "Keras' class_weight (default: none)")
     return p
 
 
 def _limit_per_class(ds: Dataset, n: int, seed: int) -> Dataset:
-    """At most ``n`` images per class, chosen with a seeded generator from the path-sorted list."""
+    """At most ``n`` images per class (in each part of a split dataset), chosen with a seeded generator from the
+    path-sorted list."""
     order = np.argsort(ds.paths, kind="stable")
     rng = np.random.default_rng(seed)
     keep = []
-    for c in range(ds.num_classes):
-        members = order[ds.labels[order] == c]
-        keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
+    for part in [None] if ds.part is None else [p for p in ("train", "valid", "test") if p in ds.part]:
+        in_part = order if part is None else order[ds.part[order] == part]
+        for c in range(ds.num_classes):
+            members = in_part[ds.labels[in_part] == c]
+            keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
     return ds.subset(np.sort(np.concatenate(keep)))
 
 
 def select_and_split(ds: Dataset, options: dict[str, Any]) -> tuple[Dataset, Splits]:
     """The images a run uses and their train / valid / test split, from the run's options: at most
-    ``limit_per_class`` images per class (seeded), then the paper's stratified split (seed 123; byte-identical
-    copies removed first with ``dedupe``). Raises ValueError when a class is too small to split."""
+    ``limit_per_class`` images per class (seeded), then the stratified split with the fractions ``split``
+    (None: the paper's; seed 123; byte-identical copies removed first with ``dedupe``), or the parts of a
+    dataset that comes split into folders. Raises ValueError when a class is too small to split."""
     if options.get("limit_per_class"):
         ds = _limit_per_class(ds, int(options["limit_per_class"]), seed=SPLIT_SEED)
-    return ds, split_dataset(ds, seed=SPLIT_SEED, dedupe=bool(options.get("dedupe")))
+    fractions = options.get("split")
+    return ds, split_dataset(ds, seed=SPLIT_SEED, fractions=tuple(fractions) if fractions else None,
+                             dedupe=bool(options.get("dedupe")))
+
+
+def input_format(options: dict[str, Any]) -> tuple[int, int]:
+    """(image size, channels) of a run's model from its options; runs from before ``--image-size`` and
+    ``--channels`` were 64x64 grayscale."""
+    return int(options.get("image_size") or IMAGE_SIZE), int(options.get("channels") or 1)
 
 
 def build_training(options: dict[str, Any], num_classes: int) -> tuple[ARNCNN, Optimizer, EpochEndController]:
     """A fresh run's model (initialised from ``seed``), optimizer (Adamax in the paper's form, Eq. 3-6) and
     epoch-end controller, from the run's options; ``load_checkpoint`` then puts a saved run's state into them."""
-    model = ARNCNN(num_classes=num_classes, attention=options["attention"], residual=options["residual"],
-                   dense_activation=options["dense_activation"], seed=options["seed"])
+    size, channels = input_format(options)
+    model = ARNCNN(num_classes=num_classes, input_shape=(size, size, channels), attention=options["attention"],
+                   residual=options["residual"], dense_activation=options["dense_activation"], seed=options["seed"])
     extra = {"form": "paper"} if options["optimizer"] == "adamax" else {}
     optimizer = get_optimizer(options["optimizer"], options["lr"], **extra)
     return model, optimizer, EpochEndController(model.state_dict())
+
+
+def class_balance(splits: Splits) -> list[str]:
+    """Log lines on the class sizes: the smallest and largest class in train (unbalanced from a ratio of
+    ``UNBALANCED_RATIO``), and any class missing from valid or test (a dataset split into folders)."""
+    names = splits.train.class_names
+    counts = splits.train.class_counts()
+    lo, hi = int(counts.argmin()), int(counts.argmax())
+    ratio = counts[hi] / max(int(counts[lo]), 1)
+    line = (f"classes in train: smallest {names[lo]} {counts[lo]:,}, largest {names[hi]} {counts[hi]:,} "
+            f"(ratio {ratio:.2f})" if ratio > 1 else f"classes in train: all {len(names)} hold {counts[lo]:,} images")
+    if ratio >= UNBALANCED_RATIO:
+        line += ("; unbalanced: accuracy favours the large classes; --class-weight balanced weights the loss by "
+                 "n / (classes x n_class)")
+    lines = [line]
+    for name, part in (("valid", splits.valid), ("test", splits.test)):
+        missing = [c for c, k in zip(names, part.class_counts()) if k == 0]
+        if missing:
+            lines.append(f"warning: the {name} part has no image of class(es) {', '.join(missing)}")
+    return lines
 
 
 def data_identity(ds: Dataset) -> str:
@@ -550,10 +637,17 @@ def _session(argv: list[str], run: RunState) -> dict[str, Any]:
 
 
 def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, Any]:
+    """The run's options (config.json). Those for your own data (split, image_size, channels, class_weight) are
+    recorded only when they differ from the defaults, so a default run's options read as the published runs'
+    (which predate them); readers use ``options.get`` with the defaults (``input_format``, ``select_and_split``)."""
+    own_data = dict(split=args.split, image_size=args.image_size, channels=args.channels,
+                    class_weight=None if args.class_weight == "none" else args.class_weight)
+    own_defaults = dict(split=None, image_size=IMAGE_SIZE, channels=1, class_weight=None)
     return dict(data=data_source, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 attention=not args.no_attention, residual=not args.no_residual,
                 dense_activation=args.dense_activation, optimizer=args.optimizer, augment=args.augment,
-                dedupe=args.dedupe, limit_per_class=args.limit_per_class)
+                dedupe=args.dedupe, limit_per_class=args.limit_per_class,
+                **{k: v for k, v in own_data.items() if v is not None and v != own_defaults[k]})
 
 
 def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
@@ -644,16 +738,20 @@ def _changed_on_resume(args: argparse.Namespace, saved: dict[str, Any]) -> list[
     for action in quiet._actions:  # (set_defaults would also put its values into the namespace)
         action.default = argparse.SUPPRESS
     given = vars(quiet.parse_args(getattr(args, "argv", [])))
-    theirs = {**saved, "no_attention": not saved.get("attention", True), "no_residual": not saved.get("residual", True)}
+    mine = json.loads(json.dumps(_options_from_args(args, args.data or ""), default=str))  # as config.json has them
+    keys = {"no_attention": "attention", "no_residual": "residual"}
     changed = []
     for dest, value in given.items():
-        if dest == "epochs" or dest not in theirs:
+        key = keys.get(dest, dest)
+        if key == "epochs" or key not in mine and key not in saved:
             continue
-        same = (Path(value).resolve() == Path(theirs[dest] or sample_path()).resolve() if dest == "data"
-                else value == theirs[dest])
+        if key == "data":
+            same = Path(value).resolve() == Path(saved.get("data") or sample_path()).resolve()
+        else:
+            same = mine.get(key) == saved.get(key)
         if not same:
             flag = "--" + dest.replace("_", "-")
-            changed.append(flag if isinstance(value, bool) else f"{flag} {value} (the run's: {theirs[dest]})")
+            changed.append(flag if isinstance(value, bool) else f"{flag} {value} (the run's: {saved.get(key)})")
     if "download" in given:
         changed.append("--download")
     return changed
@@ -722,19 +820,32 @@ def _remove_stale_temp_files(out: Path) -> list[str]:
 def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: Reporter) -> int:
     source = options["data"] or str(sample_path())
     report(f"minarn {minarn.__version__}: ARN-CNN training, kernels: {kernels.get_backend().NAME}, run folder: {out}")
-    ds = load_mednist(source, cache_dir=args.cache_dir, report=lambda msg: report(msg))
+    size, channels = input_format(options)
+    ds = load_mednist(source, image_size=size, channels=channels, cache_dir=args.cache_dir,
+                      report=lambda msg: report(msg))
     report(f"data: {source} ({len(ds):,} images, {ds.num_classes} classes"
-           + (f", {len(ds.skipped)} files skipped" if ds.skipped else "") + ")")
+           + (f", {len(ds.skipped)} files skipped" if ds.skipped else "") + f"; {size}x{size} "
+           + ("grayscale" if channels == 1 else "RGB") + ")")
     try:
         ds, splits = select_and_split(ds, options)
     except ValueError as e:
         hint = f" (--limit-per-class {options['limit_per_class']} leaves too few images)" \
             if options["limit_per_class"] else ""
         raise UsageError(f"cannot split {source} into train/valid/test{hint}: {e}") from None
+    report(("split: the dataset's own train/, valid/ and test/ folders" if ds.part is not None else
+            "split: stratified " + "/".join(f"{f:g}" for f in options.get("split") or SPLIT_FRACTIONS)
+            + f", seed {SPLIT_SEED}"))
     report(count_table(splits))
     if options["batch_size"] > len(splits.train):
         report(f"warning: --batch-size {options['batch_size']} is larger than the training split "
                f"({len(splits.train)} images): every epoch is one step of {len(splits.train)} images")
+    for line in class_balance(splits):
+        report(line)
+    class_weights = None
+    if options.get("class_weight") == "balanced":
+        class_weights = balanced_class_weights(splits.train.labels, ds.num_classes)
+        report("class weights (balanced, n / (classes x n_class) on train): "
+               + ", ".join(f"{c} {w:.3f}" for c, w in zip(ds.class_names, class_weights)))
     groups = duplicate_groups(ds)
     leaks = duplicates_in_train(splits)
     report(f"exact duplicates: {sum(len(g) - 1 for g in groups)} extra copies in {len(groups)} groups"
@@ -760,6 +871,8 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
                                                        map(int, d.class_counts())))}
                                                       for k, d in splits._asdict().items()},
               "duplicates_in_train": leaks, "skipped_files": [list(s) for s in ds.skipped],
+              "split_from": "folders" if ds.part is not None else "stratified",
+              "class_weights": None if class_weights is None else dict(zip(ds.class_names, class_weights.tolist())),
               "versions": _versions(), "backend": kernels.get_backend().NAME, "model": model.config,
               "sessions": sessions}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
@@ -772,7 +885,7 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     try:
         run = fit(model, optimizer, controller, splits.train, splits.valid, epochs=options["epochs"],
                   batch_size=options["batch_size"], seed=options["seed"], augment=options["augment"],
-                  run=run, out=out, report=report)
+                  run=run, out=out, report=report, class_weights=class_weights)
     except (TrainingDiverged, CheckpointError) as e:
         report(f"error: {e}")
         return 1

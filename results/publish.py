@@ -375,6 +375,11 @@ def command(run: Run) -> str:
     parts += ["--dedupe"] * bool(o["dedupe"])
     if o["limit_per_class"]:
         parts += ["--limit-per-class", str(o["limit_per_class"])]
+    if o.get("split"):
+        parts += ["--split", ",".join(map(str, o["split"]))]
+    for key in ("image_size", "channels", "class_weight"):  # recorded only when not the default
+        if o.get(key):
+            parts += [f"--{key.replace('_', '-')}", str(o[key])]
     return shlex.join(parts + ["--out", f"runs/{run.name}"])
 
 

@@ -39,6 +39,7 @@ else:
 
 from minarn import interop, load_model
 from minarn.data import load_mednist, one_hot
+from minarn.losses import softmax_cross_entropy
 from minarn.model import ARNCNN
 from minarn.optim import Adamax
 
@@ -405,3 +406,25 @@ def test_ablations_match_keras_in_inference(batch, options):
     assert inferred.config["attention"] == options.get("attention", True)
     assert inferred.config["residual"] == options.get("residual", True)
     assert inferred.count_params() == keras_model.count_params()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# (g) --class-weight balanced
+
+
+def test_class_weights_weight_the_loss_as_keras_class_weight():
+    """Keras turns ``class_weight`` into per-sample weights w[y] and its loss still divides by the batch size:
+    value and logit gradient of ``softmax_cross_entropy(..., class_weights)`` against Keras' (float64)."""
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((9, 4))
+    labels = rng.integers(0, 4, 9)
+    y = np.eye(4)[labels]
+    w = np.array([0.5, 2.0, 1.0, 3.0])
+    z = tf.Variable(logits)
+    with tf.GradientTape() as tape:
+        keras_loss = keras.losses.CategoricalCrossentropy(from_logits=True, dtype="float64")(
+            tf.constant(y), z, sample_weight=tf.constant(w[labels]))
+    keras_grad = tape.gradient(keras_loss, z).numpy()
+    loss, grad = softmax_cross_entropy(logits, y, w)
+    assert loss == pytest.approx(float(keras_loss), rel=1e-12)
+    np.testing.assert_allclose(grad, keras_grad, rtol=1e-10, atol=1e-15)

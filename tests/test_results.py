@@ -124,6 +124,17 @@ def test_published_commands_parse_back_to_the_runs_options() -> None:
         assert args.out == f"runs/{run.name}"
 
 
+def test_commands_with_own_data_options_parse_back(tmp_path: Path) -> None:
+    argv = ["--data", "/d", "--epochs", "2", "--batch-size", "8", "--split", "0.7,0.2,0.1", "--image-size", "32",
+            "--channels", "3", "--class-weight", "balanced"]
+    args = build_parser().parse_args(argv)
+    options = _options_from_args(args, args.data)
+    assert {"split", "image_size", "channels", "class_weight"} <= options.keys()
+    again = build_parser().parse_args(shlex.split(publish.command(publish.Run("x", tmp_path, {"options": options},
+                                                                               [], None)))[3:])
+    assert _options_from_args(again, again.data) == options
+
+
 def test_readme_archive_checksum_is_the_data_checksum() -> None:
     sha_file = ROOT.parent / "shared" / "data" / "MedNIST.sha256"
     if not sha_file.is_file():
