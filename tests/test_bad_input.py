@@ -622,10 +622,11 @@ def test_resume_refuses_options_it_cannot_change(finished_run: Path, tmp_path: P
     before = (out / "checkpoint.npz").read_bytes()
     status = train.main(["--resume", "--out", str(out), "--cache-dir", str(cache_dir), "--lr", "0.5",
                          "--batch-size", "3", "--no-attention", "--optimizer", "sgd", "--data", str(tmp_path),
-                         "--epochs", "2"], stream=io.StringIO())
+                         "--image-size", "32", "--channels", "1", "--epochs", "2"], stream=io.StringIO())
     assert status == 2
     line = one_error_line(capsys)
-    for flag in ("--lr", "--batch-size", "--no-attention", "--optimizer", "--data"):
+    assert "--channels" not in line  # the run's own value: no change
+    for flag in ("--lr", "--batch-size", "--no-attention", "--optimizer", "--data", "--image-size"):
         assert flag in line
     assert "--epochs" not in line.split("cannot change")[1].split(";")[0]
     assert (out / "checkpoint.npz").read_bytes() == before
