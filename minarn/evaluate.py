@@ -3,16 +3,19 @@
 Usage::
 
     python -m minarn.evaluate RUN_DIR [RUN_DIR ...] [--data PATH] [--cache-dir DIR] [--checkpoint]
-    python -m minarn.evaluate --compare RUN_DIR RUN_DIR [...] [--by OPTION] [--out FILE.png]
+    python -m minarn.evaluate --compare RUN_DIR RUN_DIR [...] [--by OPTION] [--out FILE.png] [--data PATH]
 
 The first form rebuilds the run's test split from its ``config.json`` (data source, ``--limit-per-class``,
 ``--dedupe``, split seed 123, exactly as ``minarn.train`` made it; ``--data`` points to the data when the run
 folder moved to another machine), loads ``model.npz`` and writes into the run folder:
 
-- ``report.md``: the paper's Table 2 (macro precision, recall, F1, accuracy, Cohen's kappa, log loss, 4 decimals),
-  Table 3 (mean entropy of the prediction per true class), Table 4 (std of the normalized maximum probability per
+- ``report.md``: the paper's Table 2 (macro precision, recall, F1, accuracy, Cohen's kappa, log loss, 4 decimals)
+  with 95 % intervals (Clopper-Pearson for the accuracy, a seeded percentile bootstrap for the log loss), Table 3
+  (mean entropy of the prediction per true class), Table 4 (std of the normalized maximum probability per
   true class), the per-class report, the confusion matrix, the misclassified images by file, calibration (ECE,
   MCE) and the duplicate leakage of the split (test images with a byte-identical copy in train);
+- ``test_predictions.csv``: one row per test image (``path``, true ``label``, ``predicted`` class, ``p_true``, the
+  probability given to the true class), the paired predictions that ``--compare`` tests;
 - ``figures/*.png``: Fig. 3-9 of the paper, a reliability diagram and Grad-CAM of the misclassified test images
   (``minarn.figures``).
 
@@ -24,16 +27,23 @@ it midway changes nothing; the final result is still the one ``minarn.train`` co
 
 The second form draws Fig. 10, the loss per epoch of runs that differ in the dense layer's activation, or with
 ``--by OPTION`` the same plot for runs that differ in another training option (``--by seed``: the spread
-between seeds).
+between seeds). It then tests every pair of the runs with McNemar's exact test on their paired test predictions:
+each run's ``test_predictions.csv``, or, for a run folder without one, the predictions of its ``model.npz`` on
+its test split (rebuilt from the data as above, so ``--data`` may be needed). The runs must share their test
+images (same data, ``--dedupe`` and ``--limit-per-class``), else it is an error; a run with neither file is named
+and left out of the test.
 Exit status: 0 done, 2 bad usage or unreadable run/data (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import json
 import sys
 from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +62,14 @@ from minarn.data import (
 )
 from minarn.model import ARNCNN, load_model
 
-__all__ = ["INTERIM_DIR", "EvaluationError", "compare_runs", "evaluate_run", "load_run_splits", "main"]
+__all__ = ["INTERIM_DIR", "PREDICTIONS", "EvaluationError", "TestPredictions", "compare_runs", "evaluate_run",
+           "load_run_splits", "main", "mcnemar_runs", "read_predictions", "write_predictions"]
 
 Report = Callable[[str], Any]
 INTERIM_DIR = "interim"  # where --checkpoint writes, inside the run folder
+PREDICTIONS = "test_predictions.csv"  # per-image test predictions, in the run folder
+PREDICTION_COLUMNS = ("path", "label", "predicted", "p_true")
+SIGNIFICANCE = 0.05  # the level at which --compare calls a difference distinguishable from chance
 MISCLASSIFIED_SHOWN = 6  # images in the Grad-CAM figure of the misclassified test images (each shown twice)
 
 
@@ -170,6 +184,54 @@ def load_checkpoint_best(run_dir: Path, config: dict[str, Any]) -> tuple[ARNCNN,
 
 
 # ---------------------------------------------------------------------------------------------------------
+# per-image test predictions (test_predictions.csv)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestPredictions:
+    """One run's predictions on its test images: ``paths``, ``labels`` and ``predicted`` (class names), shapes (N,);
+    ``p_true`` (N,) float64, the probability given to the true class (NaN where not known)."""
+
+    paths: np.ndarray
+    labels: np.ndarray
+    predicted: np.ndarray
+    p_true: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.labels == self.predicted
+
+
+def write_predictions(path: Path, paths: Sequence[str], y: np.ndarray, probs: np.ndarray,
+                      names: Sequence[str]) -> Path:
+    """``test_predictions.csv``: per image its path, true class, predicted class (argmax) and p(true class) of the
+    renormalised rows, 9 significant digits (enough to recompute the log loss to 1e-8)."""
+    p = probs / probs.sum(axis=1, keepdims=True)
+    pred = probs.argmax(axis=1)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(PREDICTION_COLUMNS)
+        for i, rel in enumerate(paths):
+            writer.writerow([rel, names[y[i]], names[pred[i]], f"{p[i, y[i]]:.9g}"])
+    return path
+
+
+def read_predictions(path: str | Path) -> TestPredictions:
+    """Read a ``test_predictions.csv`` (an empty ``p_true`` is NaN). Raises EvaluationError naming the file."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or tuple(rows[0]) != PREDICTION_COLUMNS:
+            raise ValueError(f"expected the columns {', '.join(PREDICTION_COLUMNS)} and at least one row")
+        p_true = np.array([float(r["p_true"]) if r["p_true"] else np.nan for r in rows])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EvaluationError(f"{path}: unreadable test predictions ({err})") from None
+    return TestPredictions(*(np.array([r[c] for r in rows]) for c in PREDICTION_COLUMNS[:3]), p_true)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # report.md
 # ---------------------------------------------------------------------------------------------------------
 
@@ -209,6 +271,14 @@ def _score_without_copies(copied: np.ndarray, y: np.ndarray, probs: np.ndarray) 
     if fresh.any():
         text += f", log loss {metrics.log_loss(y[fresh], probs[fresh]):.4f}"
     return text + f"); on them: {int(right[copied].sum()):,} of {int(copied.sum()):,} right."
+
+
+def _intervals_line(accuracy_ci: metrics.Interval, log_loss_ci: metrics.Interval, n: int) -> str:
+    """report.md's line of 95 % intervals under Table 2."""
+    return (f"95 % intervals: accuracy {accuracy_ci.low:.4f}-{accuracy_ci.high:.4f} (Clopper-Pearson, exact binomial "
+            f"over the {n:,} test images), log loss {log_loss_ci.low:.4f}-{log_loss_ci.high:.4f} (percentile "
+            f"bootstrap of the per-image log loss, {metrics.BOOTSTRAP_RESAMPLES:,} resamples, seed "
+            f"{metrics.BOOTSTRAP_SEED}).")
 
 
 def _level(value: float, threshold: float) -> str:
@@ -308,7 +378,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
 
     Returns
     -------
-    dict with "summary" (Table 2 values), "uncertainty" (rows of Tables 3-4), "ece", "mce", "confusion_matrix",
+    dict with "summary" (Table 2 values), "accuracy_interval" and "log_loss_interval" (``metrics.Interval``, 95 %),
+    "uncertainty" (rows of Tables 3-4), "ece", "mce", "confusion_matrix",
     "loss_with_penalties", "n_test", "duplicates_in_train", "warnings", "report" (path of report.md),
     "figures" (name -> path).
 
@@ -357,6 +428,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     probs = probs.astype(np.float64)
     y = test.labels
     summary = metrics.summary(y, probs, names)
+    accuracy_ci = metrics.accuracy_interval(y, probs.argmax(axis=1))
+    log_loss_ci = metrics.log_loss_interval(y, probs)
     unc = metrics.uncertainty_table(y, probs, names)
     ece = metrics.expected_calibration_error(y, probs)
     mce = metrics.maximum_calibration_error(y, probs)
@@ -415,6 +488,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
         "## Table 2: test metrics (macro averages over the classes)",
         "",
         metrics.summary_markdown(summary),
+        _intervals_line(accuracy_ci, log_loss_ci, len(test)),
+        "",
         ("Paper: precision 1.0000, recall 1.0000, F1 1.0000, accuracy 0.9996, kappa 0.99, log loss 0.0037 "
          "(on 2,359 test images of the full set)."),
         "",
@@ -463,6 +538,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
         lines.append("")
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(lines), encoding="utf-8")
+    write_predictions(out_dir / PREDICTIONS, list(test.paths), y, probs, names)
     if checkpoint:
         interim = {**{k: float(summary[k]) for k in metrics.SUMMARY_COLUMNS}, "errors": errors,
                    "images": len(test), "best_epoch": best_epoch, "epochs_finished": epochs_finished}
@@ -472,6 +548,8 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     say(f"report: {report_path}" + (f"; {len(made)} figures in {fig_dir}" if made else ""))
     return {
         "summary": summary,
+        "accuracy_interval": accuracy_ci,
+        "log_loss_interval": log_loss_ci,
         "uncertainty": unc,
         "ece": ece,
         "mce": mce,
@@ -522,6 +600,86 @@ def compare_runs(run_dirs: Sequence[str | Path], out: str | Path, report: Report
     return path
 
 
+def run_predictions(run_dir: str | Path, data: str | None = None, cache_dir: str | None = None,
+                    report: Report | None = None) -> TestPredictions | None:
+    """A run's per-image test predictions: its ``test_predictions.csv``; without one, the predictions of its
+    ``model.npz`` on its test split (rebuilt from the data, ``load_run_splits``); None when it has neither."""
+    from minarn.train import evaluate_split
+
+    run_dir = Path(run_dir)
+    config = _read_config(run_dir)
+    if (run_dir / PREDICTIONS).is_file():
+        return read_predictions(run_dir / PREDICTIONS)
+    if not (run_dir / "model.npz").is_file():
+        return None
+    splits, _, config, _ = load_run_splits(run_dir, data, cache_dir, report)
+    try:
+        model = load_model(run_dir / "model.npz")
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+    test = splits.test
+    _, _, probs = evaluate_split(model, test.images, test.labels, int(config["options"].get("batch_size") or 40))
+    probs = probs.astype(np.float64)
+    probs /= probs.sum(axis=1, keepdims=True)
+    names = np.array(config["class_names"])
+    return TestPredictions(np.asarray(test.paths), names[test.labels], names[probs.argmax(axis=1)],
+                           probs[np.arange(len(test)), test.labels])
+
+
+def paired_correct(a: TestPredictions, b: TestPredictions, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray]:
+    """(correct of a, correct of b), both (N,) bool in a's image order, paired by image path.
+
+    Raises EvaluationError when the two runs were not tested on the same images with the same labels.
+    """
+    where_b = {p: i for i, p in enumerate(b.paths.tolist())}
+    common = sum(p in where_b for p in a.paths.tolist())
+    if common != len(a.paths) or len(a.paths) != len(b.paths):
+        raise EvaluationError(f"{name_a} and {name_b} were tested on different images ({len(a.paths):,} and "
+                              f"{len(b.paths):,} test images, {common:,} in common): McNemar's test needs the same "
+                              "test split (same data, --dedupe and --limit-per-class)")
+    order = np.array([where_b[p] for p in a.paths.tolist()], dtype=np.int64)
+    differ = np.flatnonzero(a.labels != b.labels[order])
+    if len(differ):
+        raise EvaluationError(f"{name_a} and {name_b} give {a.paths[differ[0]]} different true classes "
+                              f"({a.labels[differ[0]]}, {b.labels[order[differ[0]]]}): not the same data")
+    return a.correct, b.correct[order]
+
+
+def mcnemar_line(name_a: str, name_b: str, result: metrics.McNemarResult) -> str:
+    """One line: the 2x2 table's discordant counts, the exact p, and whether it is distinguishable from chance."""
+    verdict = "distinguishable" if result.p_value < SIGNIFICANCE else "not distinguishable"
+    return (f"McNemar's exact test, {name_a} vs {name_b} on the same {result.n:,} test images: right only by "
+            f"{name_a} {result.only_a}, only by {name_b} {result.only_b}, wrong by both {result.both_wrong}; "
+            f"p = {result.p_value:.4g} ({verdict} from chance at the {SIGNIFICANCE:.0%} level)")
+
+
+def mcnemar_runs(run_dirs: Sequence[str | Path], data: str | None = None, cache_dir: str | None = None,
+                 report: Report | None = print) -> list[tuple[str, str, metrics.McNemarResult]]:
+    """McNemar's exact test for every pair of the runs, on their paired test predictions (``run_predictions``).
+
+    Returns (name, name, result) per pair, names being the folder names (the paths when two names are equal).
+    A run without predictions is reported and left out; runs tested on different images raise EvaluationError.
+    """
+    say: Report = report or (lambda _msg: None)
+    dirs = [Path(d) for d in run_dirs]
+    names = [d.name for d in dirs]
+    names = [str(d) if names.count(n) > 1 else n for d, n in zip(dirs, names)]
+    known = []
+    for d, name in zip(dirs, names):
+        pred = run_predictions(d, data, cache_dir)
+        if pred is None:
+            say(f"McNemar's test: {name} left out: it has neither {PREDICTIONS} nor model.npz (evaluate the run "
+                "with its weights first: python -m minarn.evaluate RUN_DIR)")
+        else:
+            known.append((name, pred))
+    results = []
+    for (name_a, a), (name_b, b) in itertools.combinations(known, 2):
+        result = metrics.mcnemar_exact(*paired_correct(a, b, name_a, name_b))
+        say(mcnemar_line(name_a, name_b, result))
+        results.append((name_a, name_b, result))
+    return results
+
+
 # ---------------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------------
@@ -537,7 +695,8 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Evaluate a finished training run on its test split: writes RUN_DIR/report.md (paper "
                 "Tables 2-4, per-class report, calibration, duplicate leakage) and RUN_DIR/figures/*.png. With "
                 "--compare: draw Fig. 10 (loss per epoch by dense activation, or by another option with --by) from "
-                "several runs. With --checkpoint: evaluate the best weights so far of a run still training.")
+                "several runs and test each pair with McNemar's exact test. With --checkpoint: evaluate the best "
+                "weights so far of a run still training.")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by python -m minarn.train")
     p.add_argument("--data", help="data source (folder or archive) instead of the one saved in config.json")
     p.add_argument("--cache-dir", help="cache folder for decoded images (default ~/.cache/minarn)")
@@ -549,7 +708,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write report.md and figures/ here instead of into RUN_DIR (one subfolder per run when "
                    "several are given): checks a published run without changing it")
     p.add_argument("--compare", action="store_true",
-                   help="draw Fig. 10 (loss per epoch by dense activation) from the runs instead of evaluating")
+                   help="draw Fig. 10 (loss per epoch by dense activation) from the runs instead of evaluating, then "
+                   "test every pair of runs with McNemar's exact test on their paired test predictions "
+                   f"({PREDICTIONS}, or model.npz on the data)")
     p.add_argument("--by", default="dense_activation", metavar="OPTION",
                    help="with --compare: the training option that labels the runs, e.g. seed (default: %(default)s)")
     p.add_argument("--out", help=f"output PNG of --compare (default: {figures.FIGURE_FILES['dense_activations']}, "
@@ -571,6 +732,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not str(out).lower().endswith(".png"):
                 raise EvaluationError(f"--out must name a .png file, got {out}")
             compare_runs(args.run_dirs, out, by=args.by)
+            mcnemar_runs(args.run_dirs, args.data, args.cache_dir)
             return 0
         if args.by != "dense_activation" or args.out:
             raise EvaluationError("--by and --out belong to --compare")

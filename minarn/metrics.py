@@ -1,5 +1,7 @@
 """Evaluation metrics: the paper's Table 2 (precision, recall, F1, accuracy, kappa, log loss), its per-class
-uncertainty tables (Eq. 8-11), and calibration (ECE/MCE, reliability bins), which the paper does not report.
+uncertainty tables (Eq. 8-11), and what the paper does not report: calibration (ECE/MCE, reliability bins),
+95 % intervals (Clopper-Pearson and Wilson for an accuracy, a seeded bootstrap for the log loss) and McNemar's
+exact test of two classifiers on the same images.
 
 Conventions used throughout:
 - ``y_true``, ``y_pred``: integer class labels ``0..K-1``, shape (N,); ``probs``: predicted distributions,
@@ -14,12 +16,15 @@ The values match ``sklearn.metrics`` (checked in ``tests/test_metrics.py``); sci
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
-from scipy.special import entr
+from scipy.special import entr, ndtri
+from scipy.stats import beta
 
 AVERAGES = (None, "macro", "weighted")
 REPORT_HEADERS = ("precision", "recall", "f1-score", "support")
@@ -233,6 +238,18 @@ def cohen_kappa(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def per_sample_log_loss(y_true: object, probs: object) -> np.ndarray:
+    """Each sample's term of :func:`log_loss`: -ln clip(p_n[y_n], eps, 1 - eps) after renormalising the rows.
+
+    Shapes: y_true: (N,), probs: (N, K) -> (N,) float64; ``log_loss`` is their mean.
+    """
+    yt, p = _check_true_probs(y_true, probs)
+    p = _normalize_rows(p)
+    eps = np.finfo(p.dtype).eps
+    p_true = np.clip(p[np.arange(yt.shape[0]), yt], eps, 1 - eps)
+    return -np.log(p_true.astype(np.float64))
+
+
 def log_loss(y_true: object, probs: object) -> float:
     """Mean negative log-likelihood of the true class (natural log), as ``sklearn.metrics.log_loss``.
 
@@ -247,11 +264,7 @@ def log_loss(y_true: object, probs: object) -> float:
         softmax outputs (rows sum to 1 up to rounding) all three agree to a few ulp; for unnormalised scores
         the result is invariant to scaling a row. Integer ``probs`` are treated as float64.
     """
-    yt, p = _check_true_probs(y_true, probs)
-    p = _normalize_rows(p)
-    eps = np.finfo(p.dtype).eps
-    p_true = np.clip(p[np.arange(yt.shape[0]), yt], eps, 1 - eps)
-    return float(-np.mean(np.log(p_true.astype(np.float64))))
+    return float(np.mean(per_sample_log_loss(y_true, probs)))
 
 
 def entropy(probs: object) -> np.ndarray:
@@ -470,6 +483,202 @@ def maximum_calibration_error(y_true: object, probs: object, n_bins: int = 15) -
     bins = reliability_bins(y_true, probs, n_bins)
     full = bins.count > 0
     return float(np.max(np.abs(bins.accuracy[full] - bins.confidence[full])))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# intervals and McNemar's exact test (not in the paper)
+# ---------------------------------------------------------------------------------------------------------
+
+CONFIDENCE = 0.95
+ACCURACY_INTERVAL = "clopper-pearson"  # the accuracy interval that report.md and results/README.md give
+BOOTSTRAP_RESAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A two-sided confidence interval [low, high] at level ``confidence``, computed by ``method``."""
+
+    low: float
+    high: float
+    confidence: float
+    method: str
+
+
+def _check_counts(successes: object, trials: object) -> tuple[int, int]:
+    if int(trials) != trials or int(successes) != successes:
+        raise ValueError(f"successes, trials: expected integers, got {successes!r}, {trials!r}")
+    k, n = int(successes), int(trials)
+    if n < 1:
+        raise ValueError(f"trials: expected >= 1, got {n}")
+    if not 0 <= k <= n:
+        raise ValueError(f"successes: expected 0 <= successes <= trials = {n}, got {k}")
+    return k, n
+
+
+def _check_confidence(confidence: float) -> float:
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence: expected a level in (0, 1), e.g. 0.95, got {confidence!r}")
+    return float(confidence)
+
+
+def clopper_pearson_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
+    """Exact (Clopper-Pearson) interval for a binomial proportion k / n.
+
+    Math: with alpha = 1 - confidence and B^-1(q; a, b) the beta distribution's quantile (scipy.stats.beta.ppf),
+        low = B^-1(alpha/2; k, n - k + 1)  (0 when k = 0),   high = B^-1(1 - alpha/2; k + 1, n - k)  (1 when k = n).
+    Its coverage is at least ``confidence`` for every true proportion (it is conservative). For k = n the low end
+    is (alpha/2)^(1/n): 0.99844 for 2,359 of 2,359 at 95 %.
+    """
+    k, n = _check_counts(successes, trials)
+    alpha = 1.0 - _check_confidence(confidence)
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return Interval(low, high, confidence, "clopper-pearson")
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = CONFIDENCE) -> Interval:
+    """Wilson score interval for a binomial proportion p = k / n.
+
+    Math: z = Phi^-1(1 - alpha/2) (1.95996 at 95 %),
+        centre = (p + z^2 / 2n) / (1 + z^2 / n),   half = z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2).
+    Narrower than Clopper-Pearson, with coverage close to (not always above) ``confidence``.
+    """
+    k, n = _check_counts(successes, trials)
+    z = float(ndtri(1.0 - (1.0 - _check_confidence(confidence)) / 2))
+    p = k / n
+    denominator = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact ends at k = 0 and k = n (no rounding residue)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return Interval(low, high, confidence, "wilson")
+
+
+INTERVALS = {"clopper-pearson": clopper_pearson_interval, "wilson": wilson_interval}
+
+
+def accuracy_interval(y_true: object, y_pred: object, confidence: float = CONFIDENCE,
+                      method: str = ACCURACY_INTERVAL) -> Interval:
+    """Interval for the accuracy: ``method`` ("clopper-pearson" or "wilson") on (correct, N).
+
+    Shapes: y_true, y_pred: (N,). Treats the N images as independent draws of the model's error rate.
+    """
+    if method not in INTERVALS:
+        raise ValueError(f"method: expected one of {sorted(INTERVALS)}, got {method!r}")
+    yt = _check_labels(y_true, "y_true")
+    yp = _check_labels(y_pred, "y_pred", yt.shape[0])
+    return INTERVALS[method](int(np.sum(yt == yp)), yt.shape[0], confidence)
+
+
+def bootstrap_mean_interval(values: object, confidence: float = CONFIDENCE, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                            seed: int = BOOTSTRAP_SEED) -> Interval:
+    """Percentile bootstrap interval for the mean of ``values`` (shape (N,)).
+
+    Math: draw ``n_resamples`` samples of N indices with replacement (``np.random.default_rng(seed)``), take the
+    mean of ``values`` over each, and return the alpha/2 and 1 - alpha/2 quantiles of those means (numpy's
+    default linear interpolation). Same seed, same interval.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or v.shape[0] == 0:
+        raise ValueError(f"values: expected shape (N,) with N >= 1, got {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("values: expected finite values, got NaN or inf")
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise ValueError(f"n_resamples: expected an integer >= 1, got {n_resamples!r}")
+    alpha = 1.0 - _check_confidence(confidence)
+    rng = np.random.default_rng(seed)
+    n = v.shape[0]
+    chunk = max(1, 2_000_000 // n)  # resamples per draw: bounded memory for any N
+    means = np.concatenate([v[rng.integers(0, n, (min(chunk, int(n_resamples) - start), n))].mean(axis=1)
+                            for start in range(0, int(n_resamples), chunk)])
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return Interval(float(low), float(high), confidence, f"percentile bootstrap, {int(n_resamples)} resamples")
+
+
+def log_loss_interval(y_true: object, probs: object, confidence: float = CONFIDENCE,
+                      n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Interval:
+    """Bootstrap interval of :func:`log_loss`: :func:`bootstrap_mean_interval` of the per-image terms
+    (:func:`per_sample_log_loss`). Shapes: y_true: (N,), probs: (N, K)."""
+    return bootstrap_mean_interval(per_sample_log_loss(y_true, probs), confidence, n_resamples, seed)
+
+
+def binomial_two_sided_p(k: int, n: int) -> float:
+    """Exact two-sided p of k successes in n trials under Binomial(n, 1/2).
+
+    Math: p = min(1, 2 P(X <= min(k, n - k))) = min(1, 2 sum_{i <= min(k, n-k)} C(n, i) / 2^n), in exact integer
+    arithmetic; the distribution is symmetric, so this equals ``scipy.stats.binomtest(k, n, 0.5).pvalue``.
+    n = 0 gives 1.
+    """
+    k, n = int(k), int(n)
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"k, n: expected 0 <= k <= n, got k={k}, n={n}")
+    tail = sum(math.comb(n, i) for i in range(min(k, n - k) + 1))
+    return float(min(Fraction(1), Fraction(2 * tail, 2**n)))
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """McNemar's exact test of two classifiers A and B on the same N images.
+
+    ``only_a``: images A gets right and B wrong; ``only_b``: the reverse; ``both_wrong`` and ``n``
+    complete the 2x2 table. ``p_value``: exact two-sided p (:func:`binomial_two_sided_p` on the discordant pairs).
+    """
+
+    only_a: int
+    only_b: int
+    both_wrong: int
+    n: int
+    p_value: float
+
+    @property
+    def discordant(self) -> int:
+        return self.only_a + self.only_b
+
+
+def mcnemar_exact(correct_a: object, correct_b: object) -> McNemarResult:
+    """McNemar's exact test on paired per-image outcomes (shapes (N,), bool: True = classified correctly).
+
+    Math: b = #{A right, B wrong}, c = #{A wrong, B right}; under H0 (equal error rates) b ~ Binomial(b + c, 1/2)
+    given b + c, so p = binomial_two_sided_p(b, b + c); no discordant pair gives p = 1.
+    """
+    a, b = np.asarray(correct_a), np.asarray(correct_b)
+    if a.ndim != 1 or a.shape != b.shape or a.shape[0] == 0:
+        raise ValueError(f"correct_a, correct_b: expected two bool arrays of one shape (N,), got {a.shape}, {b.shape}")
+    if a.dtype != bool or b.dtype != bool:
+        raise ValueError(f"correct_a, correct_b: expected dtype bool, got {a.dtype}, {b.dtype}")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    return McNemarResult(only_a, only_b, int(np.sum(~a & ~b)), a.shape[0],
+                         binomial_two_sided_p(only_a, only_a + only_b))
+
+
+def mcnemar_test(y_true: object, y_pred_a: object, y_pred_b: object) -> McNemarResult:
+    """:func:`mcnemar_exact` of two label predictions (shapes (N,)) against the same true labels."""
+    yt = _check_labels(y_true, "y_true")
+    ya = _check_labels(y_pred_a, "y_pred_a", yt.shape[0])
+    yb = _check_labels(y_pred_b, "y_pred_b", yt.shape[0])
+    return mcnemar_exact(ya == yt, yb == yt)
+
+
+def mcnemar_exact_range(errors_a: object, errors_b: object, sizes: object | None = None) -> tuple[float, float]:
+    """(smallest, largest) McNemar exact p over every pairing of two runs' errors that their per-class error counts
+    allow, for two runs on the same images whose wrong images are not known one by one.
+
+    Shapes: errors_a, errors_b, sizes: (K,) non-negative integers: errors per true class of A and B, and the images
+    per class (``None``: no limit). An image wrong in both runs has one true class, so k_c images of class c are
+    wrong in both with max(0, a_c + b_c - n_c) <= k_c <= min(a_c, b_c); for a total overlap k the test sees
+    (A - k, B - k) discordant pairs. When one run has no error the range is a single value.
+    """
+    a, b = (np.asarray(e) for e in (errors_a, errors_b))
+    n = np.full(a.shape, np.iinfo(np.int64).max) if sizes is None else np.asarray(sizes)
+    if a.ndim != 1 or a.shape != b.shape or n.shape != a.shape:
+        raise ValueError(f"errors_a, errors_b, sizes: expected one shape (K,), got {a.shape}, {b.shape}, {n.shape}")
+    if min(a.min(), b.min()) < 0 or np.any(np.maximum(a, b) > n):
+        raise ValueError("errors_a, errors_b: expected 0 <= errors <= sizes in every class")
+    lowest = int(np.maximum(0, a + b - n).sum())
+    highest = int(np.minimum(a, b).sum())
+    ps = [binomial_two_sided_p(int(a.sum()) - k, int(a.sum() + b.sum()) - 2 * k) for k in range(lowest, highest + 1)]
+    return min(ps), max(ps)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ batch boundary continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -42,7 +43,7 @@ except ImportError:  # not POSIX: run folders are not locked
     fcntl = None  # type: ignore[assignment]
 
 import minarn
-from minarn import kernels
+from minarn import distributed, kernels
 from minarn.controller import EpochEndController
 from minarn.data import (
     CHANNEL_MODES,
@@ -167,25 +168,33 @@ def format_row(row: dict[str, Any], epochs: int) -> str:
 
 
 # -- evaluation on a split ---------------------------------------------------------------------------------
-def evaluate_split(model: ARNCNN, images: np.ndarray, labels: np.ndarray, batch_size: int = 40
-                   ) -> tuple[float, float, np.ndarray]:
+def evaluate_split(model: ARNCNN, images: np.ndarray, labels: np.ndarray, batch_size: int = 40,
+                   comm: distributed.Communicator | None = None) -> tuple[float, float, np.ndarray]:
     """Loss as Keras reports ``val_loss`` (cross-entropy plus penalties, inference mode), accuracy, probabilities.
 
     Shapes: images (N, H, W, C) uint8, labels (N,) int -> loss, accuracy, probs (N, K).
+    With a communicator of several ranks each takes a contiguous block of the images; the sums and the
+    probabilities are gathered, so every rank returns the whole split's values.
     """
+    comm = comm or distributed.SingleProcess()
     n = len(images)
-    probs = np.empty((n, model.num_classes), dtype=model.dtype)
+    part = distributed.shard(n, comm.rank, comm.size)
+    probs = np.empty((part.count, model.num_classes), dtype=model.dtype)
     ce_sum = activity_sum = 0.0
-    for start in range(0, n, batch_size):
-        x = scale_images(images[start : start + batch_size])
+    for start in range(part.start, part.stop, batch_size):
+        stop = min(start + batch_size, part.stop)
+        x = scale_images(images[start:stop])
         logits = model.logits(x, training=False)
         p = np.exp(logits - logits.max(axis=1, keepdims=True))
         p /= p.sum(axis=1, keepdims=True)
-        probs[start : start + len(x)] = p
+        probs[start - part.start : stop - part.start] = p
         z = logits - logits.max(axis=1, keepdims=True)
         log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        ce_sum -= float(log_p[np.arange(len(x)), labels[start : start + len(x)]].sum())
+        ce_sum -= float(log_p[np.arange(len(x)), labels[start:stop]].sum())
         activity_sum += model.penalties(1)["activity_l1"][0]  # factor * sum |dense output| of this batch
+    if comm.size > 1:
+        ce_sum, activity_sum = comm.allreduce(np.array([ce_sum, activity_sum])).tolist()
+        probs = np.concatenate(comm.allgather(probs))
     pen = model.penalties(1)
     loss = (ce_sum + activity_sum) / max(n, 1) + pen["kernel_l2"][0] + pen["bias_l1"][0]
     accuracy = float(np.mean(probs.argmax(axis=1) == labels)) if n else float("nan")
@@ -294,12 +303,18 @@ def fit(
     report: Reporter,
     on_batch: Callable[[RunState], None] | None = None,
     class_weights: np.ndarray | None = None,
+    comm: distributed.Communicator | None = None,
 ) -> RunState:
     """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C or SIGTERM).
 
     ``on_batch(run)``, when given, is called after every optimizer step (``run.batch`` is then the number of
     batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py).
-    ``class_weights`` (K,) weight the training cross-entropy per class (``--class-weight balanced``)."""
+    ``class_weights`` (K,) weight the training cross-entropy per class (``--class-weight balanced``).
+    ``comm`` (``minarn.distributed``): with several ranks each runs its rows of every batch and only rank 0
+    writes; every rank's model, optimizer and state stay equal to rank 0's."""
+    comm = comm or distributed.SingleProcess()
+    root = comm.rank == 0
+    sync_bn = distributed.synchronize_batch_norm(model, comm)
     n = len(train)
     steps = math.ceil(n / batch_size)
     history_path = out / "history.csv"
@@ -322,16 +337,27 @@ def fit(
             lr = optimizer.learning_rate
             started = time.perf_counter() - run.epoch_time
             for b in range(run.batch, steps):
-                idx = order[b * batch_size : (b + 1) * batch_size]
-                batch_rng = np.random.default_rng([seed, run.epoch, b])
+                batch_idx = order[b * batch_size : (b + 1) * batch_size]
+                part = distributed.shard(len(batch_idx), comm.rank, comm.size)  # this rank's rows of the batch
+                idx = batch_idx[part.rows] if part.count else batch_idx[:1]  # no rows: a one-row stand-in
+                batch_rng = distributed.RowsOf(np.random.default_rng([seed, run.epoch, b]), part)
                 model.dropout.rng = batch_rng
                 x = scale_images(train.images[idx])
                 if augment == "hflip":
                     flip = batch_rng.random(len(idx)) < 0.5
                     x[flip] = x[flip, :, ::-1]
                 y = one_hot(train.labels[idx], model.num_classes)
+                if sync_bn is not None:
+                    sync_bn.share, sync_bn.contributes = part.share, part.count > 0
                 loss, grads = (model.loss_and_grads(x, y) if class_weights is None else
                                model.loss_and_grads(x, y, class_weights))
+                grads = distributed.allreduce_gradients(comm, grads, part.share)  # sum_r share_r * grads_r
+                correct = int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx])) if part.count else 0
+                if comm.size > 1:  # the batch's loss and hits, and whether any rank was asked to stop
+                    loss_sum, correct, stop = comm.allreduce(np.array([loss * part.count, correct,
+                                                                       interrupt.requested])).tolist()
+                    loss, correct = loss_sum / len(batch_idx), int(correct)
+                    interrupt.requested = interrupt.requested or stop > 0
                 if not math.isfinite(loss):
                     where = (f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else
                              f"no checkpoint was written (it diverged in the first epoch; try a smaller --lr than "
@@ -339,9 +365,9 @@ def fit(
                     raise TrainingDiverged(
                         f"loss became {loss} at epoch {run.epoch + 1}, batch {b + 1}: training stopped; {where}")
                 optimizer.apply(model.parameters(), grads)
-                run.loss_sum += loss * len(idx)
-                run.correct += int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx]))
-                run.seen += len(idx)
+                run.loss_sum += loss * len(batch_idx)
+                run.correct += correct
+                run.seen += len(batch_idx)
                 run.batch = b + 1
                 if on_batch is not None:
                     on_batch(run)
@@ -354,12 +380,13 @@ def fit(
                     final=b + 1 == steps)
                 if interrupt.requested and b + 1 < steps:
                     run.epoch_time = time.perf_counter() - started
-                    write_checkpoint()
+                    if root:
+                        write_checkpoint()
                     report(f"Interrupted at epoch {run.epoch + 1}, batch {b + 1}/{steps}: checkpoint saved to "
                            f"{checkpoint}; continue with --resume --out {out}")
                     raise Interrupted(interrupt.signum)
             acc, train_loss = run.correct / max(run.seen, 1), run.loss_sum / max(run.seen, 1)
-            v_loss, v_acc, _ = evaluate_split(model, valid.images, valid.labels, batch_size)
+            v_loss, v_acc, _ = evaluate_split(model, valid.images, valid.labels, batch_size, comm)
             decision = controller.on_epoch_end(run.epoch, acc, v_loss, lr, snapshot=model.state_dict)
             if decision.next_lr != lr:
                 optimizer.learning_rate = decision.next_lr
@@ -371,17 +398,20 @@ def fit(
             color = Reporter.GREEN if decision.improved else (Reporter.ORANGE if decision.next_lr != lr else None)
             report(format_row(row, epochs), color=color)
             run.history.append(row)
-            try:
-                _append_history(history_path, row)
-            except OSError as err:
-                raise CheckpointError(f"cannot write {history_path}: {err.strerror or err}; the checkpoint of the "
-                                      f"epoch before is intact: free some space, then --resume --out {out}") from None
+            if root:
+                try:
+                    _append_history(history_path, row)
+                except OSError as err:
+                    raise CheckpointError(f"cannot write {history_path}: {err.strerror or err}; the checkpoint of "
+                                          f"the epoch before is intact: free some space, then --resume --out {out}"
+                                          ) from None
             run.epoch, run.batch, run.loss_sum, run.correct, run.seen, run.epoch_time = run.epoch + 1, 0, 0.0, 0, 0, 0.0
             if decision.stop:
                 report(f"training stopped at epoch {row['epoch']}: {controller.stop_patience} learning-rate cuts "
                        f"without improvement")
                 run.finished = True
-            write_checkpoint()
+            if root:
+                write_checkpoint()
             if interrupt.requested:
                 report(f"Interrupted after epoch {row['epoch']}: checkpoint saved; continue with --resume --out {out}")
                 raise Interrupted(interrupt.signum)
@@ -655,19 +685,23 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     Ctrl-C, 143 by SIGTERM)."""
     err = sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:  # under mpiexec: MPI's ranks (python -m minarn.distributed tells which)
+        comm = distributed.communicator()
+    except distributed.DistributedError as e:
+        print(f"python -m minarn.train: error: {e}", file=err)
+        return 2
+    distributed.abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
+    distributed.limit_threads(comm)
     try:
         args = build_parser().parse_args(argv)
-        args.argv = argv
+        args.argv, args.comm = argv, comm
         return _main(args, stream)
     except UsageError as e:
-        print(f"python -m minarn.train: error: {e}", file=err)
-        return 2
+        return distributed.fail(comm, f"python -m minarn.train: error: {e}", 2, err)
     except DataError as e:
-        print(f"python -m minarn.train: data error: {e}", file=err)
-        return 2
+        return distributed.fail(comm, f"python -m minarn.train: data error: {e}", 2, err)
     except OSError as e:  # writing the run's files (disk full, permissions): one line, not a traceback
-        print(f"python -m minarn.train: error: {e}", file=err)
-        return 1
+        return distributed.fail(comm, f"python -m minarn.train: error: {e}", 1, err)
 
 
 def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
@@ -678,7 +712,8 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
             kernels.get_backend()
     except (ImportError, ValueError) as e:
         raise UsageError(str(e) if args.backend else f"{e} (from ${kernels.ENV_VAR})") from None
-    out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    comm = args.comm
+    out = Path(args.out) if args.out else Path("runs") / comm.bcast(time.strftime("%Y%m%d-%H%M%S"))
     if args.resume:
         if not args.out:
             raise UsageError("--resume needs --out RUN_DIR (the folder of the run to continue)")
@@ -711,17 +746,19 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
         if args.download:
             from minarn.download import download_mednist
 
-            source = str(download_mednist(args.cache_dir))
+            source = comm.bcast(str(download_mednist(args.cache_dir)) if comm.rank == 0 else None)
         options = _options_from_args(args, source or "")
         options["epochs"] = args.epochs or (PAPER_EPOCHS if source else SAMPLE_EPOCHS)
         options["batch_size"] = args.batch_size or (PAPER_BATCH_SIZE if source else SAMPLE_BATCH_SIZE)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create the run folder {out}: {err.strerror or err}") from None
-    with _RunLock(out):
-        removed = _remove_stale_temp_files(out)
-        report = Reporter(out / "train.log", stream)
+    root = comm.rank == 0  # rank 0 alone writes the run folder and prints
+    if root:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot create the run folder {out}: {err.strerror or err}") from None
+    with _RunLock(out) if root else contextlib.nullcontext():
+        removed = _remove_stale_temp_files(out) if root else []
+        report = Reporter(out / "train.log", stream) if root else Reporter(None, open(os.devnull, "w"))
         try:
             if removed:
                 report(f"removed {len(removed)} temporary file(s) that an interrupted run left in {out}: "
@@ -818,6 +855,8 @@ def _remove_stale_temp_files(out: Path) -> list[str]:
 
 
 def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: Reporter) -> int:
+    comm = args.comm
+    root = comm.rank == 0
     source = options["data"] or str(sample_path())
     report(f"minarn {minarn.__version__}: ARN-CNN training, kernels: {kernels.get_backend().NAME}, run folder: {out}")
     size, channels = input_format(options)
@@ -855,10 +894,12 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     if args.resume:
         run = load_checkpoint(out / "checkpoint.npz", model, optimizer, controller)
         run.finished = run.finished and options["epochs"] <= run.epoch
-        _rewrite_history(out / "history.csv", run.history)
+        if root:
+            _rewrite_history(out / "history.csv", run.history)
         report(f"resumed from {out / 'checkpoint.npz'} at epoch {run.epoch + 1}, batch {run.batch + 1}")
     else:
         run = RunState()
+    run = distributed.broadcast_training(comm, model, optimizer, controller, run)  # several ranks: rank 0's
     sessions = []
     if args.resume:
         try:
@@ -866,6 +907,8 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         except (OSError, ValueError, AttributeError):
             pass
     sessions.append(_session(getattr(args, "argv", []), run))
+    if comm.size > 1:
+        sessions[-1].update(ranks=comm.size, ranks_on_host=comm.host_ranks)
     config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
               "data_identity": data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
                                                        map(int, d.class_counts())))}
@@ -875,7 +918,8 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
               "class_weights": None if class_weights is None else dict(zip(ds.class_names, class_weights.tolist())),
               "versions": _versions(), "backend": kernels.get_backend().NAME, "model": model.config,
               "sessions": sessions}
-    (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    if root:
+        (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     report(f"{model.count_params():,} weights; optimizer {optimizer!r}; batch {options['batch_size']}; "
            f"up to {options['epochs']} epochs")
     report(TABLE_HEADER)
@@ -885,9 +929,11 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     try:
         run = fit(model, optimizer, controller, splits.train, splits.valid, epochs=options["epochs"],
                   batch_size=options["batch_size"], seed=options["seed"], augment=options["augment"],
-                  run=run, out=out, report=report, class_weights=class_weights)
+                  run=run, out=out, report=report, class_weights=class_weights, comm=comm)
     except (TrainingDiverged, CheckpointError) as e:
         report(f"error: {e}")
+        if isinstance(e, CheckpointError) and comm.size > 1:
+            comm.abort(1)  # rank 0 alone writes: the others would wait for it in their next step
         return 1
     except KeyboardInterrupt as stop:  # Interrupted, or Ctrl-C outside the handler's reach
         if getattr(stop, "immediate", False):
@@ -909,7 +955,10 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
 def _finish(model: ARNCNN, controller: EpochEndController, config: dict[str, Any], out: Path, source: str,
             args: argparse.Namespace, report: Reporter, t0: float) -> int:
     """After training: the best weights restored and saved, evaluated on the test split, config.json updated."""
+    root = args.comm.rank == 0
     model.load_state_dict(controller.best_weights)
+    if not root:  # the others are done: rank 0 alone saves and evaluates the model
+        return 0
     report(f"Training is completed - model is set with weights from epoch {controller.best_epoch} "
            f"(this session trained for {_spelled_duration(time.perf_counter() - t0)})")
     model.save(out / "model.npz")

@@ -6,9 +6,11 @@ Usage::
     python results/publish.py RUN_DIR --interim                   # a run in progress, with its best weights' test
     python results/publish.py --tables                            # regenerate the tables from results/*/
     python results/publish.py --check                             # exit 1 if the tables are out of date
+    python results/publish.py RUN_DIR --zero-error-predictions [--data PATH]   # see below
 
 A finished run (``config.json`` has a ``test`` block with the accuracy, and ``report.md`` exists) is copied
-with ``report.md``, ``history.csv``, ``config.json``, ``train.log`` and ``figures/*.png``; ``model.npz`` only
+with ``report.md``, ``test_predictions.csv``, ``history.csv``, ``config.json``, ``train.log`` and
+``figures/*.png``; ``model.npz`` only
 with ``--weights`` (meant for the default run). A run still in progress is copied without its report, figures
 and weights (they would be those of an earlier, shorter session). ``checkpoint.npz`` is never copied.
 
@@ -16,6 +18,17 @@ and weights (they would be those of an earlier, shorter session). ``checkpoint.n
 minarn.evaluate RUN_DIR --checkpoint`` does, with two figures: the learning curves so far and the Grad-CAM of the
 misclassified images) and publishes that evaluation as ``interim/report.md``, ``interim/test.json`` and
 ``interim/figures/``; the tables then show its numbers marked "interim", until the finished run replaces them.
+
+Statistics (``minarn.metrics``): every accuracy gets its 95 % Clopper-Pearson interval; a log loss gets its 95 %
+bootstrap interval when the run's ``test_predictions.csv`` holds p(true class) per image. Each comparison that a
+table draws (seeds, ablations against ARN-CNN, dense activation, ``--dedupe``) gets McNemar's exact p on the
+paired test images: from the two runs' ``test_predictions.csv``; for a run without one, from its per-class error
+counts (report.md's confusion matrix), as the range of p over every pairing of the errors those counts allow
+(``minarn.metrics.mcnemar_exact_range``; a single value when one run has no error). Runs of a published folder
+without weights cannot be evaluated again; ``--zero-error-predictions`` writes the file of a finished run without
+a test error all the same (every predicted class is the true class; ``p_true`` is empty), from its test split
+rebuilt from the data. The near-duplicate audit (``python -m minarn.near_duplicates``) is published in
+``results/near-duplicates/``; its counts and the scores without the near-copied test images are tables too.
 
 ``results/README.md`` is hand-written except between marker comments::
 
@@ -30,6 +43,8 @@ Every table is computed from the published files alone (and the paper's values, 
 from __future__ import annotations
 
 import argparse
+import csv
+import itertools
 import json
 import re
 import shlex
@@ -40,16 +55,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from minarn import metrics
 from minarn.data import DataError
-from minarn.evaluate import INTERIM_DIR as INTERIM  # minarn.evaluate --checkpoint's folder in a run
-from minarn.evaluate import EvaluationError, compare_runs, evaluate_run
+from minarn.evaluate import (
+    INTERIM_DIR as INTERIM,  # minarn.evaluate --checkpoint's folder in a run
+)
+from minarn.evaluate import (
+    PREDICTION_COLUMNS,
+    PREDICTIONS,
+    SIGNIFICANCE,
+    EvaluationError,
+    TestPredictions,
+    compare_runs,
+    evaluate_run,
+    load_run_splits,
+    paired_correct,
+    read_predictions,
+)
 from minarn.figures import FIGURE_FILES, read_history
 from minarn.metrics import SUMMARY_COLUMNS
+from minarn.near_duplicates import FILES as AUDIT_FILES
 from minarn.train import HISTORY_COLUMNS
 
 RESULTS = Path(__file__).resolve().parent
 COPIED_ALWAYS = ("history.csv", "config.json", "train.log")
-COPIED_WHEN_FINISHED = ("report.md",)
+COPIED_WHEN_FINISHED = ("report.md", PREDICTIONS)
+AUDIT = "near-duplicates"  # python -m minarn.near_duplicates DATA --out results/near-duplicates
+TARGET_VAL_ACCURACY = 0.999  # time to this validation accuracy (issue 23)
+PAPER_EPOCH_SECONDS = [104.09, 93.52, 92.83, 90.68, 83.18]  # the paper's Table 1 durations
 WEIGHTS = "model.npz"
 INTERIM_FILES = ("report.md", "test.json")
 INTERIM_FIGURES = ("learning_curves", "misclassified")  # the figures an interim evaluation draws
@@ -269,6 +304,32 @@ def publish(run_dir: Path, results: Path = RESULTS, name: str | None = None, wei
         copied.append(WEIGHTS)
     say(f"{run_dir} -> {dest}: {', '.join(copied)}; {read_run(dest).status}")
     return dest
+
+
+def write_zero_error_predictions(run_dir: Path, data: str | None = None, say: Callable[[str], Any] = print) -> Path:
+    """``test_predictions.csv`` of a finished run without test errors and without weights: its test split rebuilt
+    from the data (``minarn.evaluate.load_run_splits``), every predicted class the true one, ``p_true`` empty."""
+    run = read_run(run_dir)
+    if not run.finished or run.test.get("errors") != 0:
+        raise PublishError(f"{run_dir}: --zero-error-predictions is for a finished run without test errors; this one "
+                           f"is {run.status} with {run.test.get('errors', '?')} errors")
+    if (run_dir / WEIGHTS).is_file():
+        raise PublishError(f"{run_dir}: has {WEIGHTS}; python -m minarn.evaluate RUN_DIR writes its predictions")
+    try:
+        splits, _, config, warnings = load_run_splits(run_dir, data)
+    except (EvaluationError, DataError, OSError) as err:
+        raise PublishError(f"--zero-error-predictions: {err}") from None
+    test = splits.test
+    if warnings or len(test) != config["split"]["test"]["total"]:
+        raise PublishError(f"{run_dir}: the rebuilt test split differs from the run's ({'; '.join(warnings)})")
+    names = config["class_names"]
+    path = run_dir / PREDICTIONS
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(PREDICTION_COLUMNS)
+        writer.writerows([p, names[y], names[y], ""] for p, y in zip(test.paths.tolist(), test.labels.tolist()))
+    say(f"{path}: {len(test):,} test images, all predicted right (config.json: 0 errors)")
+    return path
 
 
 def draw_comparisons(results: Path, runs: Sequence[Run], say: Callable[[str], Any] = print) -> list[Path]:
@@ -633,10 +694,303 @@ def block_commands(runs: Sequence[Run]) -> str:
         "No run published yet.\n"
 
 
+# ---------------------------------------------------------------------------------------------------------
+# statistics: intervals, McNemar's exact test, the near-duplicate audit, time to accuracy
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_predictions(run: Run) -> TestPredictions | None:
+    """The run's ``test_predictions.csv`` (None without one), checked against config.json: as many rows as test
+    images, as many wrong as its errors and, where p(true) is given, the same log loss."""
+    path = run.folder / PREDICTIONS
+    if not run.finished or not path.is_file():
+        return None
+    try:
+        pred = read_predictions(path)
+    except EvaluationError as err:
+        raise PublishError(str(err)) from None
+    n, errors = run.config["split"]["test"]["total"], run.test["errors"]
+    if len(pred.paths) != n or int((~pred.correct).sum()) != errors:
+        raise PublishError(f"{path}: {len(pred.paths):,} images, {int((~pred.correct).sum())} wrong, but "
+                           f"config.json has {n:,} test images and {errors} errors")
+    if not np.isnan(pred.p_true).any():
+        loss = float(np.mean(per_image_log_loss(pred)))
+        if abs(loss - run.test["log_loss"]) > 1e-4 * max(1.0, run.test["log_loss"]) + 1e-7:
+            raise PublishError(f"{path}: log loss {loss:.6f} from p_true but config.json has {run.test['log_loss']}")
+    return pred
+
+
+def per_image_log_loss(pred: TestPredictions) -> np.ndarray:
+    """-ln clip(p_true, eps, 1 - eps) per image (float64 eps, as ``minarn.metrics.log_loss``)."""
+    eps = np.finfo(np.float64).eps
+    return -np.log(np.clip(pred.p_true, eps, 1 - eps))
+
+
+def accuracy_ci(right: int, n: int) -> str:
+    ci = metrics.clopper_pearson_interval(right, n)
+    return f"{100 * ci.low:.3f}-{100 * ci.high:.3f} %"
+
+
+def log_loss_ci(pred: TestPredictions | None, keep: np.ndarray | None = None) -> str:
+    if pred is None or np.isnan(pred.p_true).any():
+        return "n/a"
+    losses = per_image_log_loss(pred)[keep if keep is not None else slice(None)]
+    ci = metrics.bootstrap_mean_interval(losses)
+    return f"{ci.low:.4f}-{ci.high:.4f}"
+
+
+def errors_by_class(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
+    """(errors per true class, test images per true class) from report.md's confusion matrix; None without it."""
+    try:
+        header, rows = report_table(run, "## Confusion matrix")
+        C = np.array([[int(v.replace(",", "")) for v in row[1:]] for row in rows])
+    except (PublishError, ValueError):
+        return None
+    if C.shape != (len(header) - 1, len(header) - 1) or int(C.sum() - np.trace(C)) != run.test["errors"]:
+        return None
+    return C.sum(axis=1) - np.diag(C), C.sum(axis=1)
+
+
+def same_split(a: Run, b: Run) -> bool:
+    """The same split of the same files: same data_identity, --dedupe, --limit-per-class and --split."""
+
+    def key(r: Run) -> tuple[Any, ...]:
+        split = r.options.get("split")
+        return (r.config.get("data_identity"), r.options["dedupe"], r.options["limit_per_class"],
+                tuple(split) if split else None)
+
+    return key(a) == key(b)
+
+
+@dataclass
+class Comparison:
+    """McNemar's exact test of two finished runs on ``images`` shared test images (with ``errors_a`` / ``errors_b``
+    on them): ``p_low`` == ``p_high`` when the pairing is known; ``only_a`` / ``only_b`` None when it is not."""
+
+    images: int
+    errors_a: int
+    errors_b: int
+    only_a: int | None
+    only_b: int | None
+    p_low: float
+    p_high: float
+    how: str
+
+
+def compare(a: Run, b: Run) -> Comparison | None:
+    """McNemar's exact test of two finished runs on their shared test images (module docstring); None when it
+    cannot be computed."""
+    if not (a.finished and b.finished):
+        return None
+    pa, pb = run_predictions(a), run_predictions(b)
+    if pa is not None and pb is not None:
+        if same_split(a, b):
+            ca, cb = paired_correct(pa, pb, a.name, b.name)
+            how = "paired by image"
+        else:  # different splits: the images both test splits hold
+            where = {path: k for k, path in enumerate(pb.paths.tolist())}
+            common = [k for k, path in enumerate(pa.paths.tolist()) if path in where]
+            if not common:
+                return None
+            ca, cb = pa.correct[common], pb.correct[[where[pa.paths[k]] for k in common]]
+            how = "paired by image, on the images both test splits hold"
+        r = metrics.mcnemar_exact(ca, cb)
+        return Comparison(r.n, int((~ca).sum()), int((~cb).sum()), r.only_a, r.only_b, r.p_value, r.p_value, how)
+    if not same_split(a, b):
+        return None
+    counts = []
+    for run, pred in ((a, pa), (b, pb)):
+        if run.test["errors"] == 0:
+            counts.append(None)
+        elif pred is not None:
+            names = run.config["class_names"]
+            wrong = ~pred.correct
+            counts.append((np.array([int(np.sum(wrong & (pred.labels == c))) for c in names]),
+                           np.array([int(np.sum(pred.labels == c)) for c in names])))
+        else:
+            counts.append(errors_by_class(run))
+            if counts[-1] is None:
+                return None
+    known = [c for c in counts if c is not None]
+    zeros = np.zeros(len(a.config["class_names"]), dtype=np.int64)
+    sizes = known[0][1] if known else None
+    ea, eb = (c[0] if c is not None else zeros for c in counts)
+    low, high = metrics.mcnemar_exact_range(ea, eb, sizes)
+    n, errors = a.config["split"]["test"]["total"], (a.test["errors"], b.test["errors"])
+    if 0 in errors:  # A right where B is wrong, or the reverse
+        return Comparison(n, *errors, errors[1] if errors[0] == 0 else 0, errors[0] if errors[1] == 0 else 0,
+                          low, high, "one run has no test error: every error of the other is discordant")
+    return Comparison(n, *errors, None, None, low, high,
+                      "which images are wrong is not known: range over the pairings the per-class errors allow")
+
+
+def comparisons(runs: Sequence[Run]) -> list[tuple[str, Run, Run]]:
+    """The comparisons the tables draw: (what, run A, run B) for seeds, ablations against ARN-CNN, dense
+    activation and --dedupe, finished runs only."""
+    done = [r for r in runs if r.finished]
+    out = [("seed", a, b) for a, b in itertools.combinations([r for r in seed_runs(done)], 2)
+           if a.options["seed"] != b.options["seed"]]
+    groups = ablation_groups(done)
+    for name, group in groups.items():
+        if name != "both on (ARN-CNN)":
+            out += [(name, a, b) for a in group for b in groups["both on (ARN-CNN)"]]
+    out += [("dense activation", a, b) for a, b in itertools.combinations(fig10_runs(done), 2)
+            if a.options["dense_activation"] != b.options["dense_activation"]]
+    dedupe = [r for r in done if r.is_variant("dedupe", "seed")]
+    out += [("`--dedupe`", a, b) for a in dedupe if a.options["dedupe"] for b in dedupe if not b.options["dedupe"]]
+    return out
+
+
+def p_cell(c: Comparison) -> str:
+    return f"{c.p_low:.3g}" if c.p_low == c.p_high else f"{c.p_low:.3g}-{c.p_high:.3g}"
+
+
+def verdict(c: Comparison) -> str:
+    if c.p_high < SIGNIFICANCE:
+        return "yes"
+    if c.p_low >= SIGNIFICANCE:
+        return "no"
+    return "depends on which images are wrong"
+
+
+def block_intervals(runs: Sequence[Run]) -> str:
+    rows = []
+    for r in runs:
+        t = r.results
+        if t is None:
+            continue
+        n = r.config["split"]["test"]["total"]
+        pred = run_predictions(r)
+        rows.append([link(r), r.status + interim_label(r), f"{n:,}", str(t["errors"]), f"{100 * t['accuracy']:.3f} %",
+                     accuracy_ci(n - t["errors"], n), f"{t['log_loss']:.4f}", log_loss_ci(pred)])
+    if not rows:
+        return "No finished run yet.\n"
+    return md_table(["run", "epochs", "test images", "errors", "accuracy", "95 % interval (Clopper-Pearson)",
+                     "log loss", "95 % interval (bootstrap)"], rows, "llrrrrrr")
+
+
+def block_mcnemar(runs: Sequence[Run]) -> str:
+    rows = []
+    for what, a, b in comparisons(runs):
+        c = compare(a, b)
+        if c is None:
+            rows.append([what, link(a), link(b), "", "", "", "not computable", ""])
+            continue
+        only = f"{c.only_a} / {c.only_b}" if c.only_a is not None else "?"
+        rows.append([what, link(a), link(b), f"{c.images:,}", f"{c.errors_a} / {c.errors_b}", only, p_cell(c),
+                     verdict(c)])
+    if not rows:
+        return "No comparison drawn yet.\n"
+    return md_table(["comparison", "run A", "run B", "test images compared", "errors A / B",
+                     "right only by A / only by B", "McNemar exact p",
+                     f"distinguishable from chance ({SIGNIFICANCE:.0%})"], rows, "llllrrrl")
+
+
+def read_audit(results: Path) -> tuple[dict[str, Any], list[dict[str, str]]] | None:
+    """near_duplicates.json and near_copies.csv of results/near-duplicates/, None when not published."""
+    folder = results / AUDIT
+    if not (folder / AUDIT_FILES["json"]).is_file():
+        return None
+    try:
+        summary = json.loads((folder / AUDIT_FILES["json"]).read_text(encoding="utf-8"))
+        with open(folder / AUDIT_FILES["csv"], newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        summary["threshold"], summary["splits"], summary["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PublishError(f"{folder}: unreadable audit ({type(err).__name__}: {err})") from None
+    return summary, rows
+
+
+def block_neardup(runs: Sequence[Run]) -> str:
+    audit = read_audit(runs[0].folder.parent) if runs else None
+    if audit is None:
+        return f"Not run yet (`python -m minarn.near_duplicates DATA --out results/{AUDIT}`).\n"
+    summary, copies = audit
+    t = summary["threshold"]
+    out = [(f"{summary['images']:,} images; threshold {t:.4f} ({summary['threshold_rule']}); every pair within "
+            f"{summary['max_distance']} found in {summary['seconds']:.1f} s. "
+            f"[Report]({AUDIT}/{AUDIT_FILES['report']}), [figure]({AUDIT}/{AUDIT_FILES['figure']}).\n")]
+    out.append(md_table(["class", "images", "byte-identical groups", "extra copies", "near-identical groups",
+                         "images in them"],
+                        [[c["class"], f"{c['images']:,}" if c["images"] else "", str(c["exact_groups"]), str(c["exact_extra"]),
+                          str(c["near_groups"]), str(c["near_images"])] for c in summary["classes"]], "lrrrrr"))
+    levels = list(next(iter(next(iter(summary["splits"].values())).values()))["near"])
+    out.append(md_table(["split", "part", "images", "byte-identical copy in train",
+                         *(f"near-copy within {float(x):.3g}" for x in levels)],
+                        [[name, part, f"{v['images']:,}", str(v["exact"]), *(str(v["near"][x]) for x in levels)]
+                         for name, parts in summary["splits"].items() for part, v in parts.items()], "llrrrrrr"))
+    rows = []
+    for r in [r for r in runs if r.finished and r.is_variant("dedupe", "seed")]:
+        split = "dedupe" if r.options["dedupe"] else "paper"
+        if summary["splits"][split]["test"]["images"] != r.config["split"]["test"]["total"]:
+            raise PublishError(f"results/{AUDIT}: its {split} test split has "
+                               f"{summary['splits'][split]['test']['images']} images, {r.name}'s "
+                               f"{r.config['split']['test']['total']}: not the same data")
+        near = {c["path"] for c in copies if c["split"] == split and c["part"] == "test" and float(c["distance"]) <= t}
+        pred = run_predictions(r)
+        n = r.config["split"]["test"]["total"]
+        if pred is not None:
+            if not near <= set(pred.paths.tolist()):
+                raise PublishError(f"results/{AUDIT}: test images of the {split} split missing from "
+                                   f"{r.name}/{PREDICTIONS}")
+            keep = np.array([p not in near for p in pred.paths.tolist()])
+            right, kept = int(pred.correct[keep].sum()), int(keep.sum())
+            loss = f"{np.mean(per_image_log_loss(pred)[keep]):.4f}" if not np.isnan(pred.p_true).any() else "n/a"
+            rows.append([link(r), split, str(len(near)), f"{right:,} of {kept:,}", accuracy_ci(right, kept), loss,
+                         log_loss_ci(pred, keep)])
+        elif r.test["errors"] == 0:
+            kept = n - len(near)
+            rows.append([link(r), split, str(len(near)), f"{kept:,} of {kept:,}", accuracy_ci(kept, kept), "n/a",
+                         "n/a"])
+    if rows:
+        out.append(f"Test scores without the test images that have a byte-identical or near-identical copy in train "
+                   f"(distance <= {t:.4f}):\n")
+        out.append(md_table(["run", "split", "test images left out", "right", "95 % interval (Clopper-Pearson)",
+                             "log loss", "95 % interval (bootstrap)"], rows, "llrrrrr"))
+    return "\n".join(out)
+
+
+def threads_cell(run: Run) -> str:
+    """The threads recorded per start of the run (config.json "sessions"), and how many starts train.log shows."""
+    log = run.folder / "train.log"
+    starts = sum(1 for line in (log.read_text(encoding="utf-8").splitlines() if log.is_file() else [])
+                 if line.startswith("minarn ") and "ARN-CNN training" in line)
+    counts = sorted({str((sess.get("threads") or {}).get("numba", "?")) for sess in run.config.get("sessions", [])})
+    recorded = len(run.config.get("sessions", []))
+    if not recorded:
+        return f"not recorded ({starts} start{'s' * (starts != 1)})"
+    if recorded >= starts:
+        return ", ".join(counts) + (" (1 start)" if recorded == 1 else f" (all {recorded} starts)")
+    return ", ".join(counts) + f" ({recorded} of {starts} starts recorded)"
+
+
+def block_time_to_accuracy(runs: Sequence[Run]) -> str:
+    rows = [["paper", "GPU (not stated here)", "", "2", duration(sum(PAPER_EPOCH_SECONDS[:2])), "", "", "not reported",
+             "", f"{np.mean(PAPER_EPOCH_SECONDS):.0f} s (epochs 1-5)"]]
+    for r in runs:
+        d = np.cumsum([h["duration"] for h in r.history])
+        n_valid = r.config["split"]["valid"]["total"]
+        hit = next((k for k, h in enumerate(r.history) if exact_fraction(h["val_accuracy"], n_valid)
+                    >= TARGET_VAL_ACCURACY - 1e-12), None)
+        best = r.results["best_epoch"] if r.results else None
+        rows.append([link(r), f"`{r.config.get('versions', {}).get('platform', '?')}`, {r.config.get('backend', '?')}",
+                     threads_cell(r), str(hit + 1) if hit is not None else "not reached",
+                     duration(d[hit]) if hit is not None else "", str(best or ""),
+                     duration(d[best - 1]) if best and best <= len(d) else "", r.status,
+                     duration(d[-1]) + ("" if r.finished else " so far"), f"{d[-1] / len(d):.0f} s"])
+    return md_table(["run", "machine, kernels", "threads", f"epochs to {100 * TARGET_VAL_ACCURACY:g} % V_acc",
+                     "time to it", "best epoch", "time to it", "stop", "time to the stop", "mean epoch"],
+                    rows, "lllrrrrlrr")
+
+
+
+
 BLOCKS: dict[str, Callable[[Sequence[Run]], str]] = {
     "runs": block_runs, "table1": block_table1, "table2": block_table2, "tables34": block_tables34,
     "table6": block_table6, "fig7": block_fig7, "fig10": block_fig10, "seeds": block_seeds, "dedupe": block_dedupe,
     "times": block_times, "versions": block_versions, "data": block_data, "commands": block_commands,
+    "intervals": block_intervals, "mcnemar": block_mcnemar, "neardup": block_neardup,
+    "timetoacc": block_time_to_accuracy,
 }
 OPENING, CLOSING = re.compile(r"<!-- generated:[\w-]+ -->"), re.compile(r"<!-- end:[\w-]+ -->")
 MARKED = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end:(?P=name) -->)", re.DOTALL)
@@ -689,11 +1043,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tables", action="store_true", help="regenerate the generated parts of results/README.md")
     p.add_argument("--check", action="store_true", help="exit 1 if the generated parts of README.md are out of date")
     p.add_argument("--results", type=Path, default=RESULTS, help="results folder (default: %(default)s)")
+    p.add_argument("--zero-error-predictions", action="store_true",
+                   help=f"write RUN_DIR/{PREDICTIONS} of a finished run without test errors or weights (needs "
+                   "the data)")
+    p.add_argument("--data", help="with --zero-error-predictions: the data, if not where config.json says")
     args = p.parse_args(argv)
     if not (args.run_dir or args.tables or args.check) or (args.run_dir and args.check):
         p.error("give RUN_DIR, --tables or --check")
     if (args.name or args.weights or args.interim) and not args.run_dir:
         p.error("--name, --weights and --interim need RUN_DIR")
+    if args.zero_error_predictions and not args.run_dir:
+        p.error("--zero-error-predictions needs RUN_DIR")
     try:
         if args.check:
             stale = outdated(args.results)
@@ -702,6 +1062,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"run python results/publish.py --tables", file=sys.stderr)
                 return 1
             print(f"{args.results / 'README.md'}: up to date")
+            return 0
+        if args.zero_error_predictions:
+            write_zero_error_predictions(Path(args.run_dir), args.data)
             return 0
         if args.run_dir:
             publish(Path(args.run_dir), args.results, args.name, args.weights, args.interim)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ from run_fixture import assert_png, tiny_cache, tiny_run  # noqa: F401 - tiny_ru
 
 from minarn import figures, metrics
 from minarn.data import sample_path, scale_images
-from minarn.evaluate import EvaluationError, evaluate_run, load_run_splits, main
+from minarn.evaluate import (
+    PREDICTIONS,
+    EvaluationError,
+    evaluate_run,
+    load_run_splits,
+    main,
+    mcnemar_runs,
+    read_predictions,
+    run_predictions,
+)
 from minarn.model import load_model
 
 SINGLE_RUN_FIGURES = [k for k in figures.FIGURE_FILES if k != "dense_activations"]
@@ -84,6 +94,83 @@ def test_report_lists_the_misclassified_images(evaluated: tuple[Path, dict], tin
         assert "every test image is classified correctly" in section
 
 
+def test_report_gives_the_intervals_and_the_predictions_file(evaluated: tuple[Path, dict],
+                                                              tiny_run: Path) -> None:  # noqa: F811
+    run, result = evaluated
+    splits, _, config, _ = load_run_splits(run, cache_dir=tiny_cache(tiny_run))
+    probs = load_model(run / "model.npz").predict(scale_images(splits.test.images)).astype(np.float64)
+    y = splits.test.labels
+    acc, ll = metrics.accuracy_interval(y, probs.argmax(1)), metrics.log_loss_interval(y, probs)
+    assert result["accuracy_interval"].method == "clopper-pearson"
+    assert (result["accuracy_interval"].low, result["accuracy_interval"].high) == pytest.approx((acc.low, acc.high))
+    assert result["log_loss_interval"].low <= result["summary"]["log_loss"] <= result["log_loss_interval"].high
+    text = (run / "report.md").read_text()
+    a, b = result["accuracy_interval"], result["log_loss_interval"]
+    assert (f"95 % intervals: accuracy {a.low:.4f}-{a.high:.4f} (Clopper-Pearson, exact binomial over the 6 test "
+            f"images), log loss {b.low:.4f}-{b.high:.4f} (percentile bootstrap") in text
+    assert f"{ll.low:.4f}-{ll.high:.4f}" in text
+    pred = read_predictions(run / PREDICTIONS)
+    names = np.array(config["class_names"])
+    np.testing.assert_array_equal(pred.paths, splits.test.paths)
+    np.testing.assert_array_equal(pred.labels, names[y])
+    np.testing.assert_array_equal(pred.predicted, names[probs.argmax(1)])
+    # the log loss recomputed from the file's p(true) is report.md's
+    assert -np.mean(np.log(np.clip(pred.p_true, 1e-15, 1))) == pytest.approx(result["summary"]["log_loss"], rel=1e-6)
+
+
+def _with_predictions(source: Path, dest: Path, flip: Sequence[int]) -> Path:
+    """A copy of an evaluated run whose test_predictions.csv has the images at ``flip`` made right / wrong."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("figures", "model.npz"))
+    lines = (dest / PREDICTIONS).read_text().splitlines()
+    for i in flip:
+        path, label, predicted, p_true = lines[i + 1].split(",")
+        wrong = "Hand" if label != "Hand" else "CXR"
+        lines[i + 1] = ",".join([path, label, wrong if predicted == label else label, p_true])
+    (dest / PREDICTIONS).write_text("\n".join(lines) + "\n")
+    return dest
+
+
+def test_compare_tests_each_pair_with_mcnemar(evaluated: tuple[Path, dict], tiny_run: Path,  # noqa: F811
+                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = evaluated
+    base = read_predictions(run / PREDICTIONS)
+    other = _with_predictions(run, tmp_path / "other", [0, 1, 2])  # right <-> wrong on the first three images
+    out = tmp_path / "fig.png"
+    assert main(["--compare", str(run), str(other), "--out", str(out), "--cache-dir", tiny_cache(tiny_run)]) == 0
+    printed = capsys.readouterr().out
+    e = metrics.mcnemar_exact(base.correct, read_predictions(other / PREDICTIONS).correct)
+    assert e.discordant == 3 and e.only_a == int(base.correct[:3].sum())
+    assert (f"McNemar's exact test, run vs other on the same 6 test images: right only by run {e.only_a}, only by "
+            f"other {e.only_b}, wrong by both {e.both_wrong}; p = {e.p_value:.4g} (not distinguishable from chance "
+            "at the 5% level)") in printed
+    # a run folder without test_predictions.csv: the predictions of its model.npz on the rebuilt split
+    weights_only = tmp_path / "weights-only"
+    shutil.copytree(tiny_run, weights_only, ignore=shutil.ignore_patterns("figures", "report.md", PREDICTIONS))
+    recomputed = run_predictions(weights_only, cache_dir=tiny_cache(tiny_run))
+    np.testing.assert_array_equal(recomputed.predicted, base.predicted)
+    np.testing.assert_allclose(recomputed.p_true, base.p_true, rtol=1e-6)
+    (weights_only / "model.npz").unlink()
+    printed_lines: list[str] = []
+    results = mcnemar_runs([run, other, weights_only], cache_dir=tiny_cache(tiny_run), report=printed_lines.append)
+    assert [(a, b) for a, b, _ in results] == [("run", "other")]
+    assert any("weights-only left out: it has neither test_predictions.csv nor model.npz" in x for x in printed_lines)
+
+
+def test_compare_of_runs_on_different_test_images_is_a_one_line_error(
+        evaluated: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, _ = evaluated
+    other = _with_predictions(run, tmp_path / "other", [])
+    lines = (other / PREDICTIONS).read_text().splitlines()
+    (other / PREDICTIONS).write_text("\n".join(lines[:-1]) + "\n")  # one test image fewer
+    assert main(["--compare", str(run), str(other), "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "run and other were tested on different images (6 and 5 test images, 5 in common)" in err
+    assert err.count("\n") == 1
+    (other / PREDICTIONS).write_text("path,label\n")
+    with pytest.raises(EvaluationError, match="test_predictions.csv: unreadable test predictions"):
+        read_predictions(other / PREDICTIONS)
+
+
 def test_errors_table_orders_and_caps() -> None:
     from minarn.evaluate import _errors_markdown
 
@@ -152,7 +239,8 @@ def test_checkpoint_evaluates_the_best_weights_so_far_into_interim(
     before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
     assert main([str(run), "--checkpoint", "--no-figures", "--cache-dir", tiny_cache(tiny_run)]) == 0
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    assert sorted(set(after) - set(before)) == [Path("interim/report.md"), Path("interim/test.json")]
+    assert sorted(set(after) - set(before)) == [Path("interim/report.md"), Path("interim/test.json"),
+                                                Path("interim/test_predictions.csv")]
     assert all(after[k] == v for k, v in before.items())
     interim = json.loads((run / "interim" / "test.json").read_text())
     _, finished = evaluated

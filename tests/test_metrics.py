@@ -461,6 +461,148 @@ def test_summary_markdown_of_the_papers_one_error_case():
 
 
 # --------------------------------------------------------------------------------------------------------
+# intervals and McNemar's exact test
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_clopper_pearson_hand_cases_and_definition():
+    # k = n: low = (alpha/2)^(1/n); k = 0: high = 1 - (alpha/2)^(1/n) (solve P(X = n) = alpha/2 by hand)
+    all_right = M.clopper_pearson_interval(2359, 2359)
+    assert all_right.low == pytest.approx(0.025 ** (1 / 2359), rel=1e-12) and all_right.high == 1.0
+    assert all_right.method == "clopper-pearson" and all_right.confidence == 0.95
+    none_right = M.clopper_pearson_interval(0, 10, confidence=0.9)
+    assert none_right.low == 0.0 and none_right.high == pytest.approx(1 - 0.05 ** (1 / 10), rel=1e-12)
+    # inside: the ends are where the binomial tails equal alpha/2
+    ci = M.clopper_pearson_interval(2358, 2359)
+    assert scipy.stats.binom.sf(2357, 2359, ci.low) == pytest.approx(0.025, rel=1e-8)
+    assert scipy.stats.binom.cdf(2358, 2359, ci.high) == pytest.approx(0.025, rel=1e-8)
+
+
+def test_wilson_hand_case():
+    # 5 of 10 at 95 %: centre 0.5, half-width z/(1 + z^2/10) * sqrt(0.025 + z^2/400), z = 1.959964
+    z = 1.959963984540054
+    half = z / (1 + z * z / 10) * np.sqrt(0.025 + z * z / 400)
+    ci = M.wilson_interval(5, 10)
+    assert (ci.low, ci.high) == pytest.approx((0.5 - half, 0.5 + half), abs=1e-12)
+    assert (round(ci.low, 4), round(ci.high, 4)) == (0.2366, 0.7634)
+    assert M.wilson_interval(2359, 2359).low == pytest.approx(2359 / (2359 + z * z), rel=1e-12)
+
+
+@given(st.integers(1, 300), st.data())
+@FAST
+def test_intervals_match_scipy_binomtest(n, data):
+    k = data.draw(st.integers(0, n))
+    confidence = data.draw(st.sampled_from([0.8, 0.95, 0.99]))
+    result = scipy.stats.binomtest(k, n)
+    for method, ours in (("exact", M.clopper_pearson_interval), ("wilson", M.wilson_interval)):
+        ref = result.proportion_ci(confidence_level=confidence, method=method)
+        got = ours(k, n, confidence)
+        assert (got.low, got.high) == pytest.approx((ref.low, ref.high), abs=1e-9), method
+        assert got.low <= k / n <= got.high
+
+
+def test_accuracy_interval_counts_the_correct_labels():
+    y = np.repeat(np.arange(6), [400, 359, 400, 400, 400, 400])
+    pred = y.copy()
+    pred[5] = 3
+    assert M.accuracy_interval(y, pred) == M.clopper_pearson_interval(2358, 2359)
+    assert M.accuracy_interval(y, pred, method="wilson") == M.wilson_interval(2358, 2359)
+    with pytest.raises(ValueError, match="method: expected one of"):
+        M.accuracy_interval(y, pred, method="normal")
+
+
+def test_bootstrap_is_seeded_and_matches_a_direct_resampling():
+    rng = np.random.default_rng(5)
+    values = rng.exponential(size=3000)  # 3,000 values: the resamples are drawn in several chunks
+    got = M.bootstrap_mean_interval(values, n_resamples=700, seed=11)
+    idx = np.random.default_rng(11).integers(0, 3000, (700, 3000))  # one draw of every resample at once
+    low, high = np.quantile(values[idx].mean(axis=1), [0.025, 0.975])
+    assert (got.low, got.high) == pytest.approx((low, high), rel=1e-12)
+    assert got == M.bootstrap_mean_interval(values, n_resamples=700, seed=11)
+    assert got != M.bootstrap_mean_interval(values, n_resamples=700, seed=12)
+    assert got.low < values.mean() < got.high
+    constant = M.bootstrap_mean_interval(np.full(50, 0.25))
+    assert (constant.low, constant.high) == (0.25, 0.25)
+
+
+def test_log_loss_interval_brackets_the_log_loss_of_one_error():
+    y = np.repeat(np.arange(6), [400, 359, 400, 400, 400, 400])
+    probs = np.full((len(y), 6), 1e-4)
+    probs[np.arange(len(y)), y] = 1 - 5e-4
+    probs[0] = [0.3, 0.0, 0.0, 0.7, 0.0, 0.0]  # the one error: p(true) = 0.3
+    terms = M.per_sample_log_loss(y, probs)
+    assert terms.mean() == pytest.approx(M.log_loss(y, probs), rel=1e-15)
+    assert terms[0] == pytest.approx(-np.log(0.3))
+    ci = M.log_loss_interval(y, probs)
+    assert ci.low < M.log_loss(y, probs) < ci.high
+    # a resample without the error image has log loss -ln(1 - 5e-4); P(no copy of it) = (1 - 1/N)^N ~ 0.37 > 2.5 %
+    assert ci.low == pytest.approx(-np.log(1 - 5e-4), rel=1e-9)
+
+
+@pytest.mark.parametrize("k, n, p", [(0, 0, 1.0), (1, 1, 1.0), (0, 3, 0.25), (0, 5, 0.0625), (0, 6, 0.03125),
+                                     (2, 10, 112 / 1024), (8, 10, 112 / 1024), (5, 10, 1.0), (3, 4, 0.625)])
+def test_binomial_two_sided_p_hand_cases(k, n, p):
+    assert M.binomial_two_sided_p(k, n) == p
+
+
+def test_binomial_two_sided_p_matches_scipy_binomtest():
+    for n in range(1, 41):
+        for k in range(n + 1):
+            assert M.binomial_two_sided_p(k, n) == pytest.approx(scipy.stats.binomtest(k, n, 0.5).pvalue,
+                                                                rel=1e-12), (k, n)
+
+
+def test_mcnemar_exact_by_hand_and_against_binomtest():
+    # 2,359 images: A wrong on 1 image, B wrong on 4 others and on A's; b = 4 (only A right), c = 0
+    correct_a = np.ones(2359, bool)
+    correct_a[0] = False
+    correct_b = correct_a.copy()
+    correct_b[1:5] = False
+    result = M.mcnemar_exact(correct_a, correct_b)
+    assert (result.only_a, result.only_b, result.both_wrong, result.n) == (4, 0, 1, 2359)
+    assert result.discordant == 4 and result.p_value == 2 / 16
+    assert M.mcnemar_exact(correct_b, correct_a).p_value == result.p_value  # symmetric
+    assert M.mcnemar_exact(correct_a, correct_a).p_value == 1.0  # no discordant pair
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(200) < 0.9, rng.random(200) < 0.8
+        r = M.mcnemar_exact(a, b)
+        assert r.p_value == pytest.approx(scipy.stats.binomtest(r.only_a, r.discordant, 0.5).pvalue, rel=1e-12)
+    y = np.array([0, 1, 2, 2, 1])
+    assert M.mcnemar_test(y, np.array([0, 1, 2, 2, 1]), np.array([1, 0, 0, 2, 1])).only_a == 3
+
+
+def _brute_force_mcnemar_range(errors_a, errors_b, sizes):
+    """Every way to choose which images of each class the two runs get wrong: min and max p."""
+    import itertools
+
+    per_class = []
+    for a, b, n in zip(errors_a, errors_b, sizes):
+        per_class.append([(set(wa), set(wb)) for wa in itertools.combinations(range(n), a)
+                          for wb in itertools.combinations(range(n), b)])
+    ps = []
+    for choice in itertools.product(*per_class):
+        only_a = sum(len(wb - wa) for wa, wb in choice)
+        only_b = sum(len(wa - wb) for wa, wb in choice)
+        ps.append(M.binomial_two_sided_p(only_a, only_a + only_b))
+    return min(ps), max(ps)
+
+
+@pytest.mark.parametrize("errors_a, errors_b, sizes", [([0, 1], [2, 1], [3, 2]), ([1, 1], [1, 0], [3, 3]),
+                                                       ([2, 0], [2, 3], [3, 4]), ([0, 0], [3, 2], [3, 2]),
+                                                       ([3, 1], [2, 2], [4, 2])])
+def test_mcnemar_range_is_the_brute_force_range(errors_a, errors_b, sizes):
+    assert M.mcnemar_exact_range(errors_a, errors_b, sizes) == _brute_force_mcnemar_range(errors_a, errors_b, sizes)
+
+
+def test_mcnemar_range_hand_cases():
+    # one run without error: the other's errors are all discordant, one value (3 errors: p = 2/8)
+    assert M.mcnemar_exact_range([0, 0, 0], [1, 0, 2]) == (0.25, 0.25)
+    # A: 1 Hand error, B: 2 Hand + 1 CXR; overlap 0 gives (1, 3), p = 10/16; overlap 1 gives (0, 2), p = 8/16
+    assert M.mcnemar_exact_range([0, 1], [1, 2]) == (0.5, 0.625)
+
+
+# --------------------------------------------------------------------------------------------------------
 # validation: errors name the argument, the expected and the received shape
 # --------------------------------------------------------------------------------------------------------
 
@@ -491,6 +633,19 @@ BAD_CALLS = [
     (M.entropy, (np.array([[0.0, 0.0]]),), r"probs: expected every row to have a positive sum"),
     (M.precision_score, (Y5, Y5, 3, "micro"), r"average: expected one of"),
     (M.classification_report_dict, (Y5, Y5, ["a", "a", "b"]), r"class_names: expected unique names"),
+    (M.clopper_pearson_interval, (11, 10), r"successes: expected 0 <= successes <= trials = 10, got 11"),
+    (M.wilson_interval, (0, 0), r"trials: expected >= 1, got 0"),
+    (M.wilson_interval, (1.5, 3), r"successes, trials: expected integers"),
+    (M.clopper_pearson_interval, (1, 3, 95), r"confidence: expected a level in \(0, 1\)"),
+    (M.bootstrap_mean_interval, (np.zeros((2, 2)),), r"values: expected shape \(N,\) with N >= 1, got \(2, 2\)"),
+    (M.bootstrap_mean_interval, (np.array([1.0, np.inf]),), r"values: expected finite values"),
+    (M.bootstrap_mean_interval, (np.ones(3), 0.95, 0), r"n_resamples: expected an integer >= 1, got 0"),
+    (M.mcnemar_exact, (np.ones(3, bool), np.ones(4, bool)), r"expected two bool arrays of one shape"),
+    (M.mcnemar_exact, (np.ones(3), np.ones(3)), r"expected dtype bool, got float64"),
+    (M.mcnemar_test, (Y5, Y5, Y5[:4]), r"y_pred_b: expected shape \(5,\), got \(4,\)"),
+    (M.mcnemar_exact_range, ([1, 0], [0]), r"expected one shape \(K,\)"),
+    (M.mcnemar_exact_range, ([3, 0], [0, 0], [2, 2]), r"expected 0 <= errors <= sizes"),
+    (M.binomial_two_sided_p, (4, 3), r"k, n: expected 0 <= k <= n, got k=4, n=3"),
 ]
 
 

@@ -9,8 +9,10 @@ import re
 import shlex
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 from run_fixture import tiny_cache, tiny_run  # noqa: F401 - tiny_run is a fixture
 
@@ -376,6 +378,211 @@ def test_unknown_or_unbalanced_markers_are_errors(results: Path) -> None:
         publish.outdated(results)
 
 
+# -- statistics: intervals, McNemar, near-duplicates, time to accuracy -----------------------------------------
+COUNTS = [400, 359, 400, 400, 400, 400]
+
+
+def add_predictions(run: Path, wrong: Sequence[int], p_wrong: float | None = 0.3, log_loss: float = 0.00612,
+                    paths_offset: int = 0) -> None:
+    """A test_predictions.csv for a make_run folder: 2,359 images, the ``wrong`` ones predicted as another class;
+    p(true) chosen so that the mean log loss is ``log_loss`` (None: p_true left empty). config.json follows."""
+    labels = np.repeat(np.arange(6), COUNTS)
+    lines = ["path,label,predicted,p_true"]
+    x = (log_loss * len(labels) + len(wrong) * np.log(p_wrong)) / (len(labels) - len(wrong)) if p_wrong else 0
+    for i in range(len(labels)):
+        g = i + paths_offset  # image number g has class labels[g % 2359] in every run
+        y = labels[g % len(labels)]
+        pred = (y + 1) % 6 if i in wrong else y
+        p = "" if p_wrong is None else repr(p_wrong if i in wrong else float(np.exp(-x)))
+        lines.append(f"{CLASSES[y]}/{g:06d}.jpeg,{CLASSES[y]},{CLASSES[pred]},{p}")
+    (run / "predictions.tmp").write_text("\n".join(lines) + "\n")
+    (run / "predictions.tmp").rename(run / publish.PREDICTIONS)
+    config = json.loads((run / "config.json").read_text())
+    config["test"].update(errors=len(wrong), accuracy=1 - len(wrong) / 2359, log_loss=log_loss)
+    (run / "config.json").write_text(json.dumps(config))
+    summary = {"precision": 0.999, "recall": 0.999, "f1": 0.999, "accuracy": 1 - len(wrong) / 2359, "kappa": 0.999,
+               "log_loss": log_loss}
+    (run / "report.md").write_text(report_text(summary))
+
+
+def add_confusion_matrix(run: Path, errors_per_class: Sequence[int]) -> None:
+    """report.md's confusion matrix with ``errors_per_class`` (each predicted as the next class); config follows."""
+    from minarn.evaluate import _confusion_markdown
+
+    C = np.diag(COUNTS) - np.diag(errors_per_class)
+    for k, e in enumerate(errors_per_class):
+        C[k, (k + 1) % 6] += e
+    accuracy = 1 - sum(errors_per_class) / 2359
+    config = json.loads((run / "config.json").read_text())
+    config["test"].update(errors=int(sum(errors_per_class)), accuracy=accuracy)
+    (run / "config.json").write_text(json.dumps(config))
+    summary = {"precision": 0.999, "recall": 0.999, "f1": 0.999, "accuracy": accuracy, "kappa": 0.999,
+               "log_loss": config["test"]["log_loss"]}
+    matrix = _confusion_markdown(C, CLASSES)
+    (run / "report.md").write_text(report_text(summary) + "\n## Confusion matrix (rows: true class, columns: "
+                                   f"predicted class)\n\n{matrix}")
+
+
+def test_intervals_table_gives_clopper_pearson_and_the_bootstrap(tmp_path: Path, results: Path) -> None:
+    run = make_run(tmp_path / "a", 4, True)
+    add_predictions(run, wrong=[0, 500])
+    publish.publish(run, results, name="default-seed123", say=lambda _: None)
+    publish.write_tables(results, say=lambda _: None)
+    acc = metrics.clopper_pearson_interval(2357, 2359)
+    pred = publish.read_predictions(results / "default-seed123" / publish.PREDICTIONS)
+    losses = -np.log(pred.p_true)
+    assert losses.mean() == pytest.approx(0.00612)
+    ll = metrics.bootstrap_mean_interval(losses)
+    row = f"| 2,359 | 2 | 99.915 % | {100 * acc.low:.3f}-{100 * acc.high:.3f} % | 0.0061 | {ll.low:.4f}-{ll.high:.4f} |"
+    assert row in block(results / "README.md", "intervals")
+    # a predictions file that disagrees with config.json is an error naming the file
+    config = json.loads((results / "default-seed123" / "config.json").read_text())
+    config["test"]["errors"] = 3
+    (results / "default-seed123" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(publish.PublishError, match=r"test_predictions.csv: 2,359 images, 2 wrong, but config.json"):
+        publish.write_tables(results, say=lambda _: None)
+
+
+def test_mcnemar_table_pairs_known_predictions_and_bounds_unknown_ones(tmp_path: Path, results: Path) -> None:
+    a = make_run(tmp_path / "s123", 4, True)
+    add_predictions(a, wrong=[0, 1, 2, 3, 4, 5])  # six AbdomenCT errors
+    b = make_run(tmp_path / "s7", 4, True, seed=7)
+    add_predictions(b, wrong=[0], p_wrong=None)  # one of the same images; no probabilities
+    gelu = make_run(tmp_path / "gelu", 2, True, epochs=2)
+    add_confusion_matrix(gelu, [0, 0, 2, 0, 1, 0])  # which images is not known
+    relu = make_run(tmp_path / "relu", 2, True, epochs=2, dense_activation="relu")
+    add_confusion_matrix(relu, [0, 0, 1, 0, 2, 0])
+    for run, name in ((a, "default-seed123"), (b, "default-seed7"), (gelu, "short-gelu"), (relu, "fig10-relu")):
+        publish.publish(run, results, name=name, say=lambda _: None)
+    publish.write_tables(results, say=lambda _: None)
+    table = block(results / "README.md", "mcnemar")
+    exact = metrics.binomial_two_sided_p(0, 5)  # b is right on five images a gets wrong, never the reverse
+    assert (f"| seed | [`default-seed123`](default-seed123/) | [`default-seed7`](default-seed7/) | 2,359 | 6 / 1 | "
+            f"0 / 5 | {exact:.3g} | no |") in table
+    low, high = metrics.mcnemar_exact_range([0, 0, 1, 0, 2, 0], [0, 0, 2, 0, 1, 0], COUNTS)
+    assert (f"| dense activation | [`fig10-relu`](fig10-relu/) | [`short-gelu`](short-gelu/) | 2,359 | 3 / 3 | ? | "
+            f"{publish.p_cell(publish.Comparison(0, 0, 0, None, None, low, high, ''))} | no |") in table
+    # a = six errors, gelu = three elsewhere: the pairing does not matter, no image can be wrong in both of them
+    assert "| 2,359 | 6 / 3 |" in table
+    five, six = metrics.binomial_two_sided_p(0, 5), metrics.binomial_two_sided_p(0, 6)  # 0.0625, 0.03125
+    assert publish.verdict(publish.Comparison(1, 0, 5, 0, 5, five, five, "")) == "no"
+    assert publish.verdict(publish.Comparison(1, 0, 6, 0, 6, six, six, "")) == "yes"
+    assert publish.verdict(publish.Comparison(1, 0, 0, None, None, 0.01, 0.2, "")) == \
+        "depends on which images are wrong"
+
+
+def test_dedupe_run_is_compared_on_the_test_images_both_splits_hold(tmp_path: Path, results: Path) -> None:
+    default = make_run(tmp_path / "d", 4, True)
+    add_predictions(default, wrong=[3])
+    dedupe = make_run(tmp_path / "dd", 4, True, dedupe=True)
+    add_predictions(dedupe, wrong=[], paths_offset=2000)  # images 2000-2358 of the default split are in both
+    publish.publish(default, results, name="default-seed123", say=lambda _: None)
+    publish.publish(dedupe, results, name="dedupe-seed123", say=lambda _: None)
+    publish.write_tables(results, say=lambda _: None)
+    row = "| `--dedupe` | [`dedupe-seed123`](dedupe-seed123/) | [`default-seed123`](default-seed123/) | 359 | 0 / 0 |"
+    assert row in block(results / "README.md", "mcnemar")
+
+
+def write_audit(results: Path, near: dict[str, list[tuple[str, float]]], threshold: float = 0.05) -> None:
+    """A minimal results/near-duplicates/ (near_duplicates.json, near_copies.csv) with the test images ``near``."""
+    folder = results / publish.AUDIT
+    folder.mkdir()
+    parts = {"valid": {"images": 3537, "exact": 1, "near": {"0.05": 2}},
+             "test": {"images": 2359, "exact": 1, "near": {"0.05": 2}}}
+    summary = {"images": 58954, "threshold": threshold, "threshold_rule": "the gap", "max_distance": 0.2,
+               "seconds": 12.5, "classes": [{"class": c, "images": 10, "exact_groups": 1, "exact_extra": 1,
+                                            "near_groups": 2, "near_images": 4} for c in CLASSES],
+               "splits": {"paper": parts, "dedupe": parts}}
+    (folder / "near_duplicates.json").write_text(json.dumps(summary))
+    rows = ["split,part,path,label,train_path,train_label,distance"]
+    rows += [f"{split},test,{path},AbdomenCT,AbdomenCT/x.jpeg,AbdomenCT,{d}" for split, items in near.items()
+             for path, d in items]
+    (folder / "near_copies.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_near_duplicate_table_scores_the_runs_without_the_copied_test_images(tmp_path: Path,
+                                                                            results: Path) -> None:
+    run = make_run(tmp_path / "d", 4, True)
+    add_predictions(run, wrong=[0, 1])
+    publish.publish(run, results, name="default-seed123", say=lambda _: None)
+    publish.write_tables(results, say=lambda _: None)
+    assert "Not run yet" in block(results / "README.md", "neardup")
+    # image 0 (wrong) and image 7 (right) have a copy within the threshold, image 9 only a looser one
+    write_audit(results, {"paper": [("AbdomenCT/000000.jpeg", 0.0), ("AbdomenCT/000007.jpeg", 0.03),
+                                    ("AbdomenCT/000009.jpeg", 0.09)]})
+    publish.write_tables(results, say=lambda _: None)
+    table = block(results / "README.md", "neardup")
+    pred = publish.read_predictions(results / "default-seed123" / publish.PREDICTIONS)
+    keep = np.ones(2359, bool)
+    keep[[0, 7]] = False
+    acc = metrics.clopper_pearson_interval(2356, 2357)
+    loss = -np.log(pred.p_true[keep])
+    ll = metrics.bootstrap_mean_interval(loss)
+    assert (f"| [`default-seed123`](default-seed123/) | paper | 2 | 2,356 of 2,357 | {100 * acc.low:.3f}-"
+            f"{100 * acc.high:.3f} % | {loss.mean():.4f} | {ll.low:.4f}-{ll.high:.4f} |") in table
+    assert "threshold 0.0500 (the gap)" in table and "| paper | test | 2,359 | 1 | 2 |" in table
+
+
+def test_time_to_accuracy_sums_the_epochs_to_the_first_one_at_99_9(tmp_path: Path, results: Path) -> None:
+    run = make_run(tmp_path / "d", 5, True)
+    history = (run / "history.csv").read_text().splitlines()
+    history[3] = history[3].replace("0.998304", "0.999152")  # epoch 3: 3,534 of 3,537 right = 99.915 %
+    (run / "history.csv").write_text("\n".join(history) + "\n")
+    publish.publish(run, results, name="default-seed123", say=lambda _: None)
+    slow = make_run(tmp_path / "s", 2, True, epochs=2)  # never reaches 99.9 %
+    publish.publish(slow, results, name="short", say=lambda _: None)
+    publish.write_tables(results, say=lambda _: None)
+    table = block(results / "README.md", "timetoacc")
+    assert "| paper | GPU (not stated here) |  | 2 | 0:03:18 |" in table  # 104.09 + 93.52 s
+    assert ("| [`default-seed123`](default-seed123/) | `?`, numpy | not recorded (1 start) | 3 | 0:30:02 | 5 | "
+            "0:50:02 | 5 epochs (stopped by the controller) | 0:50:02 | 600 s |") in table  # 600.5 s per epoch
+    assert "| [`short`](short/) | `?`, numpy | not recorded (1 start) | not reached |" in table
+
+
+def test_zero_error_predictions_are_the_rebuilt_test_split(tiny_run: Path, tmp_path: Path,  # noqa: F811
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINARN_CACHE", tiny_cache(tiny_run))
+    run = tmp_path / "no-weights"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("model.npz", publish.PREDICTIONS))
+    assert publish.main([str(run), "--zero-error-predictions"]) == 2  # the tiny run has test errors
+    config = json.loads((run / "config.json").read_text())
+    config["test"]["errors"] = 0
+    (run / "config.json").write_text(json.dumps(config))
+    assert publish.main([str(run), "--zero-error-predictions"]) == 0
+    from minarn.evaluate import load_run_splits
+
+    splits, _, _, _ = load_run_splits(run, cache_dir=tiny_cache(tiny_run))
+    pred = publish.read_predictions(run / publish.PREDICTIONS)
+    np.testing.assert_array_equal(pred.paths, splits.test.paths)
+    np.testing.assert_array_equal(pred.labels, np.array(config["class_names"])[splits.test.labels])
+    assert pred.correct.all() and np.isnan(pred.p_true).all()
+    shutil.copy(tiny_run / "model.npz", run / "model.npz")
+    with pytest.raises(publish.PublishError, match="has model.npz; python -m minarn.evaluate RUN_DIR writes"):
+        publish.write_zero_error_predictions(run, say=lambda _: None)
+
+
+def test_published_predictions_agree_with_the_runs_and_the_audit() -> None:
+    runs = {r.name: r for r in publish.read_published(RESULTS)}
+    with_file = {name: publish.run_predictions(r) for name, r in runs.items()
+                 if (r.folder / publish.PREDICTIONS).is_file()}  # run_predictions checks them against config.json
+    assert "default-seed123" in with_file and not np.isnan(with_file["default-seed123"].p_true).any()
+    for name, pred in with_file.items():
+        assert len(set(pred.paths.tolist())) == len(pred.paths), name
+        if name != "default-seed123":
+            assert runs[name].test["errors"] == 0 and pred.correct.all(), name
+        if not runs[name].options["dedupe"]:  # the paper's split: the same test images as the default run
+            assert set(pred.paths.tolist()) == set(with_file["default-seed123"].paths.tolist()), name
+    audit = publish.read_audit(RESULTS)
+    assert audit is not None
+    summary, copies = audit
+    for r in runs.values():
+        split = "dedupe" if r.options["dedupe"] else "paper"
+        assert summary["splits"][split]["test"]["images"] == r.config["split"]["test"]["total"]
+        assert summary["splits"][split]["test"]["exact"] == r.config["duplicates_in_train"]["test"]
+    test_paths = set(with_file["default-seed123"].paths.tolist())
+    assert all(c["path"] in test_paths for c in copies if c["split"] == "paper" and c["part"] == "test")
+
+
 # -- the published default model reproduces its numbers (needs the data and the published weights) ----------
 PUBLISHED_MODELS = sorted(p.parent.name for p in RESULTS.glob("*/model.npz")) or ["default-seed123"]
 
@@ -390,6 +597,10 @@ def test_published_model_reproduces_its_test_metrics(name: str, tmp_path: Path) 
         pytest.skip(f"needs {DATA} and {published / 'model.npz'}")
     result = evaluate_run(published, data=str(DATA), report=None, make_figures=False, out_dir=tmp_path / "check")
     expected = json.loads((published / "config.json").read_text())["test"]
+    fresh, kept = (publish.read_predictions(folder / publish.PREDICTIONS) for folder in (tmp_path / "check", published))
+    np.testing.assert_array_equal(fresh.paths, kept.paths)
+    np.testing.assert_array_equal(fresh.predicted, kept.predicted)
+    np.testing.assert_allclose(fresh.p_true, kept.p_true, rtol=1e-5)
     assert result["warnings"] == []
     assert int(result["confusion_matrix"].sum() - result["confusion_matrix"].trace()) == expected["errors"]
     assert result["summary"]["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)

@@ -23,6 +23,8 @@ class BatchNormalization(Layer):
     Backward (inference) treats the moving statistics as constants: dx = g / sqrt(moving_variance + eps).
     Kernels (``kernels.channel_moments`` / ``batchnorm_apply`` / ``batchnorm_backward``): the Numba backend
     takes the statistics in one pass and the backward in two; x_hat is recomputed from the kept input.
+    ``reducer``: None, or an object with those two kernels' ``channel_moments`` and ``batchnorm_backward`` that
+    takes the sums over more rows than this process holds (``minarn.distributed.SyncBatchNorm``: all ranks').
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class BatchNormalization(Layer):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.state["moving_mean"] = np.zeros(channels, dtype=dtype)
         self.state["moving_variance"] = np.ones(channels, dtype=dtype)
+        self.reducer: Any = None
 
     def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
         self._check_shape(tuple(input_shape), max(len(input_shape), 2), self.channels)
@@ -57,7 +60,7 @@ class BatchNormalization(Layer):
         K = kernels.get_backend()
         x2 = x.reshape(-1, self.channels)  # (rows, C): every axis but the channel axis is averaged over
         if training:
-            mean, var = K.channel_moments(x2)  # numba: one pass over x
+            mean, var = (K if self.reducer is None else self.reducer).channel_moments(x2)  # numba: one pass
             m = self.momentum
             for key, batch_value in (("moving_mean", mean), ("moving_variance", var)):
                 moving = self.state[key]
@@ -83,7 +86,7 @@ class BatchNormalization(Layer):
             self.grads["beta"] = d2.sum(axis=0).astype(gamma.dtype, copy=False)
             return (dout * (gamma.astype(dout.dtype, copy=False) * inv_std)).astype(dout.dtype, copy=False)
         dt = dout.dtype
-        dx, dgamma, dbeta = kernels.get_backend().batchnorm_backward(
+        dx, dgamma, dbeta = (kernels.get_backend() if self.reducer is None else self.reducer).batchnorm_backward(
             d2, x2.astype(dt, copy=False), mean.astype(dt, copy=False), inv_std.astype(dt, copy=False),
             gamma.astype(dt, copy=False))
         self.grads["gamma"] = dgamma.astype(gamma.dtype, copy=False)

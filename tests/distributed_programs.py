@@ -1,0 +1,81 @@
+"""Programs that ``tests/test_distributed.py`` starts under ``mpiexec -n 2`` (not a test module).
+
+``step OUT.npz``: on batches of 8, 7 and 1 images of the shipped sample (the last leaves rank 1 no rows), the
+sharded forward and backward with synchronized batch norm, the gradient all-reduce and one Adamax step on every
+rank, and on rank 0 the same on the whole batch in one process (no reducer); rank 0 saves both, keyed
+``"<n>/dist/..."`` and ``"<n>/ref/..."`` (gradients, Adamax slots, batch-norm moving statistics, weights).
+``fail RUN_DIR``: ``python -m minarn.train`` into RUN_DIR where rank 1 raises at its second training step.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from minarn import distributed, train
+from minarn.data import load_mednist, one_hot, scale_images
+from minarn.model import ARNCNN
+from minarn.optim import get_optimizer
+
+
+def _arrays(model: ARNCNN, grads: dict[str, np.ndarray], optimizer, prefix: str) -> dict[str, np.ndarray]:
+    out = {f"{prefix}/grad/{k}": g for k, g in grads.items()}
+    out.update({f"{prefix}/weights/{k}": v for k, v in model.state_dict().items()})
+    out.update({f"{prefix}/optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()
+                if isinstance(v, np.ndarray)})
+    return out
+
+
+def step(path: str) -> None:
+    comm = distributed.communicator()
+    ds = load_mednist()
+    saved: dict[str, np.ndarray] = {}
+    for n in (8, 7, 1):
+        idx = np.random.default_rng(n).permutation(len(ds))[:n]
+        x, y = scale_images(ds.images[idx]), one_hot(ds.labels[idx], ds.num_classes)
+        part = distributed.shard(n, comm.rank, comm.size)
+        rows = part.rows if part.count else slice(0, 1)  # no rows: the one-row stand-in, as train.fit does
+        model = ARNCNN(num_classes=ds.num_classes, seed=3)
+        optimizer = get_optimizer("adamax", 0.001, form="paper")
+        model.dropout.rng = distributed.RowsOf(np.random.default_rng([7, n]), part)
+        sync = distributed.synchronize_batch_norm(model, comm)
+        sync.share, sync.contributes = part.share, part.count > 0
+        _, grads = model.loss_and_grads(x[rows], y[rows])
+        grads = distributed.allreduce_gradients(comm, grads, part.share)
+        optimizer.apply(model.parameters(), grads)
+        if comm.rank == 0:
+            saved.update(_arrays(model, grads, optimizer, f"{n}/dist"))
+            ref = ARNCNN(num_classes=ds.num_classes, seed=3)
+            ref_opt = get_optimizer("adamax", 0.001, form="paper")
+            ref.dropout.rng = np.random.default_rng([7, n])
+            _, ref_grads = ref.loss_and_grads(x, y)
+            ref_opt.apply(ref.parameters(), ref_grads)
+            saved.update(_arrays(ref, ref_grads, ref_opt, f"{n}/ref"))
+    if comm.rank == 0:
+        np.savez(path, **saved)
+
+
+def fail(run_dir: str) -> int:
+    comm = distributed.communicator()
+    calls = []
+    original = ARNCNN.loss_and_grads
+
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if comm.rank == 1 and len(calls) == 2:
+            raise RuntimeError("injected failure in the second training step")
+        return original(self, *args, **kwargs)
+
+    ARNCNN.loss_and_grads = failing
+    return train.main(["--out", run_dir, "--epochs", "1", "--batch-size", "8", "--limit-per-class", "21",
+                       "--image-size", "32"])
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "step":
+        step(sys.argv[2])
+    elif sys.argv[1] == "fail":
+        raise SystemExit(fail(sys.argv[2]))
+    else:
+        raise SystemExit(f"unknown program {sys.argv[1]!r}: expected step or fail")

@@ -1,0 +1,173 @@
+"""Data-parallel training on MPI (``minarn.distributed``): sharding, the one-process stand-in, the install hint,
+and, under ``mpiexec -n 2`` (local ranks, each on one BLAS / Numba thread), the same training as one process.
+
+"The same up to float32 round-off" is measured over the whole flattened gradient (or weights): a single weight
+can differ far more, because ARN-CNN's max-pooling ties (black background) and ReLU kinks route the gradient by
+the last bit; one process on the NumPy kernels differs from itself on the Numba kernels just as much (5 % on
+one conv bias in a batch of 7). A wrong share, a missing all-reduce or unsynchronized batch norm moves the
+whole gradient by 1e-2 and more.
+
+The training runs use ``--optimizer sgd`` for the weights: Adamax's first steps move a weight whose gradient is
+round-off noise (a bias before batch norm) by +-lr whatever the noise's size; its slots are compared one step
+after the same gradients instead (``distributed_programs.py step``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minarn import distributed, train
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = Path(__file__).resolve().parent / "distributed_programs.py"
+MPIEXEC = shutil.which("mpiexec") or (shutil.which("mpiexec", path=str(Path(sys.executable).parent)))
+needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found: pip install 'minarn[mpi]'")
+TIMEOUT = 300  # seconds: a hang fails the test instead of blocking CI
+RUN = ["--epochs", "1", "--batch-size", "8", "--limit-per-class", "21", "--image-size", "32", "--optimizer", "sgd"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in distributed.LAUNCHER_VARIABLES}
+    env.update(PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    return env
+
+
+def _run(argv: list[str], ranks: int = 1, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = ([MPIEXEC, "-n", str(ranks)] if ranks > 1 else []) + [sys.executable] + argv
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=cwd)
+
+
+def _train(out: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess:
+    done = _run(["-m", "minarn.train", "--out", str(out), *RUN, *extra], ranks)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def _flat_difference(a: dict, b: dict, prefix: str) -> float:
+    """||a - b|| / ||b|| over every float array whose key starts with ``prefix``."""
+    keys = [k for k in b if k.startswith(prefix) and np.asarray(b[k]).dtype.kind == "f"]
+    assert keys, f"no arrays {prefix}*"
+    d = np.concatenate([(np.asarray(a[k], np.float64) - b[k]).ravel() for k in keys])
+    r = np.concatenate([np.asarray(b[k], np.float64).ravel() for k in keys])
+    return float(np.linalg.norm(d) / np.linalg.norm(r))
+
+
+def _checkpoint(run: Path) -> dict[str, np.ndarray]:
+    with np.load(run / "checkpoint.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+# -- without mpiexec ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("total", [0, 1, 5, 7, 8, 40, 41])
+@pytest.mark.parametrize("size", [1, 2, 3, 64])
+def test_shards_cover_the_batch_once_in_order(total, size):
+    parts = [distributed.shard(total, r, size) for r in range(size)]
+    assert [p.start for p in parts] == [0] + [p.stop for p in parts[:-1]]
+    assert parts[-1].stop == total
+    assert max(p.count for p in parts) - min(p.count for p in parts) <= 1
+    assert sum(p.share for p in parts) == pytest.approx(1.0 if total else 0.0)
+
+
+def test_each_rank_draws_its_rows_of_the_whole_batchs_random_numbers():
+    whole = np.random.default_rng([1, 2, 3])
+    flips, mask = whole.random(7), whole.random((7, 256))
+    for rank in range(3):
+        part = distributed.shard(7, rank, 3)
+        rng = distributed.RowsOf(np.random.default_rng([1, 2, 3]), part)
+        np.testing.assert_array_equal(rng.random(part.count), flips[part.rows])
+        np.testing.assert_array_equal(rng.random((part.count, 256), dtype=np.float64), mask[part.rows])
+
+
+def test_the_one_process_stand_in_changes_nothing():
+    comm = distributed.communicator()
+    assert isinstance(comm, distributed.SingleProcess) and (comm.rank, comm.size) == (0, 1)
+    grads = {"a/kernel": np.ones((2, 3), np.float32)}
+    assert distributed.allreduce_gradients(comm, grads, 1.0) is grads
+    assert comm.bcast(grads) is grads and comm.allgather(3) == [3]
+
+
+def test_without_mpi4py_mpiexec_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(distributed, "mpi4py", None)
+    monkeypatch.setenv("PMI_RANK", "0")
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert train.main(["--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "started by mpiexec" in err and "pip install 'minarn[mpi]'" in err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.delenv("PMI_RANK")
+    monkeypatch.delenv("PMI_SIZE")
+    with pytest.raises(distributed.DistributedError, match=r"asked for.*minarn\[mpi\]"):
+        distributed.communicator(require=True)
+
+
+# -- under mpiexec -n 2 -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """One epoch (15 steps, the last of 1 image: rank 1 gets none) on the sample in 1 process and on 2 ranks."""
+    if MPIEXEC is None:
+        pytest.skip("mpiexec not found: pip install 'minarn[mpi]'")
+    base = tmp_path_factory.mktemp("distributed")
+    out = {"one": base / "one", "two": base / "two"}
+    _train(out["one"], 1)  # first: it also fills the data cache the two ranks then read
+    out["two_log"] = base / "two.log"
+    done = _train(out["two"], 2)
+    out["two_log"].write_text(done.stdout)
+    return out
+
+
+@needs_mpiexec
+def test_one_step_on_2_ranks_equals_the_whole_batch_in_one_process(tmp_path):
+    done = _run([str(PROGRAMS), "step", str(tmp_path / "step.npz")], ranks=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(tmp_path / "step.npz") as data:
+        saved = {k: data[k] for k in data.files}
+    for n in (8, 7, 1):  # 4 + 4, 4 + 3 and 1 + none
+        dist = {k.replace(f"{n}/dist/", ""): v for k, v in saved.items() if k.startswith(f"{n}/dist/")}
+        ref = {k.replace(f"{n}/ref/", ""): v for k, v in saved.items() if k.startswith(f"{n}/ref/")}
+        assert _flat_difference(dist, ref, "grad/") < 1e-4, n
+        assert _flat_difference(dist, ref, "optim/m/") < 1e-4, n
+        assert _flat_difference(dist, ref, "optim/u/") < 1e-4, n
+        for key in ref:
+            if "moving_" in key:  # batch statistics over both ranks' rows
+                np.testing.assert_allclose(dist[key], ref[key], rtol=1e-6, atol=1e-9, err_msg=f"{n} {key}")
+
+
+@needs_mpiexec
+def test_2_ranks_train_as_one_process(runs):
+    one, two = _checkpoint(runs["one"]), _checkpoint(runs["two"])
+    assert _flat_difference(two, one, "model/") < 1e-5
+    for key in one:  # batch-norm moving statistics, each array
+        if "moving_" in key:
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert two["optim/iterations"] == one["optim/iterations"] == 15
+    log = runs["two_log"].read_text()
+    assert log.count("Training is completed") == 1  # rank 0 alone prints
+    assert sorted(p.name for p in runs["two"].iterdir()) == sorted(p.name for p in runs["one"].iterdir())
+
+
+@needs_mpiexec
+def test_resume_with_another_number_of_ranks(runs, tmp_path):
+    """A 2-rank checkpoint continued in 1 process and a 1-process one on 2 ranks reach the same second epoch."""
+    two_then_one, one_then_two = tmp_path / "two_then_one", tmp_path / "one_then_two"
+    shutil.copytree(runs["two"], two_then_one)
+    shutil.copytree(runs["one"], one_then_two)
+    _train(two_then_one, 1, "--resume", "--epochs", "2")
+    _train(one_then_two, 2, "--resume", "--epochs", "2")
+    a, b = _checkpoint(two_then_one), _checkpoint(one_then_two)
+    assert a["optim/iterations"] == b["optim/iterations"] == 30
+    assert _flat_difference(a, b, "model/") < 1e-5
+    assert _flat_difference(a, _checkpoint(runs["one"]), "model/") > 1e-4  # the second epoch did train
+
+
+@needs_mpiexec
+def test_a_failing_rank_ends_the_job_naming_it(tmp_path):
+    done = _run([str(PROGRAMS), "fail", str(tmp_path / "run")], ranks=2)  # TIMEOUT: a hang fails
+    assert done.returncode != 0
+    assert "rank 1 of 2 failed" in done.stderr and "injected failure" in done.stderr
