@@ -44,6 +44,7 @@ __all__ = [
     "confusion_and_confidence",
     "dense_activation_losses",
     "gradcam_grid",
+    "gradcam_title",
     "label_frequency",
     "learning_curves",
     "loss_per_epoch",
@@ -472,10 +473,22 @@ def gradcam_grid(images: np.ndarray, result: GradCAM, class_names: Sequence[str]
         axes[2 * b + 1, 0].set_ylabel("Grad-CAM", fontsize=9)
     fig.colorbar(ScalarMappable(Normalize(0, 1), colormaps["jet"]), ax=axes, shrink=0.5,
                  label="Grad-CAM (scaled to [0, 1])")
-    h, w = result.cam.shape[1:3]
-    fig.suptitle(title or f"Fig. 9 - Grad-CAM on conv2d_22 ({h}x{w} map, upsampled); below: explained class, "
-                 "its probability")
+    fig.suptitle(gradcam_title(result, images, title))
     return _save(fig, path)
+
+
+def gradcam_title(result: GradCAM, images: np.ndarray, title: str | None = None) -> str:
+    """The title of :func:`gradcam_grid`: ``title`` (or Fig. 9's) with the size of the map that was really used.
+
+    conv2d_22's map is 5x5 for 64x64 inputs but 3x3 for 48x48 ones, so the size is read from ``result.cam``
+    (N, h, w) and the images (N, H, W[, 1]), never assumed.
+    """
+    h, w = result.cam.shape[1:3]
+    H, W = np.shape(images)[1:3]
+    size = f"{h}x{w} map of conv2d_22, upsampled to {H}x{W}"
+    if title is None:
+        return f"Fig. 9 - Grad-CAM ({size}); below: explained class, its probability"
+    return f"{title}\n(Grad-CAM: {size})"
 
 
 def attention_illustration(model: ARNCNN, images: np.ndarray, path: str | os.PathLike[str],

@@ -85,6 +85,11 @@ def test_stub_matches_the_lesson_and_is_not_implemented(lesson: str, name: str) 
     assert grading.grade_function(lesson, name, stub).status == grading.NOT_IMPLEMENTED
 
 
+def test_the_readmes_count_the_exercises() -> None:
+    assert f"{len(ALL)} of their functions" in (REPO / "README.md").read_text()
+    assert f"({len(ALL)} functions in all" in (LESSONS_DIR / "README.md").read_text()
+
+
 def test_every_exercise_has_a_planted_bug() -> None:
     covered = {(lesson, name) for lesson, name, *_ in BUGS}
     assert not set(ALL) - covered, f"exercises without a planted bug: {sorted(set(ALL) - covered)}"

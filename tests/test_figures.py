@@ -107,3 +107,15 @@ def test_gradcam_and_attention(tmp_path: Path, sample: tuple[np.ndarray, np.ndar
                min_size=(300, 150))
     with pytest.raises(ValueError, match="no attention"):
         figures.attention_illustration(ARNCNN(seed=0, attention=False), images[:1], tmp_path / "x.png")
+
+
+def test_gradcam_title_states_the_map_size_used(sample: tuple[np.ndarray, np.ndarray]) -> None:
+    images, _ = sample
+    res64 = gradcam(ARNCNN(seed=0), images[:1])
+    title = figures.gradcam_title(res64, images[:1])
+    assert title.startswith("Fig. 9 - Grad-CAM (5x5 map of conv2d_22, upsampled to 64x64)")
+    small = images[:1, 8:56, 8:56]  # a 48x48 crop for a 48x48 model: conv2d_22's map is 3x3 there
+    res48 = gradcam(ARNCNN(seed=0, input_shape=(48, 48, 1)), small)
+    assert "3x3 map of conv2d_22, upsampled to 48x48" in figures.gradcam_title(res48, small)
+    custom = figures.gradcam_title(res48, small, "Two classes")
+    assert custom == "Two classes\n(Grad-CAM: 3x3 map of conv2d_22, upsampled to 48x48)"
