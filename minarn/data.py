@@ -13,6 +13,15 @@ The split reproduces the paper's template (``training-spec.md`` section 2): skle
 and test, re-implemented here in NumPy. On the full set: train 53,058 / valid 3,537 / test 2,359. Other
 fractions (train, valid, test) split the same way: train first, then the rest valid : test.
 
+Pixels: 8-bit images are read as they are (colour converted to luma by Pillow, ITU-R 601-2); 16-bit, 32-bit
+integer and float images (PNG ``I;16``, TIFF ``I``/``F``) are scaled linearly from the image's own smallest to its
+largest value onto 0..255 (a constant image gives 0); a float image with NaN or infinite values, or a mode that has
+no grayscale conversion (``LAB``), is refused by name. Files over :data:`MAX_FILE_BYTES` and images over
+:data:`MAX_IMAGE_PIXELS` are reported and not read; so are FIFOs, devices and sockets (nothing can block), links
+that lead outside an archive and archive entries with unsafe paths (absolute, or through ``..``). Hard links and
+symbolic links to files inside an archive are read; a symbolic link to a folder inside an archive is reported; in
+a folder, symbolically linked class folders are followed (a link loop is not).
+
 Without arguments :func:`load_mednist` reads the 600-image sample shipped in ``minarn/sample`` (see
 :func:`sample_path`); :func:`minarn.download.download_mednist` fetches the full set.
 """
@@ -24,6 +33,9 @@ import io
 import logging
 import math
 import os
+import posixpath
+import re
+import stat
 import tarfile
 import time
 import zipfile
@@ -44,6 +56,8 @@ __all__ = [
     "CACHE_ENV",
     "IMAGE_EXTENSIONS",
     "IMAGE_SIZE",
+    "MAX_FILE_BYTES",
+    "MAX_IMAGE_PIXELS",
     "MEDNIST_CLASSES",
     "SPLIT_FRACTIONS",
     "DataError",
@@ -52,6 +66,8 @@ __all__ = [
     "balanced_class_weights",
     "count_table",
     "default_cache_dir",
+    "describe_error",
+    "file_problem",
     "duplicate_groups",
     "copies_in_train",
     "duplicates_in_train",
@@ -77,12 +93,14 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpeg", ".jpg", ".jpe", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm"}
 )
 CACHE_ENV = "MINARN_CACHE"
+MAX_FILE_BYTES = 256 << 20  # one image file (or archive member) larger than this is reported and not read
+MAX_IMAGE_PIXELS = 50_000_000  # an image with more pixels is reported and not decoded (Pillow's bomb limit is 89 M)
 SPLIT_FRACTIONS = (0.9, 0.06, 0.04)  # the paper's train / valid / test
 CHANNEL_MODES = {1: "L", 3: "RGB"}  # channels -> the Pillow mode images are converted to
 # Folder names of a dataset that comes split (compared in lower case) -> the part they hold.
 PART_FOLDERS = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 PARTS = ("train", "valid", "test")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: 16-bit/float images scaled by their range, tar links read
 _RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR}
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -199,21 +217,68 @@ def _is_image_name(name: str) -> bool:
     return dot > 0 and base[dot:].lower() in IMAGE_EXTENSIONS
 
 
-def _folder_listing(root: Path) -> list[tuple[str, int, int]]:
-    """Every regular file under ``root``: (posix path relative to root, size, mtime_ns), sorted by path."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+def _printable(name: str) -> str:
+    """A file name as text that can be printed and written as UTF-8: bytes that are not UTF-8 (which Python keeps
+    as lone surrogates) become ``\\xe9`` escapes. The file itself is still read under its real name."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "folder")]
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def file_problem(st: os.stat_result) -> str | None:
+    """Why a file with status ``st`` is not read as an image (not a regular file, or over MAX_FILE_BYTES); None
+    if it may be read. Checked before opening it, so that a FIFO or a device can never block a read."""
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file (a {_file_kind(st.st_mode)}): not read"
+    return _size_problem(st.st_size)
+
+
+def _size_problem(size: int) -> str | None:
+    if size > MAX_FILE_BYTES:
+        return (f"{size:,} bytes, more than the limit of {MAX_FILE_BYTES:,} for one image file "
+                f"(minarn.data.MAX_FILE_BYTES): not read")
+    return None
+
+
+def _folder_listing(root: Path) -> tuple[list[tuple[str, str, int]], dict[str, str]]:
+    """Every file under ``root``, symbolically linked folders followed (each real folder once, so a link loop
+    ends): ([(posix path relative to root, stamp, size)] sorted by path, {path: why it is not read}).
+
+    The stamp (size, mtime, ctime and inode) keys the cache: rewriting a file changes its ctime even when its
+    size and mtime are put back. Costs one ``stat`` per file, as the size alone would.
+    """
+    out: list[tuple[str, str, int]] = []
+    problems: dict[str, str] = {}
+    visited = {os.path.realpath(root)}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in visited:
+                visited.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for fname in filenames:
-            full = Path(dirpath) / fname
+            full = os.path.join(dirpath, fname)
+            rel = Path(os.path.relpath(full, root)).as_posix()
             try:
-                st = full.stat()
+                st = os.stat(full)
             except OSError:  # dangling symlink: listed, and reported as unreadable when read
-                out.append((full.relative_to(root).as_posix(), -1, -1))
+                out.append((rel, "missing", -1))
                 continue
-            out.append((full.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+            problem = file_problem(st)
+            if problem and not stat.S_ISREG(st.st_mode):
+                problems[rel] = problem
+            out.append((rel, f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}", st.st_size))
     out.sort()
-    return out
+    return out, problems
 
 
 def file_digest(path: Path, algorithm: str = "sha1") -> str:
@@ -225,34 +290,91 @@ def file_digest(path: Path, algorithm: str = "sha1") -> str:
     return h.hexdigest()
 
 
-def _read_archive(path: Path) -> tuple[list[str], dict[str, bytes | Exception]]:
-    """All regular file names of a tar/zip archive, and the bytes of those that look like images.
+def _is_unsafe(name: str) -> bool:
+    """An archive entry whose path is absolute or goes through ``..``: it would lead outside the archive."""
+    return name.startswith(("/", "\\")) or bool(re.match(r"[A-Za-z]:", name)) or ".." in name.split("/")
 
-    Reading a member that fails in a zip (bad CRC) is recorded per file; a broken tar stream is an error
-    for the whole archive, since nothing after the damage can be read.
+
+def _read_tar_link(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes | Exception:
+    """The bytes a hard or symbolic link inside a tar stands for, looked up among the archive's own members
+    (tarfile never follows a link onto the file system); a missing target, a folder or a loop is the reason."""
+    kind = "hard link" if member.islnk() else "symbolic link"
+    try:
+        fobj = tf.extractfile(member)
+        if fobj is None:
+            return DataError(f"{kind} to the folder {member.linkname}: not followed")
+        data = fobj.read(MAX_FILE_BYTES + 1)
+    except KeyError:
+        return DataError(f"{kind} to {member.linkname}, which is not in the archive: not read")
+    except RecursionError:
+        return DataError(f"{kind} to {member.linkname}: a loop of links, not read")
+    return DataError(_size_problem(len(data)) or "") if len(data) > MAX_FILE_BYTES else data
+
+
+def _zip_link_target(zf: zipfile.ZipFile, info: zipfile.ZipInfo, members: set[str]) -> str | None:
+    """The member a zip symbolic link (Unix mode in ``external_attr``) points to, if it is in the archive."""
+    target = zf.read(info).decode("utf-8", "replace")
+    name = posixpath.normpath(posixpath.join(posixpath.dirname(info.filename), target))
+    return name if name in members and not target.startswith("/") else None
+
+
+def _read_archive(path: Path) -> tuple[list[str], dict[str, bytes | Exception], list[tuple[str, str]]]:
+    """All file names of a tar/zip archive, the bytes of those that look like images, and (name, reason) of
+    the links that are not read (to folders).
+
+    Members over MAX_FILE_BYTES are not read (their reason is recorded instead), nor are entries with unsafe
+    paths. Hard links and symbolic links to files are read from the archive's own members. Reading a member
+    that fails in a zip (bad CRC) is recorded per file; a broken tar stream is an error for the whole archive,
+    since nothing after the damage can be read.
     """
     names: list[str] = []
     blobs: dict[str, bytes | Exception] = {}
+    notes: list[tuple[str, str]] = []
     try:
         if _is_tar_name(path) or (not path.name.lower().endswith(".zip") and tarfile.is_tarfile(path)):
             with tarfile.open(path, "r:*") as tf:
+                links = []
                 for member in tf:  # sequential: a .tar.gz is read in one pass
-                    if not member.isfile():
+                    if member.islnk() or member.issym():
+                        links.append(member)
+                    elif not member.isfile():
                         continue
                     names.append(member.name)
+                    if member.isfile() and _is_image_name(member.name) and not _is_unsafe(member.name):
+                        too_big = _size_problem(member.size)
+                        fobj = None if too_big else tf.extractfile(member)
+                        blobs[member.name] = DataError(too_big) if too_big else (fobj.read() if fobj else b"")
+                folders = {posixpath.normpath(m.name) for m in tf.getmembers() if m.isdir()}
+                folders |= {posixpath.dirname(posixpath.normpath(m.name)) for m in tf.getmembers()}
+                for member in links:
+                    if _is_unsafe(member.name):
+                        continue
                     if _is_image_name(member.name):
-                        fobj = tf.extractfile(member)
-                        blobs[member.name] = fobj.read() if fobj is not None else b""
+                        blobs[member.name] = _read_tar_link(tf, member)
+                        continue
+                    target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+                    if member.issym() and target in folders and not _parts(member.name)[-1].startswith("."):
+                        notes.append((_printable(member.name), f"symbolic link to the folder {member.linkname} "
+                                      "inside the archive: not followed (unpack the archive, or put the folder "
+                                      "in place of the link)"))
         elif zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
+                members = {i.filename for i in zf.infolist()}
                 for info in zf.infolist():
                     if info.is_dir():
                         continue
                     names.append(info.filename)
-                    if _is_image_name(info.filename):
+                    if _is_image_name(info.filename) and not _is_unsafe(info.filename):
                         try:
-                            blobs[info.filename] = zf.read(info)
-                        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+                            source = info
+                            if stat.S_ISLNK(info.external_attr >> 16):
+                                target = _zip_link_target(zf, info, members)
+                                if target is None:
+                                    raise DataError("symbolic link to a file that is not in the archive: not read")
+                                source = zf.getinfo(target)
+                            too_big = _size_problem(source.file_size)
+                            blobs[info.filename] = DataError(too_big) if too_big else zf.read(source)
+                        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, DataError) as exc:
                             blobs[info.filename] = exc
         else:
             raise DataError(f"{path}: not a folder or a readable .tar, .tar.gz or .zip archive")
@@ -260,7 +382,7 @@ def _read_archive(path: Path) -> tuple[list[str], dict[str, bytes | Exception]]:
         raise DataError(
             f"{path}: cannot read the archive (corrupt or truncated?): {type(exc).__name__}: {exc}"
         ) from exc
-    return names, blobs
+    return names, blobs, notes
 
 
 def _split_parts(roots: Collection[tuple[str, ...]], where: str) -> dict[tuple[str, ...], str] | None:
@@ -284,22 +406,31 @@ def _split_parts(roots: Collection[tuple[str, ...]], where: str) -> dict[tuple[s
     return parts
 
 
-def _layout(names: Sequence[str], where: str) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+def _layout(names: Sequence[str], where: str
+            ) -> tuple[list[tuple[str, str, str, str]], list[str], list[tuple[str, str]]]:
     """Find the class folders among file names.
 
     Returns ([(path relative to the dataset root, class name, name in the source, part)] sorted by the
-    relative path, [ignored names]). The dataset root is the parent of the class folders: the folder that
+    relative path, [ignored names], [(name, reason)] of image entries with unsafe paths, which are never read). The dataset root is the parent of the class folders: the folder that
     holds the most image files two levels down; files elsewhere are ignored (and reported). When the class
     folders sit in sibling folders train/, valid/ (or val/) and test/, their parent is the root, the relative
-    paths start with that folder and part says which it is; otherwise part is "".
+    paths start with that folder and part says which it is; otherwise part is "". Paths and class names are
+    made printable (_printable).
     """
     images: list[tuple[tuple[str, ...], str]] = []
     ignored: list[str] = []
+    unsafe: list[str] = []
     for name in dict.fromkeys(names):  # a tar may hold a name twice; the last copy wins, as on extraction
-        if _is_image_name(name):
+        if _is_unsafe(name):
+            unsafe.append(name)
+        elif _is_image_name(name):
             images.append((_parts(name), name))
         else:
-            ignored.append(name)
+            ignored.append(_printable(name))
+    if not images and unsafe:
+        shown = ", ".join(_printable(n) for n in unsafe[:3]) + (", ..." if len(unsafe) > 3 else "")
+        raise DataError(f"{where}: {len(unsafe)} entries with unsafe paths (absolute, or through ..: {shown}), "
+                        "which minarn never reads, and no other image files")
     if not images:
         raise DataError(f"{where}: no image files found (expected <root>/<ClassName>/*.jpeg)")
     depths = Counter(len(parts) for parts, _ in images)
@@ -315,20 +446,53 @@ def _layout(names: Sequence[str], where: str) -> tuple[list[tuple[str, str, str,
     for parts, name in images:
         root = parts[: depth - 2]
         if len(parts) == depth and root in roots:
-            rel = "/".join(parts[-3:] if split_parts else parts[-2:])
-            entries[rel] = (rel, parts[-2], name, split_parts.get(root, ""))  # "./A/x" and "A/x" in a tar: one
+            rel = _printable("/".join(parts[-3:] if split_parts else parts[-2:]))
+            entries[rel] = (rel, _printable(parts[-2]), name, split_parts.get(root, ""))  # "./A/x" and "A/x" in a tar: one
         else:
-            ignored.append(name)
-    return sorted(entries.values()), sorted(ignored)
+            ignored.append(_printable(name))
+    bad = [(_printable(n), "unsafe path (absolute, or through ..): not read") for n in unsafe
+           if _is_image_name(posixpath.basename(n))]
+    return sorted(entries.values()), sorted(ignored), bad
+
+
+def _convert(img: Image.Image, mode: str = "L") -> Image.Image:
+    """A decoded image in ``mode`` ('L' 8-bit grayscale or 'RGB'). 16-bit, 32-bit integer and float images are
+    scaled linearly from their smallest to their largest value onto 0..255 (a constant image gives 0), then
+    converted; a float image with NaN or infinite values and a mode without a conversion raise ValueError
+    naming them."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError(f"a {img.mode} (float) image with NaN or infinite pixel values")
+        lo, hi = float(a.min()), float(a.max())
+        scaled = (a - lo) * 255 / (hi - lo) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(np.round(scaled).astype(np.uint8))
+    if img.mode == mode:
+        return img
+    try:
+        return img.convert(mode)
+    except ValueError as err:
+        raise ValueError(f"image mode {img.mode} has no conversion to {mode} ({err})") from None
+
+
+def describe_error(exc: BaseException, name: str) -> str:
+    """``"Type: message"`` of a decoding error, with Pillow's ``<_io.BytesIO object at 0x...>`` replaced by
+    the file's name."""
+    return re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", repr(name), f"{type(exc).__name__}: {exc}")
 
 
 def _decode(data: bytes, size: int, resample: int, channels: int = 1) -> np.ndarray:
-    """Decode one image file to grayscale 'L' (channels 1) or 'RGB' (channels 3), resized to (size, size) only
-    if needed. Shape (size, size) uint8 for one channel, (size, size, 3) for three."""
+    """Decode one image file to grayscale 'L' (channels 1) or 'RGB' (channels 3) (:func:`_convert`), resized to
+    (size, size) only if needed. Shape (size, size) uint8 for one channel, (size, size, 3) for three. An image
+    over MAX_IMAGE_PIXELS raises ValueError before its pixels are decoded."""
     mode = CHANNEL_MODES[channels]
     with Image.open(io.BytesIO(data)) as img:
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise ValueError(f"a {w}x{h} image, {w * h:,} pixels, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                             "(minarn.data.MAX_IMAGE_PIXELS): not decoded")
         img.load()  # decodes fully: a truncated JPEG raises here (LOAD_TRUNCATED_IMAGES stays False)
-        converted = img if img.mode == mode else img.convert(mode)
+        converted = _convert(img, mode)
         if converted.size != (size, size):
             converted = converted.resize((size, size), resample)
         return np.asarray(converted, dtype=np.uint8)
@@ -429,7 +593,8 @@ def load_mednist(
         template) or "bilinear". The MedNIST files are all 64x64, so nothing is resampled there.
     cache, cache_dir : keep the decoded arrays in ``cache_dir`` (default :func:`default_cache_dir`) as an
         uncompressed .npz, keyed by the source (archive: SHA-1 of its bytes; folder: its path and every
-        file's name, size and mtime) and by image_size/channels/resample. A changed source is decoded again.
+        file's name, size, mtime, ctime and inode) and by image_size/channels/resample. A changed source is decoded
+        again.
     report : callback for messages (e.g. ``print``); default: the ``minarn.data`` logger (skipped files
         as warnings).
 
@@ -453,17 +618,25 @@ def load_mednist(
     image_size = int(image_size)
     src = sample_path() if source is None else Path(source).expanduser()
     where = str(src)
-    if not src.exists():
-        raise DataError(f"{where}: no such file or folder")
+    try:
+        mode = src.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{where}: no such file or folder") from None
+    except OSError as exc:
+        raise DataError(f"{where}: cannot read: {exc}") from None
+    if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+        raise DataError(f"{where}: a {_file_kind(mode)}, not a folder or an archive file; expected a folder or a "
+                        ".tar/.tar.gz/.zip archive (nothing was read from it)")
 
-    listing: list[tuple[str, int, int]] = []
+    listing: list[tuple[str, str, int]] = []
+    problems: dict[str, str] = {}
     if src.is_dir():
-        listing = _folder_listing(src)
+        listing, problems = _folder_listing(src)
         if not listing:
             raise DataError(f"{where}: the folder is empty (expected <root>/<ClassName>/*.jpeg)")
-        ident = hashlib.sha1(f"folder\0{src.resolve()}".encode())
-        for rel, size, mtime in listing:
-            ident.update(f"\0{rel}\0{size}\0{mtime}".encode())
+        ident = hashlib.sha1(f"folder\0{src.resolve()}".encode("utf-8", "surrogateescape"))
+        for rel, stamp, _ in listing:
+            ident.update(f"\0{rel}\0{stamp}".encode("utf-8", "surrogateescape"))
         identity = ident.hexdigest()
     else:
         try:
@@ -486,27 +659,39 @@ def load_mednist(
     t0 = time.perf_counter()
     from_folder = src.is_dir()
     blobs: dict[str, bytes | Exception] = {}
+    notes: list[tuple[str, str]] = []
+    sizes = {rel: size for rel, _, size in listing}
     if from_folder:
         names = [rel for rel, _, _ in listing]
     else:  # read in one pass; the layout is only known once every name has been seen
-        names, blobs = _read_archive(src)
-    entries, ignored = _layout(names, where)
+        names, blobs, notes = _read_archive(src)
+    entries, ignored, unsafe = _layout(names, where)
     class_names = tuple(sorted({cls for _, cls, _, _ in entries}))
     if len(class_names) < 2:
         raise DataError(f"{where}: found {len(class_names)} class folder ({class_names[0]}); need at least two")
 
     images = np.empty((len(entries), image_size, image_size, channels), dtype=np.uint8)
     class_index = {c: i for i, c in enumerate(class_names)}
-    labels, paths, digests, skipped, parts = [], [], [], [], []
+    labels, paths, digests, parts = [], [], [], []
+    skipped: list[tuple[str, str]] = [*notes, *unsafe]
     resample_filter = _RESAMPLE[resample]
     for rel, cls, name, part in entries:
         try:
-            data = (src / name).read_bytes() if from_folder else blobs[name]
-            if isinstance(data, Exception):  # a zip member that failed its CRC check
+            if from_folder:
+                problem = problems.get(name) or _size_problem(sizes.get(name, 0))
+                if problem:  # a FIFO or a device is never opened; a file over the limit never read
+                    raise DataError(problem)
+                data = (src / name).read_bytes()
+            else:
+                data = blobs[name]
+            if isinstance(data, Exception):  # a zip member that failed its CRC check, a member not read
                 raise data
             images[len(labels)] = _decode(data, image_size, resample_filter, channels).reshape(images.shape[1:])
+        except DataError as exc:  # minarn's own reason: as it is
+            skipped.append((rel, str(exc)))
+            continue
         except Exception as exc:  # anything Pillow or the file system raises: skip this file, say why
-            skipped.append((rel, f"{type(exc).__name__}: {exc}"))
+            skipped.append((rel, describe_error(exc, rel)))
             continue
         labels.append(class_index[cls])
         paths.append(rel)

@@ -1,8 +1,12 @@
 """Download the public MedNIST archive (Project MONAI) into the cache folder: resumable, MD5-checked.
 
-Only ``urllib`` is used. The file is written to ``<name>.part`` and renamed to its final name only after
+Only ``urllib`` is used. The file is written to ``<name>.part`` and linked to its final name only after
 the size and the MD5 digest check out, so the final name never holds a partial or corrupt file. An
 interrupted download keeps the ``.part`` and the next call resumes it with an HTTP Range request.
+
+Nothing already there is deleted or overwritten: a file under the final name with another MD5 (the user's own
+copy, another release) is kept, said so, and the download goes to a new name beside it
+(``MedNIST-0bc7306e.tar.gz``: the expected MD5's first 8 digits after the stem).
 
 Typical use::
 
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from minarn.data import DataError, default_cache_dir, file_digest
 
-__all__ = ["MEDNIST_MD5", "MEDNIST_URL", "DownloadError", "download_file", "download_mednist"]
+__all__ = ["MEDNIST_MD5", "MEDNIST_URL", "DownloadError", "beside", "download_file", "download_mednist"]
 
 MEDNIST_URL = "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/MedNIST.tar.gz"
 MEDNIST_MD5 = "0bc7306e7427e00ad1c5526a6677552d"
@@ -106,8 +110,8 @@ def download_file(
     Parameters
     ----------
     url : http(s) URL. A server that ignores the Range header is handled (the download restarts).
-    dest : final file name. If it already exists with the right MD5 nothing is downloaded; with a wrong
-        MD5 it is deleted and downloaded again.
+    dest : final file name. If it already exists with the right MD5 nothing is downloaded; with another MD5
+        it is kept as it is and the file is downloaded beside it (:func:`beside`), which is then returned.
     md5 : expected hex digest, checked before the rename; None skips the check.
     progress : show progress on stderr.
 
@@ -116,13 +120,21 @@ def download_file(
     (the ``.part`` is deleted, since resuming cannot repair it).
     """
     dest = Path(dest).expanduser()
-    part = dest.with_name(dest.name + ".part")
     md5 = md5.lower() if md5 else None
     if dest.is_file():
-        if md5 is None or file_digest(dest, "md5") == md5:
+        found = None if md5 is None else file_digest(dest, "md5")
+        if found is None or found == md5:
             return dest
-        print(f"{dest}: MD5 does not match {md5}; downloading it again", file=sys.stderr)
-        dest.unlink()
+        other = beside(dest, md5)
+        if other.is_file():
+            if file_digest(other, "md5") == md5:
+                return other
+            raise DownloadError(f"{dest} and {other} are both there and neither has MD5 {md5}; both are kept: "
+                                f"move one of them away, then call again")
+        print(f"{dest}: already there with MD5 {found} ({dest.stat().st_size:,} bytes), not the expected {md5}: "
+              f"kept as it is; downloading {url} to {other}", file=sys.stderr)
+        dest = other
+    part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     offset = part.stat().st_size if part.is_file() else 0
@@ -180,8 +192,27 @@ def download_file(
         if got != md5:
             part.unlink()
             raise DownloadError(f"{url}: MD5 mismatch (expected {md5}, got {got}); deleted {part}")
-    os.replace(part, dest)
+    try:  # a hard link never replaces a file: one that appeared under dest meanwhile stays
+        os.link(part, dest)
+    except FileExistsError:
+        raise DownloadError(f"{dest} appeared while {url} was downloading; it is kept, and the verified download "
+                            f"stays in {part}: move one of them, then call again") from None
+    except OSError:  # a file system without hard links: rename, after one more look
+        if dest.exists():
+            raise DownloadError(f"{dest} appeared while {url} was downloading; it is kept, and the verified "
+                                f"download stays in {part}") from None
+        os.replace(part, dest)
+    else:
+        part.unlink()
     return dest
+
+
+def beside(dest: str | os.PathLike[str], md5: str) -> Path:
+    """Where a download goes when ``dest`` holds another file: the MD5's first 8 digits after the stem,
+    ``MedNIST.tar.gz`` -> ``MedNIST-0bc7306e.tar.gz``."""
+    dest = Path(dest)
+    stem, dot, suffixes = dest.name.partition(".")
+    return dest.with_name(f"{stem}-{md5[:8]}{dot}{suffixes}")
 
 
 def download_mednist(

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from minarn import figures, metrics
+from minarn import figures, kernels, metrics
 from minarn.data import (
     SPLIT_FRACTIONS,
     DataError,
@@ -142,7 +142,7 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
     Returns (splits, the dataset before splitting, config.json as a dict, warnings). A split whose class
     counts differ from the ones saved in config.json (other data under the same path) gives a warning.
     """
-    from minarn.train import select_and_split  # the same selection as the training run
+    from minarn.train import data_identity, select_and_split  # the same selection as the training run
 
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
@@ -154,6 +154,11 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
         raise EvaluationError(f"{source}: classes {list(ds.class_names)} differ from the run's {config['class_names']}")
     ds, splits = select_and_split(ds, options)
     warnings = []
+    recorded = config.get("data_identity")
+    if recorded and data_identity(ds) != recorded:
+        warnings.append(f"the data differ from the run's: {source} gives data_identity {data_identity(ds)[:12]}... "
+                        f"but the run recorded {recorded[:12]}... in config.json (other files, or files moved "
+                        "between class folders): the scores below are not the run's test scores")
     saved = config.get("split") or {}
     for name, part in splits._asdict().items():
         if name in saved and int(saved[name].get("total", len(part))) != len(part):
@@ -717,6 +722,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 done, 2 bad usage, run folder or data)."""
     try:
         args = build_parser().parse_args(argv)
+        try:
+            kernels.get_backend()
+        except (ImportError, ValueError) as e:
+            raise EvaluationError(f"{e} (from ${kernels.ENV_VAR})") from None
         if args.compare:
             out = args.out or (figures.FIGURE_FILES["dense_activations"] if args.by == "dense_activation"
                                else f"loss_by_{args.by}.png")

@@ -10,7 +10,9 @@ up 1:1 with the Keras original.
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
 import os
 import zipfile
 from collections import defaultdict
@@ -57,6 +59,8 @@ class ARNCNN:
     -> conv 3x3 (256) -> pool -> 4 attention modules -> conv 1x1 (125) -> flatten -> dense (256, GELU, L1/L2
     penalties) -> dropout (0.45) -> dense (K, softmax).
     ``attention=False`` / ``residual=False`` build the ablations of Table 6.
+    ``expected_flat`` (not part of the config): the dense layer's input size the caller expects, checked before
+    that layer (the only one whose size grows with the input) is allocated; ``load_model`` passes the stored one.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class ARNCNN:
         bias_l1: float = 0.006,
         activity_l1: float = 0.006,
         dtype: Any = np.float32,
+        expected_flat: int | None = None,
     ) -> None:
         if int(num_classes) != num_classes or num_classes < 2:
             raise ValueError(f"ARNCNN: num_classes must be an integer >= 2, got {num_classes!r}")
@@ -143,6 +148,9 @@ class ARNCNN:
             flat = self._rows([*self.stages, self.flatten])[-1].output_shape[1]
         except ValueError as err:
             raise ValueError(f"ARNCNN: input_shape {self.input_shape} is too small for the network: {err}") from None
+        if expected_flat is not None and flat != expected_flat:
+            raise ValueError(f"ARNCNN: input_shape {self.input_shape} gives {flat:,} inputs to the dense layer, "
+                             f"but {expected_flat:,} were expected")
         self.dense = Dense(flat, 256, activation=key, seed=next_seed(), dtype=dtype, name=name("dense"))
         self.dropout = Dropout(dropout, seed=next_seed(), name=name("dropout"))
         self.classifier = Dense(256, num_classes, activation="softmax", seed=next_seed(), dtype=dtype,
@@ -335,21 +343,91 @@ class ARNCNN:
         return save_npz_atomic(path, arrays)
 
 
+_CONFIG_TYPES = {"num_classes": int, "input_shape": list, "attention": bool, "residual": bool,
+                 "dense_activation": str, "dropout": float, "seed": (int, type(None)), "kernel_l2": float,
+                 "bias_l1": float, "activity_l1": float, "dtype": str}
+_REQUIRED = ("num_classes", "input_shape", "dtype")
+_DTYPES = ("float32", "float64")
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Every ``.npy`` member of the ``.npz`` declares no more bytes (shape x item size) than it holds: numpy
+    would allocate the declared size before reading (an edited header could ask for gigabytes)."""
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+            declared = math.prod(shape) * dtype.itemsize
+            if declared > info.file_size:
+                raise ValueError(f"load_model: {path}: {info.filename[:-4]} declares shape {shape} "
+                                 f"({declared:,} bytes) but holds {info.file_size:,} bytes: the file is damaged or edited")
+
+
+def _checked_config(config: Any, weights: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
+    """The saved configuration as ARNCNN's keyword arguments, every key and type checked, and the sizes that
+    decide how much memory the model takes (classes, the dense layer's inputs) matched against the stored
+    weights before anything is allocated. ValueError naming the key otherwise."""
+    where = f"load_model: {path}: the model configuration"
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} is not a JSON object")
+    known = [k for k in inspect.signature(ARNCNN).parameters if k != "expected_flat"]
+    unknown = sorted(set(config) - set(known), key=str)
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(known)}")
+    missing = [k for k in _REQUIRED if k not in config]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)}")
+    for key, kind in _CONFIG_TYPES.items():  # keys ARNCNN gains later are passed on unchecked
+        value = config.get(key)
+        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+        if key in config and not (ok or (kind is float and isinstance(value, int) and not isinstance(value, bool))):
+            raise ValueError(f"{where}: {key} is {value!r}, not a {getattr(kind, '__name__', 'value of its type')}")
+    shape = config["input_shape"]
+    if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(f"{where}: input_shape is {shape!r}, not [height, width, channels] of positive integers")
+    if config["dtype"] not in _DTYPES:
+        raise ValueError(f"{where}: dtype is {config['dtype']!r}; a model is float32 or float64")
+    dense, classifier = weights.get("dense/kernel"), weights.get("dense_1/kernel")
+    if dense is None or classifier is None or dense.ndim != 2 or classifier.ndim != 2:
+        raise ValueError(f"load_model: {path}: the weights dense/kernel and dense_1/kernel are missing or not 2-D")
+    if config["num_classes"] != classifier.shape[1]:
+        raise ValueError(f"{where}: num_classes is {config['num_classes']}, but the stored weights have "
+                         f"{classifier.shape[1]} classes")
+    bad = sorted(k for k, v in weights.items() if v.dtype.kind in "fc" and not np.isfinite(v).all())
+    if bad:
+        raise ValueError(f"load_model: {path}: the weights {', '.join(bad)} hold NaN or infinite values "
+                         "(saved from a training that diverged?)")
+    return {**config, "input_shape": tuple(shape), "dtype": np.dtype(config["dtype"]), "expected_flat": dense.shape[0]}
+
+
 def load_model(path: str | os.PathLike[str]) -> ARNCNN:
-    """Rebuild a model saved with ``ARNCNN.save`` (architecture options and weights)."""
+    """Rebuild a model saved with ``ARNCNN.save`` (architecture options and weights).
+
+    The file is checked before anything big is allocated: no array declares more bytes than it holds, the
+    configuration has known keys of the right types, its class count and input size match the stored weights,
+    and no weight is NaN or infinite; ValueError naming the problem otherwise. Nothing in the file is executed
+    (no pickles)."""
     path = Path(path)
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             if _CONFIG_KEY not in data.files:
                 raise ValueError(f"load_model: {path} holds no minarn model configuration ({_CONFIG_KEY!r} missing)")
             config = json.loads(str(data[_CONFIG_KEY]))
             weights = {k: data[k] for k in data.files if k != _CONFIG_KEY}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as err:
-        if "minarn model configuration" in str(err):
+        if str(err).startswith("load_model"):  # already says what is wrong
             raise
         raise ValueError(f"load_model: cannot read {path} as a minarn model (.npz): {err}") from None
-    config["input_shape"] = tuple(config["input_shape"])
-    config["dtype"] = np.dtype(config["dtype"])
-    model = ARNCNN(**config)
-    model.load_state_dict(weights)
+    try:
+        model = ARNCNN(**_checked_config(config, weights, path))
+        model.load_state_dict(weights)
+    except ValueError as err:
+        if str(err).startswith("load_model"):
+            raise
+        raise ValueError(f"load_model: {path}: {err}") from None
     return model

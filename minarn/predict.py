@@ -4,8 +4,9 @@ MODEL is a ``model.npz`` written by ``python -m minarn.train`` (or its run folde
 ``config.json`` beside it; without one, a six-class model uses the MedNIST names and any other ``class 0``,
 ``class 1``, ... Every image is converted as in training, whatever its size or mode: decoded by Pillow, converted
 to 8-bit grayscale ('L') or RGB as the model takes one or three channels (its ``input_shape``, which training
-sets with ``--channels``), resized to the model's input size (``--image-size``) with nearest-neighbour sampling
-only when the size differs, scaled to [0, 1].
+sets with ``--channels``; 16-bit and float images scaled from their smallest to their largest value), resized to
+the model's input size (``--image-size``) with nearest-neighbour sampling only when the size differs, scaled to
+[0, 1].
 
 MODEL may also be a ``.onnx`` file from ``python -m minarn.export`` (needs ``onnxruntime``): ONNX Runtime runs it
 (``minarn.onnx_model``) and its metadata gives the class names; ``--gradcam`` needs the ``model.npz``.
@@ -35,6 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,8 +46,8 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from minarn import metrics
-from minarn.data import CHANNEL_MODES, MEDNIST_CLASSES, _decode
+from minarn import kernels, metrics
+from minarn.data import CHANNEL_MODES, MEDNIST_CLASSES, _decode, describe_error, file_problem
 from minarn.model import ARNCNN, load_model
 from minarn.onnx_model import OnnxModel, load_onnx_model
 
@@ -104,13 +107,17 @@ def load_image(path: str | Path, size: int = 64, channels: int = 1) -> np.ndarra
 
     Raises ``OSError`` (missing/unreadable file) or ``ValueError`` (not an image Pillow can decode).
     """
+    st = os.stat(path)
+    problem = None if stat.S_ISDIR(st.st_mode) else file_problem(st)  # a FIFO or a device is never opened
+    if problem:
+        raise ValueError(problem)
     data = Path(path).read_bytes()
     try:
         return _decode(data, size, Image.NEAREST, channels).reshape(size, size, channels)
     except UnidentifiedImageError:
         raise ValueError("not an image (Pillow does not recognise the file format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ValueError(f"not an image Pillow can decode ({type(err).__name__}: {err})") from None
+        raise ValueError(f"not an image Pillow can decode ({describe_error(err, str(path))})") from None
 
 
 def expand_folders(paths: Sequence[str | Path]) -> list[str]:
@@ -227,6 +234,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
                 raise PredictError(f"--gradcam must name a .png file, got {args.gradcam}")
             if not target.parent.is_dir():
                 raise PredictError(f"--gradcam: folder {target.parent} does not exist")
+        try:
+            kernels.get_backend()
+        except (ImportError, ValueError) as e:
+            raise PredictError(f"{e} (from ${kernels.ENV_VAR})") from None
         model, names, _ = resolve_model(args.model)
         if args.gradcam is not None and not isinstance(model, ARNCNN):
             raise PredictError(f"--gradcam needs a model.npz (Grad-CAM runs minarn's backward pass), got {args.model}")

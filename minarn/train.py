@@ -6,7 +6,7 @@ weights restored at the end. With no ``--data`` it trains on the sample shipped 
 
 Outputs in ``--out`` (default ``runs/<timestamp>``): ``model.npz`` (best weights, ``minarn.load_model``),
 ``checkpoint.npz`` (everything needed to ``--resume``, written atomically after every epoch and on Ctrl-C or
-SIGTERM), ``history.csv``, ``train.log`` and ``config.json``.
+SIGTERM), ``history.csv``, ``train.log``, ``config.json`` and ``train.lock`` (held while a training uses the folder).
 
 Randomness: the model is initialised from ``--seed``; the shuffling of epoch ``e`` comes from the generator
 seeded ``[seed, e]`` and the dropout mask and flips of batch ``b`` from ``[seed, e, b]``, so a run resumed at any
@@ -16,6 +16,7 @@ batch boundary continues exactly as an uninterrupted one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
@@ -23,6 +24,7 @@ import math
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +36,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run folders are not locked
+    fcntl = None  # type: ignore[assignment]
 
 import minarn
 from minarn import distributed, kernels
@@ -82,6 +89,17 @@ class UsageError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or history.csv could not be written (disk full, ...): reported as one line, exit status 1."""
+
+
+LOCK_FILE = "train.lock"  # held (fcntl.flock) while a training uses the run folder
+TEMP_PATTERNS = ("checkpoint.npz.*.tmp", "model.npz.*.tmp")  # what an interrupted save_npz_atomic can leave
+RESUME_OPTIONS = ("data", "epochs", "batch_size", "lr", "seed", "attention", "residual", "dense_activation",
+                  "optimizer", "augment", "dedupe", "limit_per_class")  # what a resumed run's config.json must hold
+LEFTOVERS = ("history.csv", "model.npz")  # an earlier run's results, which a new run must not mix with
 
 
 # -- output ---------------------------------------------------------------------------------------------
@@ -233,9 +251,10 @@ def load_checkpoint(path: Path, model: ARNCNN, optimizer: Optimizer, controller:
 class Interrupted(KeyboardInterrupt):
     """Training stopped by a signal (``signum``); the exit status is 128 + signum (130 Ctrl-C, 143 SIGTERM)."""
 
-    def __init__(self, signum: int = signal.SIGINT) -> None:
+    def __init__(self, signum: int = signal.SIGINT, immediate: bool = False) -> None:
         super().__init__(signum)
         self.signum = int(signum)
+        self.immediate = immediate  # a second signal: stopped inside a batch, without a checkpoint
 
 
 class _Interrupt:
@@ -252,7 +271,7 @@ class _Interrupt:
     def __enter__(self) -> _Interrupt:
         def handler(signum: int, frame: Any) -> None:
             if self.requested:
-                raise Interrupted(signum)
+                raise Interrupted(signum, immediate=True)
             self.requested, self.signum = True, signum
 
         try:
@@ -300,6 +319,18 @@ def fit(
     steps = math.ceil(n / batch_size)
     history_path = out / "history.csv"
     checkpoint = out / "checkpoint.npz"
+    saved = {"at": f"epoch {run.epoch}, batch {run.batch}" if run.batch else f"epoch {run.epoch}"} \
+        if checkpoint.exists() else {}
+
+    def write_checkpoint() -> None:
+        try:
+            save_checkpoint(checkpoint, model, optimizer, controller, run)
+        except OSError as err:
+            last = (f"the last checkpoint written (after {saved['at']}) is intact: free some space, then continue "
+                    f"with --resume --out {out}") if saved else "no checkpoint was written yet"
+            raise CheckpointError(f"cannot write the checkpoint {checkpoint}: {err.strerror or err}; {last}") from None
+        saved["at"] = f"epoch {run.epoch}, batch {run.batch}" if run.batch else f"epoch {run.epoch}"
+
     with _Interrupt() as interrupt:
         while run.epoch < epochs and not run.finished:
             order = np.random.default_rng([seed, run.epoch]).permutation(n)
@@ -328,9 +359,11 @@ def fit(
                     loss, correct = loss_sum / len(batch_idx), int(correct)
                     interrupt.requested = interrupt.requested or stop > 0
                 if not math.isfinite(loss):
+                    where = (f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else
+                             f"no checkpoint was written (it diverged in the first epoch; try a smaller --lr than "
+                             f"{optimizer.learning_rate:g})")
                     raise TrainingDiverged(
-                        f"loss became {loss} at epoch {run.epoch + 1}, batch {b + 1}: training stopped; "
-                        f"the last good checkpoint is {checkpoint}")
+                        f"loss became {loss} at epoch {run.epoch + 1}, batch {b + 1}: training stopped; {where}")
                 optimizer.apply(model.parameters(), grads)
                 run.loss_sum += loss * len(batch_idx)
                 run.correct += correct
@@ -348,7 +381,7 @@ def fit(
                 if interrupt.requested and b + 1 < steps:
                     run.epoch_time = time.perf_counter() - started
                     if root:
-                        save_checkpoint(checkpoint, model, optimizer, controller, run)
+                        write_checkpoint()
                     report(f"Interrupted at epoch {run.epoch + 1}, batch {b + 1}/{steps}: checkpoint saved to "
                            f"{checkpoint}; continue with --resume --out {out}")
                     raise Interrupted(interrupt.signum)
@@ -366,14 +399,19 @@ def fit(
             report(format_row(row, epochs), color=color)
             run.history.append(row)
             if root:
-                _append_history(history_path, row)
+                try:
+                    _append_history(history_path, row)
+                except OSError as err:
+                    raise CheckpointError(f"cannot write {history_path}: {err.strerror or err}; the checkpoint of "
+                                          f"the epoch before is intact: free some space, then --resume --out {out}"
+                                          ) from None
             run.epoch, run.batch, run.loss_sum, run.correct, run.seen, run.epoch_time = run.epoch + 1, 0, 0.0, 0, 0, 0.0
             if decision.stop:
                 report(f"training stopped at epoch {row['epoch']}: {controller.stop_patience} learning-rate cuts "
                        f"without improvement")
                 run.finished = True
             if root:
-                save_checkpoint(checkpoint, model, optimizer, controller, run)
+                write_checkpoint()
             if interrupt.requested:
                 report(f"Interrupted after epoch {row['epoch']}: checkpoint saved; continue with --resume --out {out}")
                 raise Interrupted(interrupt.signum)
@@ -410,6 +448,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -476,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"images per step (default: {PAPER_BATCH_SIZE}, the paper's; {SAMPLE_BATCH_SIZE} on the "
                    "shipped sample)")
     p.add_argument("--lr", type=_positive_float, default=0.001, help="initial learning rate (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=123,
+    p.add_argument("--seed", type=_nonnegative_int, default=123,
                    help="model initialisation, shuffling, dropout (default: %(default)s; the split always uses 123)")
     p.add_argument("--out", help="run folder (default: runs/<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -572,7 +620,7 @@ def class_balance(splits: Splits) -> list[str]:
     return lines
 
 
-def _data_identity(ds: Dataset) -> str:
+def data_identity(ds: Dataset) -> str:
     """SHA-1 over the (relative path, file SHA-1) of every decoded image: same digest = same files."""
     h = hashlib.sha1()
     for path, digest in zip(ds.paths.tolist(), ds.sha1.tolist()):
@@ -652,6 +700,8 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
         return distributed.fail(comm, f"python -m minarn.train: error: {e}", 2, err)
     except DataError as e:
         return distributed.fail(comm, f"python -m minarn.train: data error: {e}", 2, err)
+    except OSError as e:  # writing the run's files (disk full, permissions): one line, not a traceback
+        return distributed.fail(comm, f"python -m minarn.train: error: {e}", 1, err)
 
 
 def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
@@ -671,12 +721,27 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
             raise UsageError(f"--resume: no checkpoint.npz in {out}")
         try:
             saved = json.loads((out / "config.json").read_text())["options"]
+            missing = [k for k in RESUME_OPTIONS if k not in saved]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise UsageError(f"--resume: cannot read the run's options from {out / 'config.json'}: {err!r}") from None
+        if missing:
+            raise UsageError(f"--resume: {out / 'config.json'} lacks the option(s) {', '.join(missing)} (edited, or "
+                             "not written by minarn.train): the run cannot be continued; start a new one")
+        changed = _changed_on_resume(args, saved)
+        if changed:
+            raise UsageError(f"--resume continues the run in {out} with its own options and cannot change "
+                             f"{', '.join(changed)}; drop them (only --epochs, --cache-dir and --backend can be "
+                             "given), or start a new run with another --out")
         options = {**saved, "epochs": args.epochs or saved["epochs"]}
     else:
         if (out / "checkpoint.npz").exists():
             raise UsageError(f"{out} already holds a run; use --resume to continue it or another --out")
+        leftovers = [name for name in LEFTOVERS if (out / name).exists()]
+        if leftovers:
+            raise UsageError(f"{out} holds {' and '.join(leftovers)} of an earlier run but no checkpoint.npz to "
+                             "resume it from; a new run there would mix with them: move them away or choose "
+                             "another --out")
+        _check_out_outside_data(out, Path(args.data) if args.data else sample_path())
         source = args.data
         if args.download:
             from minarn.download import download_mednist
@@ -685,13 +750,108 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
         options = _options_from_args(args, source or "")
         options["epochs"] = args.epochs or (PAPER_EPOCHS if source else SAMPLE_EPOCHS)
         options["batch_size"] = args.batch_size or (PAPER_BATCH_SIZE if source else SAMPLE_BATCH_SIZE)
-    if comm.rank == 0:  # rank 0 alone writes the run folder and prints
-        out.mkdir(parents=True, exist_ok=True)
-    report = Reporter(out / "train.log", stream) if comm.rank == 0 else Reporter(None, open(os.devnull, "w"))
+    root = comm.rank == 0  # rank 0 alone writes the run folder and prints
+    if root:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot create the run folder {out}: {err.strerror or err}") from None
+    with _RunLock(out) if root else contextlib.nullcontext():
+        removed = _remove_stale_temp_files(out) if root else []
+        report = Reporter(out / "train.log", stream) if root else Reporter(None, open(os.devnull, "w"))
+        try:
+            if removed:
+                report(f"removed {len(removed)} temporary file(s) that an interrupted run left in {out}: "
+                       f"{', '.join(removed)}")
+            return _run(options, args, out, report)
+        finally:
+            report.close()
+
+
+def _changed_on_resume(args: argparse.Namespace, saved: dict[str, Any]) -> list[str]:
+    """The options given with --resume that differ from the run's own (each as ``--flag value (the run's:
+    value)``); --epochs, --cache-dir, --backend and --out may be given."""
+    quiet = build_parser()  # the same parser without defaults: only what the command line gave
+    for action in quiet._actions:  # (set_defaults would also put its values into the namespace)
+        action.default = argparse.SUPPRESS
+    given = vars(quiet.parse_args(getattr(args, "argv", [])))
+    mine = json.loads(json.dumps(_options_from_args(args, args.data or ""), default=str))  # as config.json has them
+    keys = {"no_attention": "attention", "no_residual": "residual"}
+    changed = []
+    for dest, value in given.items():
+        key = keys.get(dest, dest)
+        if key == "epochs" or key not in mine and key not in saved:
+            continue
+        if key == "data":
+            same = Path(value).resolve() == Path(saved.get("data") or sample_path()).resolve()
+        else:
+            same = mine.get(key) == saved.get(key)
+        if not same:
+            flag = "--" + dest.replace("_", "-")
+            changed.append(flag if isinstance(value, bool) else f"{flag} {value} (the run's: {saved.get(key)})")
+    if "download" in given:
+        changed.append("--download")
+    return changed
+
+
+def _check_out_outside_data(out: Path, data: Path) -> None:
+    """A run folder inside the data folder would become part of the data (its figures/ a class): refused."""
     try:
-        return _run(options, args, out, report)
-    finally:
-        report.close()
+        data_dir, run_dir = data.expanduser().resolve(), out.expanduser().resolve()
+    except OSError:
+        return
+    if data_dir.is_dir() and (run_dir == data_dir or data_dir in run_dir.parents):
+        raise UsageError(f"--out {out} is inside the data folder {data}: the run's files would become part of the "
+                         "data (its figures/ a class); choose a run folder outside it")
+
+
+class _RunLock:
+    """An exclusive ``fcntl.flock`` on ``RUN/train.lock`` while a training uses the run folder: a second training
+    into the same folder stops with a UsageError instead of interleaving its files. The lock goes with the
+    process (also on kill -9); the file stays, holding the last holder's pid."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.file = out, None
+
+    def __enter__(self) -> _RunLock:
+        if fcntl is None:
+            return self
+        try:
+            self.file = open(self.out / LOCK_FILE, "a+", encoding="utf-8")
+        except OSError as err:
+            raise UsageError(f"cannot create the run folder's lock file {self.out / LOCK_FILE}: "
+                             f"{err.strerror or err}") from None
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip()
+            self.file.close()
+            raise UsageError(f"{self.out} is in use by another training ({holder or 'its lock is held'}); wait for "
+                             "it to end, or choose another --out") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.file is not None:
+            self.file.close()  # releases the lock
+
+
+def _remove_stale_temp_files(out: Path) -> list[str]:
+    """Delete the temporary files an interrupted atomic save left (``checkpoint.npz.*.tmp``, ``model.npz.*.tmp``);
+    safe only while the run folder is locked, so that no other training is writing them. Returns their names."""
+    removed = []
+    for pattern in TEMP_PATTERNS:
+        for path in sorted(out.glob(pattern)):
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path.name)
+    return removed
 
 
 def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: Reporter) -> int:
@@ -715,6 +875,9 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
             "split: stratified " + "/".join(f"{f:g}" for f in options.get("split") or SPLIT_FRACTIONS)
             + f", seed {SPLIT_SEED}"))
     report(count_table(splits))
+    if options["batch_size"] > len(splits.train):
+        report(f"warning: --batch-size {options['batch_size']} is larger than the training split "
+               f"({len(splits.train)} images): every epoch is one step of {len(splits.train)} images")
     for line in class_balance(splits):
         report(line)
     class_weights = None
@@ -747,7 +910,7 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     if comm.size > 1:
         sessions[-1].update(ranks=comm.size, ranks_on_host=comm.host_ranks)
     config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
-              "data_identity": _data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
+              "data_identity": data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
                                                        map(int, d.class_counts())))}
                                                       for k, d in splits._asdict().items()},
               "duplicates_in_train": leaks, "skipped_files": [list(s) for s in ds.skipped],
@@ -767,11 +930,32 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         run = fit(model, optimizer, controller, splits.train, splits.valid, epochs=options["epochs"],
                   batch_size=options["batch_size"], seed=options["seed"], augment=options["augment"],
                   run=run, out=out, report=report, class_weights=class_weights, comm=comm)
-    except TrainingDiverged as e:
+    except (TrainingDiverged, CheckpointError) as e:
         report(f"error: {e}")
+        if isinstance(e, CheckpointError) and comm.size > 1:
+            comm.abort(1)  # rank 0 alone writes: the others would wait for it in their next step
         return 1
     except KeyboardInterrupt as stop:  # Interrupted, or Ctrl-C outside the handler's reach
+        if getattr(stop, "immediate", False):
+            checkpoint = out / "checkpoint.npz"
+            report(f"Stopped at once by a second {signal.Signals(stop.signum).name}: no checkpoint of the epoch in "
+                   "progress; " + (f"the last checkpoint is {checkpoint}; continue with --resume --out {out}"
+                                   if checkpoint.exists() else "no checkpoint was written yet"))
         return 128 + getattr(stop, "signum", signal.SIGINT)
+    try:
+        return _finish(model, controller, config, out, source, args, report, t0)
+    except KeyboardInterrupt:
+        where = (f"the best weights are saved in {out / 'model.npz'}; evaluate them with python -m minarn.evaluate "
+                 f"{out}" if (out / "model.npz").exists() else
+                 f"the checkpoint holds the run; continue with --resume --out {out}")
+        report(f"Interrupted during the final evaluation: {where}")
+        return 128 + signal.SIGINT
+
+
+def _finish(model: ARNCNN, controller: EpochEndController, config: dict[str, Any], out: Path, source: str,
+            args: argparse.Namespace, report: Reporter, t0: float) -> int:
+    """After training: the best weights restored and saved, evaluated on the test split, config.json updated."""
+    root = args.comm.rank == 0
     model.load_state_dict(controller.best_weights)
     if not root:  # the others are done: rank 0 alone saves and evaluates the model
         return 0

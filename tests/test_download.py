@@ -203,10 +203,13 @@ def test_bad_checksum_never_leaves_a_final_file(server: tuple[_Server, str], tmp
     assert issubclass(DL.DownloadError, DataError)
 
 
-def test_existing_file_with_wrong_checksum_is_replaced(server: tuple[_Server, str], tmp_path: Path) -> None:
-    dest = tmp_path / "m"
+def test_existing_file_with_wrong_checksum_is_kept(server: tuple[_Server, str], tmp_path: Path) -> None:
+    dest = tmp_path / "m.tar.gz"
     dest.write_bytes(b"corrupt")
-    assert DL.download_file(server[1], dest, md5=PAYLOAD_MD5, progress=False).read_bytes() == PAYLOAD
+    got = DL.download_file(server[1], dest, md5=PAYLOAD_MD5, progress=False)
+    assert got == tmp_path / f"m-{PAYLOAD_MD5[:8]}.tar.gz" == DL.beside(dest, PAYLOAD_MD5)
+    assert got.read_bytes() == PAYLOAD and dest.read_bytes() == b"corrupt"
+    assert not (tmp_path / f"{got.name}.part").exists()
 
 
 def test_server_error(server: tuple[_Server, str], tmp_path: Path) -> None:

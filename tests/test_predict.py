@@ -59,7 +59,11 @@ def test_any_size_and_mode_converted_as_in_training(mode: str, size: tuple[int, 
     x = load_image(path)
     assert x.shape == (64, 64, 1) and x.dtype == np.uint8
     with Image.open(path) as again:  # the training conversion: 'L', then nearest resize if the size differs
-        gray = again.convert("L")
+        if mode == "I;16":  # 16-bit: scaled from the image's smallest to its largest value onto 0..255
+            a = np.asarray(again, dtype=np.float64)
+            gray = Image.fromarray(np.round((a - a.min()) * 255 / (a.max() - a.min())).astype(np.uint8))
+        else:
+            gray = again.convert("L")
         expected = np.asarray(gray if gray.size == (64, 64) else gray.resize((64, 64), Image.NEAREST))
     np.testing.assert_array_equal(x[..., 0], expected)
 
