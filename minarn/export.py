@@ -84,17 +84,16 @@ def _check_out(out: Path) -> None:
 
 def verify(model: ARNCNN, onnx_path: Path, per_class: int = VERIFY_PER_CLASS) -> tuple[int, float]:
     """Run ``per_class`` shipped sample images of each class through ``model`` (minarn) and ``onnx_path`` (ONNX
-    Runtime); returns (images, largest absolute difference in probability). Square grayscale models only
-    (those ``python -m minarn.predict`` takes): ``ExportError`` otherwise."""
-    if model.input_shape[2] != 1:
-        raise ExportError(f"--verify runs grayscale sample images; this model takes {model.input_shape[2]} channels")
+    Runtime), converted as predict converts them (grayscale or RGB, resized); returns (images, largest absolute
+    difference in probability). Square inputs only (those ``python -m minarn.predict`` takes): ``ExportError``
+    otherwise."""
     try:
         size = input_size(model)
     except ValueError as err:
         raise ExportError(f"--verify: {err}") from None
     files = [f for folder in sorted(sample_path().iterdir()) if folder.is_dir()
              for f in sorted(folder.iterdir())[:per_class]]
-    images = np.stack([load_image(f, size) for f in files])
+    images = np.stack([load_image(f, size, model.input_shape[2]) for f in files])
     ours = model.predict(images)
     theirs = load_onnx_model(onnx_path).predict(images)
     return len(images), float(np.abs(ours.astype(np.float64) - theirs).max())
