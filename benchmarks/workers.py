@@ -9,11 +9,16 @@ fixed *before* any framework is imported (environment variables for OpenBLAS/Ope
 ``torch.set_num_threads`` / TF's intra-op setting).
 
 Protocol (one line in, one JSON line out, on stdin/stdout):
-    train K          -> {"times": [...]}  K training steps (forward, backward, Adamax), seconds each
+    train B K        -> {"times": [...]}  K training steps (forward, backward, Adamax) on B images, seconds each
     infer B K        -> {"times": [...]}  K inference calls on a batch of B images
     layers K         -> {"forward": {...}, "backward": {...}, "kernels": {...}, "other": {...}}  (minarn only; ms)
     quit
-``--memory N`` instead runs N training steps and prints the peak resident set size (``ru_maxrss``).
+The ready line carries ``versions``, ``threadpools`` (threadpoolctl's view: BLAS library, its version, threads
+and the OpenBLAS core it runs, ``architecture``) and ``environment`` (the settings this process was started
+with: allocator, OpenBLAS pinning, OpenMP binding), so the report shows what each framework really ran with.
+``--memory N --batch B`` instead runs N training steps on B images and prints the peak resident set size
+(``ru_maxrss``). ``python workers.py sgemm`` times NumPy's 2048^3 float32 matrix product (best of
+``--repeats``), the machine's measured peak for the report.
 """
 
 from __future__ import annotations
@@ -26,25 +31,72 @@ import sys
 import time
 
 FRAMEWORKS = ("minarn-numba", "minarn-numpy", "torch", "keras", "onnxruntime", "baseline-numba", "baseline-numpy")
+BATCHES = (40, 256)  # training and inference are measured at both
 # baseline-*: minarn imported from the directory in $MINARN_BASELINE_SRC (e.g. an unpacked older commit),
 # to put a before/after comparison into one run.
 BATCH = 40
 SHAPE = (64, 64, 1)
 CLASSES = 6
+SGEMM_SIZE = 2048
+# what the report shows of each child's environment (set by run.py / fairness.child_environment, or not)
+REPORTED_ENV = ("GLIBC_TUNABLES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_NUM_THREADS", "OMP_SCHEDULE",
+                "OMP_PROC_BIND", "GOMP_CPU_AFFINITY", "TF_ENABLE_ONEDNN_OPTS", "OPENBLAS_THREAD_TIMEOUT")
 
 
-def set_thread_env(threads: int, framework: str) -> None:
-    """Pin every thread pool to ``threads`` before the libraries are imported."""
+def set_thread_env(threads: int, framework: str, openmp: str = "guide") -> None:
+    """Fix every thread pool to ``threads`` before the libraries are imported, and give each framework its
+    own recommended settings: PyTorch (``openmp="guide"``) the GNU OpenMP binding of its CPU tuning guide
+    (``OMP_SCHEDULE=STATIC``, ``OMP_PROC_BIND=CLOSE``, ``GOMP_CPU_AFFINITY`` = the first ``threads`` CPUs this
+    process may use); TensorFlow its oneDNN kernels (``TF_ENABLE_ONEDNN_OPTS=1``, its default on x86 Linux)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = str(threads)
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if framework.startswith(("minarn-", "baseline-")):
         os.environ["MINARN_BACKEND"] = framework.split("-", 1)[1]
+    if framework == "torch" and openmp == "guide":
+        cpus = sorted(os.sched_getaffinity(0))[:threads]
+        os.environ.update(OMP_SCHEDULE="STATIC", OMP_PROC_BIND="CLOSE",
+                          GOMP_CPU_AFFINITY=" ".join(str(c) for c in cpus))
+    if framework == "keras":
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1"
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+def threadpools() -> list[dict]:
+    """threadpoolctl's description of the thread pools loaded into this process (BLAS, OpenMP): library,
+    version, threads and, for OpenBLAS, the core type it runs (``architecture``); [] without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keys = ("user_api", "internal_api", "version", "num_threads", "architecture", "threading_layer")
+    return [{k: i[k] for k in keys if i.get(k) is not None} | {"library": os.path.basename(i.get("filepath", ""))}
+            for i in threadpool_info()]
+
+
+def labels(np, batch: int):
+    """Fixed-seed one-hot labels for ``batch`` images (the same for every framework)."""
+    return np.eye(CLASSES, dtype=np.float32)[np.random.default_rng(1).integers(0, CLASSES, batch)]
+
+
+def sgemm_peak(repeats: int) -> dict:
+    """Best GFLOP/s of NumPy's float32 ``SGEMM_SIZE``^3 product over ``repeats`` calls (after one warm-up)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((SGEMM_SIZE, SGEMM_SIZE), dtype=np.float32) for _ in range(2))
+    out = a @ b
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.matmul(a, b, out=out)
+        times.append(time.perf_counter() - t)
+    return {"gflops": 2.0 * SGEMM_SIZE ** 3 / min(times) / 1e9, "times": times, "numpy": np.__version__,
+            "threadpools": threadpools()}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -65,29 +117,18 @@ class Minarn:
         self.model = ARNCNN(seed=0)
         self.opt = Adamax()
         rng = np.random.default_rng(0)
-        self.x = {b: rng.random((b, *SHAPE), dtype=np.float32) for b in (BATCH, 256)}
-        self.y = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, BATCH)]
-        import numpy
-
-        self.versions = {"numpy": numpy.__version__, "backend": self.backend}
+        self.x = {b: rng.random((b, *SHAPE), dtype=np.float32) for b in BATCHES}
+        self.y = {b: labels(np, b) for b in BATCHES}
+        self.versions = {"numpy": np.__version__, "backend": self.backend}
         try:
             import numba
 
             self.versions["numba"] = numba.__version__
         except ImportError:
             pass
-        try:
-            from threadpoolctl import threadpool_info
 
-            self.versions["blas"] = ", ".join(
-                f"{i.get('internal_api')} {i.get('version')} ({i.get('num_threads')} threads)"
-                for i in threadpool_info() if i.get("user_api") == "blas"
-            )
-        except ImportError:
-            pass
-
-    def train_step(self) -> None:
-        _, grads = self.model.loss_and_grads(self.x[BATCH], self.y)
+    def train_step(self, batch: int = BATCH) -> None:
+        _, grads = self.model.loss_and_grads(self.x[batch], self.y[batch])
         self.opt.apply(self.model.parameters(), grads)
 
     def infer(self, batch: int) -> None:
@@ -126,7 +167,7 @@ class Minarn:
         step, opt = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            _, grads = self.model.loss_and_grads(self.x[BATCH], self.y)
+            _, grads = self.model.loss_and_grads(self.x[BATCH], self.y[BATCH])
             t1 = time.perf_counter()
             self.opt.apply(self.model.parameters(), grads)
             t2 = time.perf_counter()
@@ -185,7 +226,7 @@ class Minarn:
         from minarn.layers import Conv2D, Dense
 
         K = kernels.get_backend()
-        self.model.loss_and_grads(self.x[BATCH], self.y)
+        self.model.loss_and_grads(self.x[BATCH], self.y[BATCH])
         shapes = []
         for layer in self.model.layers:
             if not isinstance(layer, (Conv2D, Dense)):
@@ -247,8 +288,12 @@ class Torch:
 
         torch.set_num_threads(threads)
         torch.manual_seed(0)
+        torch.autograd.set_detect_anomaly(False)  # the tuning guide's "disable debugging APIs" (the default)
         self.torch = torch
-        self.versions = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+        self.versions = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                         "mkldnn": torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled,
+                         "anomaly_detection": torch.is_anomaly_enabled(), "mode": "eager, channels-last"}
 
         def conv(cin, cout, k, padding=0):
             return nn.Conv2d(cin, cout, k, padding=padding)
@@ -294,24 +339,24 @@ class Torch:
         self.x = {
             b: torch.from_numpy(rng.random((b, 1, 64, 64), dtype=np.float32)).contiguous(
                 memory_format=torch.channels_last)
-            for b in (BATCH, 256)
+            for b in BATCHES
         }
-        self.y = torch.from_numpy(rng.integers(0, CLASSES, BATCH))
+        self.y = {b: torch.from_numpy(labels(np, b).argmax(axis=1)) for b in BATCHES}
 
-    def train_step(self) -> None:
+    def train_step(self, batch: int = BATCH) -> None:
         torch, m = self.torch, self.model
         m.train()
-        self.opt.zero_grad(set_to_none=True)
-        logits = m(self.x[BATCH])
-        loss = torch.nn.functional.cross_entropy(logits, self.y)
+        self.opt.zero_grad(set_to_none=True)  # the tuning guide's "grad = None instead of zeroing"
+        logits = m(self.x[batch])
+        loss = torch.nn.functional.cross_entropy(logits, self.y[batch])
         loss = loss + 0.016 * m.dense.weight.square().sum() + 0.006 * m.dense.bias.abs().sum()
-        loss = loss + 0.006 * m.dense_out.abs().sum() / BATCH
+        loss = loss + 0.006 * m.dense_out.abs().sum() / batch
         loss.backward()
         self.opt.step()
 
     def infer(self, batch: int) -> None:
         self.model.eval()
-        with self.torch.inference_mode():
+        with self.torch.inference_mode():  # the tuning guide's "disable gradient calculation for inference"
             self.torch.softmax(self.model(self.x[batch]), dim=1)
 
 
@@ -342,11 +387,11 @@ class Keras:
                          "intra_op": threads, "inter_op": 1,
                          "jit_compile": str(getattr(self.model, "jit_compile", "?"))}
         rng = np.random.default_rng(0)
-        self.x = {b: rng.random((b, *SHAPE), dtype=np.float32) for b in (BATCH, 256)}
-        self.y = np.eye(CLASSES, dtype=np.float32)[rng.integers(0, CLASSES, BATCH)]
+        self.x = {b: rng.random((b, *SHAPE), dtype=np.float32) for b in BATCHES}
+        self.y = {b: labels(np, b) for b in BATCHES}
 
-    def train_step(self) -> None:
-        self.model.train_on_batch(self.x[BATCH], self.y)
+    def train_step(self, batch: int = BATCH) -> None:
+        self.model.train_on_batch(self.x[batch], self.y[batch])
 
     def infer(self, batch: int) -> None:
         self.model.predict_on_batch(self.x[batch])
@@ -374,9 +419,9 @@ class OnnxRuntime:
         self.session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
         self.versions = {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
                          "graph": f"minarn.onnx_export, IR {IR_VERSION}, opset {OPSET}", "intra_op": threads,
-                         "inter_op": 1}
+                         "inter_op": 1, "graph_optimization": str(options.graph_optimization_level)}
         rng = np.random.default_rng(0)
-        self.x = {b: rng.random((b, *SHAPE), dtype=np.float32) for b in (BATCH, 256)}
+        self.x = {b: rng.random((b, *SHAPE), dtype=np.float32) for b in BATCHES}
 
     def infer(self, batch: int) -> None:
         self.session.run(["probabilities"], {"image": self.x[batch]})
@@ -393,46 +438,51 @@ def make(framework: str, threads: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("framework", choices=FRAMEWORKS)
+    ap.add_argument("framework", choices=(*FRAMEWORKS, "sgemm"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--memory", type=int, default=0, help="run N training steps, print peak RSS, exit")
+    ap.add_argument("--batch", type=int, default=BATCH, choices=BATCHES, help="batch of the --memory steps")
+    ap.add_argument("--repeats", type=int, default=5, help="sgemm: timed products")
+    ap.add_argument("--openmp", choices=("guide", "default"), default="guide",
+                    help="torch: the tuning guide's OpenMP binding, or none")
     args = ap.parse_args()
-    set_thread_env(args.threads, args.framework)
+    set_thread_env(args.threads, args.framework, args.openmp)
+    if args.framework == "sgemm":
+        print(json.dumps(sgemm_peak(args.repeats)), flush=True)
+        return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     before = rss_mb()
     fw = make(args.framework, args.threads)
     if args.memory:
         built = rss_mb()
         for _ in range(args.memory):
-            fw.train_step()
+            fw.train_step(args.batch)
         print(json.dumps({"peak_rss_mb": rss_mb(), "after_build_mb": built, "at_start_mb": before}), flush=True)
         return
     trains = getattr(fw, "trains", True)
     for _ in range(args.warmup):
         if trains:
-            fw.train_step()
+            fw.train_step(BATCH)
         else:
             fw.infer(BATCH)
+    if trains:
+        fw.train_step(256)  # Keras traces its step again for a new batch shape
     fw.infer(BATCH)
     fw.infer(256)
-    print(json.dumps({"ready": True, "versions": fw.versions, "trains": trains}), flush=True)
+    environment = {v: os.environ[v] for v in REPORTED_ENV if v in os.environ}
+    print(json.dumps({"ready": True, "versions": fw.versions, "trains": trains, "threadpools": threadpools(),
+                      "environment": environment}), flush=True)
     for line in sys.stdin:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
-        if cmd[0] == "train":
-            times = []
-            for _ in range(int(cmd[1])):
-                t = time.perf_counter()
-                fw.train_step()
-                times.append(time.perf_counter() - t)
-            print(json.dumps({"times": times}), flush=True)
-        elif cmd[0] == "infer":
+        if cmd[0] in ("train", "infer"):
+            run = fw.train_step if cmd[0] == "train" else fw.infer
             batch, times = int(cmd[1]), []
             for _ in range(int(cmd[2])):
                 t = time.perf_counter()
-                fw.infer(batch)
+                run(batch)
                 times.append(time.perf_counter() - t)
             print(json.dumps({"times": times}), flush=True)
         elif cmd[0] == "layers":
