@@ -99,7 +99,8 @@ def cam_from_maps(features: np.ndarray, grads: np.ndarray) -> np.ndarray:
     A = np.asarray(features, dtype=np.float64)
     dA = np.asarray(grads, dtype=np.float64)
     if A.shape != dA.shape or A.ndim != 4:
-        raise ValueError(f"cam_from_maps: expected features and grads of one shape (N, h, w, F), got {A.shape}, {dA.shape}")
+        raise ValueError(f"cam_from_maps: expected features and grads of one shape (N, h, w, F), "
+                         f"got {A.shape}, {dA.shape}")
     alpha = dA.mean(axis=(1, 2))  # (N, F)
     cam = np.maximum(np.einsum("nijk,nk->nij", A, alpha), 0.0)
     top = cam.max(axis=(1, 2), keepdims=True)

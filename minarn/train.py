@@ -44,6 +44,7 @@ except ImportError:  # not POSIX: run folders are not locked
 
 import minarn
 from minarn import distributed, kernels
+from minarn.atomic import save_npz_atomic
 from minarn.controller import EpochEndController
 from minarn.data import (
     CHANNEL_MODES,
@@ -63,8 +64,7 @@ from minarn.data import (
     split_dataset,
     split_stages,
 )
-from minarn.atomic import save_npz_atomic
-from minarn.model import DENSE_ACTIVATIONS, ARNCNN
+from minarn.model import ARNCNN, DENSE_ACTIVATIONS
 from minarn.optim import Optimizer, get_optimizer
 
 # Defaults on the 600-image sample shipped in the package: a few minutes on 2 cores. Batch 5 gives batch norm's
@@ -871,9 +871,9 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         hint = f" (--limit-per-class {options['limit_per_class']} leaves too few images)" \
             if options["limit_per_class"] else ""
         raise UsageError(f"cannot split {source} into train/valid/test{hint}: {e}") from None
-    report(("split: the dataset's own train/, valid/ and test/ folders" if ds.part is not None else
-            "split: stratified " + "/".join(f"{f:g}" for f in options.get("split") or SPLIT_FRACTIONS)
-            + f", seed {SPLIT_SEED}"))
+    report("split: the dataset's own train/, valid/ and test/ folders" if ds.part is not None else
+           "split: stratified " + "/".join(f"{f:g}" for f in options.get("split") or SPLIT_FRACTIONS)
+           + f", seed {SPLIT_SEED}")
     report(count_table(splits))
     if options["batch_size"] > len(splits.train):
         report(f"warning: --batch-size {options['batch_size']} is larger than the training split "

@@ -684,7 +684,8 @@ def block_versions(runs: Sequence[Run]) -> str:
 
 def block_data(runs: Sequence[Run]) -> str:
     rows = [[link(r), f"`{r.config.get('data_source') or r.options.get('data') or 'shipped sample'}`",
-             f"`{r.config.get('data_identity', '?')}`", f"{sum(r.config['split'][k]['total'] for k in r.config['split']):,}",
+             f"`{r.config.get('data_identity', '?')}`",
+             f"{sum(r.config['split'][k]['total'] for k in r.config['split']):,}",
              str(len(r.config.get("skipped_files", [])))] for r in runs]
     return md_table(["run", "data source (as recorded)", "data_identity", "images", "skipped files"], rows, "lllrr")
 
@@ -912,7 +913,8 @@ def block_neardup(runs: Sequence[Run]) -> str:
             f"[Report]({AUDIT}/{AUDIT_FILES['report']}), [figure]({AUDIT}/{AUDIT_FILES['figure']}).\n")]
     out.append(md_table(["class", "images", "byte-identical groups", "extra copies", "near-identical groups",
                          "images in them"],
-                        [[c["class"], f"{c['images']:,}" if c["images"] else "", str(c["exact_groups"]), str(c["exact_extra"]),
+                        [[c["class"], f"{c['images']:,}" if c["images"] else "", str(c["exact_groups"]),
+                          str(c["exact_extra"]),
                           str(c["near_groups"]), str(c["near_images"])] for c in summary["classes"]], "lrrrrr"))
     levels = list(next(iter(next(iter(summary["splits"].values())).values()))["near"])
     out.append(md_table(["split", "part", "images", "byte-identical copy in train",

@@ -33,8 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from minarn.bn_statistics import batchnorm_layers, moving_statistics, recompute_batchnorm_statistics, \
-    set_moving_statistics
+from minarn.bn_statistics import (
+    batchnorm_layers,
+    moving_statistics,
+    recompute_batchnorm_statistics,
+    set_moving_statistics,
+)
 from minarn.controller import EpochEndController
 from minarn.data import Dataset
 from minarn.evaluate import EvaluationError, load_run_splits

@@ -73,7 +73,7 @@ class ReferenceLRA:
                 self.best_weights = self.weights
                 self.count = 0
                 self.stop_count = 0
-                if v_loss < self.lowest_vloss:  # noqa: PLR1730 (the template's wording)
+                if v_loss < self.lowest_vloss:  # the template's wording (not min())
                     self.lowest_vloss = v_loss
                 self.best_epoch = epoch + 1
             else:
@@ -86,7 +86,7 @@ class ReferenceLRA:
                         self.weights = self.best_weights
                         restored = True
                     else:
-                        if v_loss < self.lowest_vloss:  # noqa: PLR1730
+                        if v_loss < self.lowest_vloss:
                             self.lowest_vloss = v_loss
                 else:
                     self.count = self.count + 1
@@ -114,7 +114,7 @@ class ReferenceLRA:
                         restored = True
                 else:
                     self.count = self.count + 1
-                if acc > self.highest_tracc:  # noqa: PLR1730
+                if acc > self.highest_tracc:
                     self.highest_tracc = acc
         if self.stop_count > self.stop_patience - 1:
             self.stop_training = True

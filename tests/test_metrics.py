@@ -56,7 +56,7 @@ def label_cases(draw, max_k: int = 6):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     y_true = rng.integers(0, K, N)
     y_pred = rng.integers(0, K, N)
-    others = lambda c: np.setdiff1d(np.arange(K), [c])  # noqa: E731
+    others = lambda c: np.setdiff1d(np.arange(K), [c])
     c = int(rng.integers(0, K))
     if mode == "never_predicted" and K > 1:
         y_pred = rng.choice(others(c), N)

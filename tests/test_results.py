@@ -284,7 +284,8 @@ def test_dedupe_run_joins_table1_but_not_the_ablations(tmp_path: Path, results: 
 def test_one_epoch_is_singular(tmp_path: Path) -> None:
     one = publish.read_run(make_run(tmp_path / "a", epochs_done=1, finished=False))
     assert one.status == "in progress, 1 epoch so far"
-    assert publish.read_run(make_run(tmp_path / "b", epochs_done=2, finished=False)).status == "in progress, 2 epochs so far"
+    two = publish.read_run(make_run(tmp_path / "b", epochs_done=2, finished=False))
+    assert two.status == "in progress, 2 epochs so far"
 
 
 def test_republishing_replaces_the_earlier_copy(tmp_path: Path, results: Path) -> None:
