@@ -308,7 +308,7 @@ def fit(
     """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C or SIGTERM).
 
     ``on_batch(run)``, when given, is called after every optimizer step (``run.batch`` is then the number of
-    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py).
+    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (tools/trace_epoch.py).
     ``class_weights`` (K,) weight the training cross-entropy per class (``--class-weight balanced``).
     ``comm`` (``minarn.distributed``): with several ranks each runs its rows of every batch and only rank 0
     writes; every rank's model, optimizer and state stay equal to rank 0's."""

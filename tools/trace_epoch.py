@@ -2,7 +2,7 @@
 
 Usage::
 
-    python results/trace_epoch.py RUN_DIR --out TRACE_DIR [--every 50] [--images 1000]
+    python tools/trace_epoch.py RUN_DIR --out TRACE_DIR [--every 50] [--images 1000]
 
 ``RUN_DIR`` is a run folder of ``minarn.train`` whose ``checkpoint.npz`` sits at an epoch boundary (a run that
 ended, e.g. one trained with ``--epochs 2``). The script trains the next epoch exactly as ``minarn.train

@@ -2,11 +2,11 @@
 
 Usage::
 
-    python results/publish.py RUN_DIR [--name NAME] [--weights]   # copy a run, then regenerate the tables
-    python results/publish.py RUN_DIR --interim                   # a run in progress, with its best weights' test
-    python results/publish.py --tables                            # regenerate the tables from results/*/
-    python results/publish.py --check                             # exit 1 if the tables are out of date
-    python results/publish.py RUN_DIR --zero-error-predictions [--data PATH]   # see below
+    python tools/publish.py RUN_DIR [--name NAME] [--weights]   # copy a run, then regenerate the tables
+    python tools/publish.py RUN_DIR --interim                   # a run in progress, with its best weights' test
+    python tools/publish.py --tables                            # regenerate the tables from results/*/
+    python tools/publish.py --check                             # exit 1 if the tables are out of date
+    python tools/publish.py RUN_DIR --zero-error-predictions [--data PATH]   # see below
 
 A finished run (``config.json`` has a ``test`` block with the accuracy, and ``report.md`` exists) is copied
 with ``report.md``, ``test_predictions.csv``, ``history.csv``, ``config.json``, ``train.log`` and
@@ -79,7 +79,7 @@ from minarn.metrics import SUMMARY_COLUMNS
 from minarn.near_duplicates import FILES as AUDIT_FILES
 from minarn.train import HISTORY_COLUMNS
 
-RESULTS = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # the repository's results/, wherever this runs from
 COPIED_ALWAYS = ("history.csv", "config.json", "train.log")
 COPIED_WHEN_FINISHED = ("report.md", PREDICTIONS)
 AUDIT = "near-duplicates"  # python -m minarn.near_duplicates DATA --out results/near-duplicates
@@ -1036,7 +1036,7 @@ def write_tables(results: Path = RESULTS, say: Callable[[str], Any] = print) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done, 1 ``--check`` found README.md out of date, 2 bad usage or unusable files."""
-    p = argparse.ArgumentParser(prog="python results/publish.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/publish.py", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run folder written by python -m minarn.train")
     p.add_argument("--name", help="folder name under results/ (default: the run folder's name)")
     p.add_argument("--weights", action="store_true", help=f"also copy {WEIGHTS} (finished runs only)")
@@ -1061,7 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stale = outdated(args.results)
             if stale:
                 print(f"{args.results / 'README.md'}: generated blocks out of date: {', '.join(stale)}; "
-                      f"run python results/publish.py --tables", file=sys.stderr)
+                      f"run python tools/publish.py --tables", file=sys.stderr)
                 return 1
             print(f"{args.results / 'README.md'}: up to date")
             return 0
@@ -1074,7 +1074,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tables(args.results)
         return 0
     except PublishError as err:
-        print(f"python results/publish.py: error: {err}", file=sys.stderr)
+        print(f"python tools/publish.py: error: {err}", file=sys.stderr)
         return 2
 
 
