@@ -8,7 +8,7 @@ A dataset that comes split, ``<root>/train/<ClassName>/...``, ``<root>/valid/...
 ``<root>/test/...``, keeps its parts (``Dataset.part``) and :func:`split_dataset` uses them as they are.
 Images are decoded to grayscale (one channel) or RGB (three), at any square size.
 
-The split reproduces the paper's template (``training-spec.md`` section 2): sklearn's stratified
+The split reproduces the paper's template (``docs/training-spec.md`` section 2): sklearn's stratified
 ``train_test_split(train_size=0.9, random_state=123)``, then the remaining 10 % split 60/40 into validation
 and test, re-implemented here in NumPy. On the full set: train 53,058 / valid 3,537 / test 2,359. Other
 fractions (train, valid, test) split the same way: train first, then the rest valid : test.

@@ -1,6 +1,6 @@
 """Grad-CAM on ARN-CNN's last convolution (conv2d_22), with minarn's own backward pass (paper Fig. 9).
 
-Recipe (Selvaraju et al. 2017, as on keras.io; ``training-spec.md`` section 3), for an image x and a class c:
+Recipe (Selvaraju et al. 2017, as on keras.io; ``docs/training-spec.md`` section 3), for an image x and a class c:
 
 1. inference-mode forward (dropout off, batch norm on moving statistics) up to conv2d_22:
    A = conv2d_22(...)(x), the post-ReLU map, shape (h, w, K) = (5, 5, 125) for 64x64 inputs;

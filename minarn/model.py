@@ -346,9 +346,10 @@ class ARNCNN:
         return save_npz_atomic(path, arrays)
 
 
-_CONFIG_TYPES = {"num_classes": int, "input_shape": list, "attention": bool, "residual": bool,
-                 "dense_activation": str, "dropout": float, "seed": (int, type(None)), "kernel_l2": float,
-                 "bias_l1": float, "activity_l1": float, "dtype": str}
+_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "num_classes": int, "input_shape": list, "attention": bool, "residual": bool, "dense_activation": str,
+    "dropout": float, "seed": (int, type(None)), "kernel_l2": float, "bias_l1": float, "activity_l1": float,
+    "dtype": str}
 _REQUIRED = ("num_classes", "input_shape", "dtype")
 _DTYPES = ("float32", "float64")
 

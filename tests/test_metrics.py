@@ -444,7 +444,7 @@ def test_summary_matches_sklearn(skm, case):
 
 
 def test_summary_markdown_of_the_papers_one_error_case():
-    # Medical MNIST test split (training-spec.md section 2); one AbdomenCT image predicted as ChestCT
+    # Medical MNIST test split (docs/training-spec.md section 2); one AbdomenCT image predicted as ChestCT
     y_true = np.repeat(np.arange(6), [400, 359, 400, 400, 400, 400])
     y_pred = y_true.copy()
     y_pred[0] = 3

@@ -37,7 +37,7 @@ rebuilt from the data. The near-duplicate audit (``python -m minarn.near_duplica
     <!-- end:table1 -->
 
 Every table is computed from the published files alone (and the paper's values, copied below from
-``arn-cnn.md``), so ``--check`` gives the same answer on any clone of the repository.
+``docs/arn-cnn.md``), so ``--check`` gives the same answer on any clone of the repository.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ PAPER_RECIPE: dict[str, Any] = {
 # minarn.train's parser defaults for the options the command line leaves out when they have these values.
 PARSER_DEFAULTS = {"dense_activation": "gelu", "optimizer": "adamax", "augment": "none"}
 
-# The paper's numbers, as /work/shared/design/arn-cnn.md gives them (strings: printed exactly as there).
+# The paper's numbers, as docs/arn-cnn.md gives them (strings: printed exactly as there).
 PAPER_TABLE1 = [
     ["1", "0.455", "99.129", "0.12981", "99.859", "0.001", "0.001", "val_loss", "0.00", "104.09 s"],
     ["2", "0.117", "99.945", "0.08788", "99.943", "0.001", "0.001", "val_loss", "32.30", "93.52 s"],
