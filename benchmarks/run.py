@@ -30,14 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import fairness
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's minarn, as the workers import it
+
+from benchmarks import fairness
+from minarn.model import ARNCNN
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))  # this checkout's minarn, as the workers import it
-
-from minarn.model import ARNCNN
-
 WORKER = HERE / "workers.py"
 BATCH = 40
 BATCHES = (40, 256)
@@ -334,7 +333,8 @@ def main() -> None:
                 lines.append(f"| {k} | {v:.1f} | |")
             if table.get("kernels"):
                 lines += ["", f"Kernel calls of one training step, {f} (the passes other than matrix products, timed "
-                          "where the model calls them):", "", "| kernel | calls per step | ms per step |", "|---|---|---|"]
+                          "where the model calls them):", "",
+                          "| kernel | calls per step | ms per step |", "|---|---|---|"]
                 for k, (n_calls, ms) in sorted(table["kernels"].items(), key=lambda kv: -kv[1][1]):
                     lines.append(f"| {k} | {n_calls:.0f} | {ms:.1f} |")
                 total = sum(ms for _, ms in table["kernels"].values())

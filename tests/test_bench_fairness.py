@@ -1,17 +1,10 @@
 """The pure helpers behind benchmarks/run.py's fair settings (benchmarks/fairness.py): the child environment,
 the CPU flags, the FLOP count. No timing is measured or asserted here."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from benchmarks import fairness
 from minarn.model import ARNCNN
-
-_SPEC = importlib.util.spec_from_file_location(
-    "bench_fairness", Path(__file__).resolve().parents[1] / "benchmarks" / "fairness.py")
-fairness = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(fairness)
 
 PARENT = {"PATH": "/usr/bin", "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576",
           "MALLOC_TRIM_THRESHOLD_": "0", "OMP_NUM_THREADS": "2"}
