@@ -18,7 +18,8 @@ and the OpenBLAS core it runs, ``architecture``) and ``environment`` (the settin
 with: allocator, OpenBLAS pinning, OpenMP binding), so the report shows what each framework really ran with.
 ``--memory N --batch B`` instead runs N training steps on B images and prints the peak resident set size
 (``ru_maxrss``). ``python workers.py sgemm`` times NumPy's 2048^3 float32 matrix product (best of
-``--repeats``), the machine's measured peak for the report.
+``--repeats``), the machine's measured peak for the report; ``python workers.py flops`` prints the FLOPs of the
+network's products per image (``benchmarks/fairness.py``).
 """
 
 from __future__ import annotations
@@ -439,7 +440,7 @@ def make(framework: str, threads: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("framework", choices=(*FRAMEWORKS, "sgemm"))
+    ap.add_argument("framework", choices=(*FRAMEWORKS, "sgemm", "flops"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--memory", type=int, default=0, help="run N training steps, print peak RSS, exit")
@@ -453,6 +454,13 @@ def main() -> None:
         print(json.dumps(sgemm_peak(args.repeats)), flush=True)
         return
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if args.framework == "flops":  # the products of the network, counted by benchmarks/fairness.py
+        from benchmarks import fairness
+        from minarn.model import ARNCNN
+
+        products = fairness.arn_cnn_products(ARNCNN(seed=0))
+        print(json.dumps({"forward_per_image": sum(f for _, f in products), "products": products}), flush=True)
+        return
     before = rss_mb()
     fw = make(args.framework, args.threads)
     if args.memory:
