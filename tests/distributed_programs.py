@@ -5,6 +5,8 @@ sharded forward and backward with synchronized batch norm, the gradient all-redu
 rank, and on rank 0 the same on the whole batch in one process (no reducer); rank 0 saves both, keyed
 ``"<n>/dist/..."`` and ``"<n>/ref/..."`` (gradients, Adamax slots, batch-norm moving statistics, weights).
 ``fail RUN_DIR``: ``python -m minarn.train`` into RUN_DIR where rank 1 raises at its second training step.
+``predict CHUNK ARGS...``: ``python -m minarn.predict ARGS...`` with chunks of CHUNK images (instead of 256), so
+that a few images make several chunks.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 
 import numpy as np
 
-from minarn import distributed, train
+from minarn import distributed, predict, train
 from minarn.data import load_mednist, one_hot, scale_images
 from minarn.model import ARNCNN
 from minarn.optim import get_optimizer
@@ -77,5 +79,8 @@ if __name__ == "__main__":
         step(sys.argv[2])
     elif sys.argv[1] == "fail":
         raise SystemExit(fail(sys.argv[2]))
+    elif sys.argv[1] == "predict":
+        predict.CHUNK = int(sys.argv[2])
+        raise SystemExit(predict.main(sys.argv[3:]))
     else:
-        raise SystemExit(f"unknown program {sys.argv[1]!r}: expected step or fail")
+        raise SystemExit(f"unknown program {sys.argv[1]!r}: expected step, fail or predict")

@@ -171,3 +171,34 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path):
     done = _run([str(PROGRAMS), "fail", str(tmp_path / "run")], ranks=2)  # TIMEOUT: a hang fails
     assert done.returncode != 0
     assert "rank 1 of 2 failed" in done.stderr and "injected failure" in done.stderr
+
+
+# -- prediction under mpiexec -n 2 --------------------------------------------------------------------------------
+@needs_mpiexec
+def test_prediction_on_2_ranks_prints_what_one_process_prints(tmp_path):
+    """The published model on 6 sample images per class, a file that is no image and a missing one, in chunks
+    of 10 (5 chunks, the last of 4): the same stdout (every class probability) and stderr (the failures in
+    place, Table 2 of --score) byte for byte."""
+    images = tmp_path / "images"
+    for folder in sorted((ROOT / "minarn" / "sample" / "MedNIST").iterdir()):
+        (images / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:6]:
+            shutil.copy(f, images / folder.name / f.name)
+    (images / "Hand" / "notes.png").write_text("not an image")
+    argv = [str(PROGRAMS), "predict", "10", str(ROOT / "results" / "default-seed123" / "model.npz"),
+            str(images / "CXR" / min(os.listdir(images / "CXR"))), str(tmp_path / "missing.png"), str(images),
+            "--score", "--probabilities"]
+    one, two = _run(argv), _run(argv, ranks=2)
+    assert one.returncode == two.returncode == 1  # some files could not be read
+    assert two.stdout == one.stdout and two.stderr == one.stderr
+    lines = one.stdout.splitlines()
+    assert len(lines) == 1 + 1 + 36 and lines[0].startswith("image\tclass\tprobability\tAbdomenCT")
+    assert "missing.png: no such file" in one.stderr and "notes.png: not an image" in one.stderr
+    assert "score on 37 labelled images: 0 wrong" in one.stderr
+
+
+@needs_mpiexec
+def test_prediction_on_2_ranks_reports_a_bad_model_once(tmp_path):
+    done = _run(["-m", "minarn.predict", str(tmp_path / "model.npz"), str(tmp_path)], ranks=2)
+    assert done.returncode == 2
+    assert done.stderr.count("error: model") == 1 and "no such file" in done.stderr and not done.stdout
