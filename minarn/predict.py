@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         return 2
     root = comm.rank == 0
     if not root:  # rank 0 alone prints
-        out = err = open(os.devnull, "w")  # noqa: SIM115 - closed when the process ends
+        out = err = open(os.devnull, "w")  # closed when the process ends
     paths = comm.bcast(expand_folders(args.images) if root else None)
     if args.probabilities:
         print("\t".join(["image", "class", "probability", *names]), file=out)
