@@ -28,6 +28,10 @@ model's score on your own labelled images, laid out as MedNIST is.
 ``--gradcam OUT.png`` also writes the Grad-CAM overlays (conv2d_22, ``minarn.gradcam``) of the predicted class
 (of the first 36 images), each under the input the model saw (64x64 for MedNIST models).
 
+Under ``mpiexec -n N`` the files are sharded over the ranks, chunk by chunk: each rank decodes and classifies its
+contiguous block of every chunk, rank 0 gathers the chunk's results (``gather_chunk``) and prints them, so the
+output is the lines one process prints, in the same order, and each rank holds one chunk at a time.
+
 Exit status: 0 all images predicted; 1 some file could not be read as an image; 2 bad usage or an unreadable
 model (one line on stderr, never a traceback).
 """
@@ -46,7 +50,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from minarn import kernels, metrics
+from minarn import distributed, kernels, metrics
 from minarn.data import CHANNEL_MODES, MEDNIST_CLASSES, _decode, describe_error, file_problem
 from minarn.model import ARNCNN, load_model
 from minarn.onnx_model import OnnxModel, load_onnx_model
@@ -174,6 +178,22 @@ def predict_files(model: ARNCNN | OnnxModel, paths: Sequence[str | Path]) -> tup
     return good, stack, probs, failed
 
 
+def gather_chunk(comm: distributed.Communicator, model: ARNCNN | OnnxModel, chunk: Sequence[str],
+                 keep_images: int = 0) -> tuple[list[str], np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """``predict_files`` of ``chunk`` sharded over the ranks: rank r classifies its contiguous block and every rank
+    gets the whole chunk's (paths read, the first ``keep_images`` images, probabilities (M, K), failures), in
+    the chunk's order. With one process: ``predict_files(model, chunk)`` (its images cut to ``keep_images``)."""
+    part = distributed.shard(len(chunk), comm.rank, comm.size)
+    good, images, probs, failed = predict_files(model, chunk[part.rows])
+    if comm.size == 1:
+        return good, images[:keep_images], probs, failed
+    parts = comm.allgather((good, images[:keep_images], probs, failed))
+    good = [p for g, _, _, _ in parts for p in g]
+    images = np.concatenate([i for _, i, _, _ in parts])[:keep_images]
+    probs = np.concatenate([q for _, _, q, _ in parts])
+    return good, images, probs, [f for _, _, _, fs in parts for f in fs]
+
+
 def score_text(scored: Sequence[tuple[int, np.ndarray]], names: Sequence[str]) -> str:
     """Table 2 and the confusion matrix of the images whose true class is known (true class >= 0)."""
     labelled = [(t, p) for t, p in scored if t >= 0]
@@ -226,6 +246,14 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     """Run the command line; returns the exit status (0 all predicted, 1 some files failed, 2 usage/model)."""
     out = stdout or sys.stdout
     err = stderr or sys.stderr
+    try:  # under mpiexec: MPI's ranks, which share the files out (python -m minarn.distributed tells which)
+        comm = distributed.communicator()
+    except distributed.DistributedError as e:
+        print(f"{PROG}: error: {e}", file=err)
+        return 2
+    distributed.abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
+    distributed.limit_threads(comm)
+    problem = None
     try:
         args = build_parser().parse_args(argv)
         if args.gradcam is not None:
@@ -243,9 +271,18 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             raise PredictError(f"--gradcam needs a model.npz (Grad-CAM runs minarn's backward pass), got {args.model}")
         input_size(model)  # checked before the first image is read
     except PredictError as e:
-        print(f"{PROG}: error: {e}", file=err)
+        problem = str(e)
+    problems = comm.allgather(problem)  # a rank that cannot start (say, no model file on its host) stops them all
+    if any(problems):
+        if comm.rank == 0:
+            rank = next(r for r, m in enumerate(problems) if m)
+            print(f"{PROG}: error: " + ("" if rank == 0 else f"rank {rank} of {comm.size}: ") + problems[rank],
+                  file=err)
         return 2
-    paths = expand_folders(args.images)
+    root = comm.rank == 0
+    if not root:  # rank 0 alone prints
+        out = err = open(os.devnull, "w")  # closed when the process ends
+    paths = comm.bcast(expand_folders(args.images) if root else None)
     if args.probabilities:
         print("\t".join(["image", "class", "probability", *names]), file=out)
     any_failed, n_good = False, 0
@@ -254,7 +291,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     cam_images: list[np.ndarray] = []
     for start in range(0, len(paths), CHUNK):
         chunk = paths[start : start + CHUNK]
-        good, images, probs, failed = predict_files(model, chunk)
+        room = MAX_GRADCAM - len(cam_paths)
+        good, images, probs, failed = gather_chunk(comm, model, chunk, room if args.gradcam else 0)
         reasons = dict(failed)
         any_failed |= bool(failed)
         n_good += len(good)
@@ -270,13 +308,12 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
             if args.score:
                 folder = Path(p).parent.name
                 scored.append((names.index(folder) if folder in names else -1, probs[i]))
-        room = MAX_GRADCAM - len(cam_paths)
         if args.gradcam and room > 0:
             cam_paths += good[:room]
             cam_images += list(images[:room])
     if args.score:
         print(score_text(scored, names), file=err, end="")
-    if args.gradcam and cam_paths:
+    if args.gradcam and cam_paths and root:
         from minarn import figures
         from minarn.gradcam import gradcam
 

@@ -357,7 +357,6 @@ def fit(
                     loss_sum, correct, stop = comm.allreduce(np.array([loss * part.count, correct,
                                                                        interrupt.requested])).tolist()
                     loss, correct = loss_sum / len(batch_idx), int(correct)
-                    interrupt.requested = interrupt.requested or stop > 0
                 if not math.isfinite(loss):
                     where = (f"the last good checkpoint is {checkpoint}" if checkpoint.exists() else
                              f"no checkpoint was written (it diverged in the first epoch; try a smaller --lr than "
@@ -378,7 +377,8 @@ def fit(
                     f"epoch {run.epoch + 1}/{epochs}  batch {b + 1}/{steps}  loss {run.loss_sum / run.seen:.4f}  "
                     f"accuracy {100 * run.correct / run.seen:.3f}  {rate:.0f} img/s  ETA {_format_duration(eta)}",
                     final=b + 1 == steps)
-                if interrupt.requested and b + 1 < steps:
+                # several ranks decide on the all-reduced flag (a signal handled after it counts at the next one)
+                if (stop > 0 if comm.size > 1 else interrupt.requested) and b + 1 < steps:
                     run.epoch_time = time.perf_counter() - started
                     if root:
                         write_checkpoint()
@@ -410,9 +410,12 @@ def fit(
                 report(f"training stopped at epoch {row['epoch']}: {controller.stop_patience} learning-rate cuts "
                        f"without improvement")
                 run.finished = True
+            # a signal may reach the ranks at different moments: all stop here, or none
+            stopping = (comm.allreduce(np.array([interrupt.requested], np.float64))[0] > 0 if comm.size > 1
+                        else interrupt.requested)
             if root:
                 write_checkpoint()
-            if interrupt.requested:
+            if stopping:
                 report(f"Interrupted after epoch {row['epoch']}: checkpoint saved; continue with --resume --out {out}")
                 raise Interrupted(interrupt.signum)
     return run
@@ -909,6 +912,8 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
     sessions.append(_session(getattr(args, "argv", []), run))
     if comm.size > 1:
         sessions[-1].update(ranks=comm.size, ranks_on_host=comm.host_ranks)
+        where = comm.allgather(f"{os.getpid()} on {os.uname().nodename}")  # mpiexec names a dead rank by its PID
+        report(f"{comm.size} ranks: " + ", ".join(f"rank {r} PID {w}" for r, w in enumerate(where)))
     config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
               "data_identity": data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
                                                        map(int, d.class_counts())))}
@@ -941,6 +946,8 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
             report(f"Stopped at once by a second {signal.Signals(stop.signum).name}: no checkpoint of the epoch in "
                    "progress; " + (f"the last checkpoint is {checkpoint}; continue with --resume --out {out}"
                                    if checkpoint.exists() else "no checkpoint was written yet"))
+            if comm.size > 1:  # this rank alone left its batch: the others would wait for it
+                comm.abort(128 + stop.signum)
         return 128 + getattr(stop, "signum", signal.SIGINT)
     try:
         return _finish(model, controller, config, out, source, args, report, t0)

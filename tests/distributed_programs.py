@@ -5,18 +5,28 @@ sharded forward and backward with synchronized batch norm, the gradient all-redu
 rank, and on rank 0 the same on the whole batch in one process (no reducer); rank 0 saves both, keyed
 ``"<n>/dist/..."`` and ``"<n>/ref/..."`` (gradients, Adamax slots, batch-norm moving statistics, weights).
 ``fail RUN_DIR``: ``python -m minarn.train`` into RUN_DIR where rank 1 raises at its second training step.
+``kill RUN_DIR``: ``python -m minarn.train --epochs 2`` into RUN_DIR (3 steps of 8 images an epoch) where rank 1 kills
+itself with SIGKILL at its second step of epoch 2, after the checkpoint of epoch 1.
+``term RUN_DIR``: the same training where rank 1 alone gets SIGTERM inside its second step, after the step's
+all-reduces (the moment at which a rank deciding on its own flag would leave the other waiting).
+``adamax OUT.npz``: 3 Adamax steps on batches of 8 (32x32) on every rank, and on rank 0 the same in one process;
+rank 0 saves both weights, keyed ``"dist/..."`` and ``"ref/..."``.
+``predict CHUNK ARGS...``: ``python -m minarn.predict ARGS...`` with chunks of CHUNK images (instead of 256), so
+that a few images make several chunks.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 
 import numpy as np
 
-from minarn import distributed, train
+from minarn import distributed, predict, train
 from minarn.data import load_mednist, one_hot, scale_images
 from minarn.model import ARNCNN
-from minarn.optim import get_optimizer
+from minarn.optim import Optimizer, get_optimizer
 
 
 def _arrays(model: ARNCNN, grads: dict[str, np.ndarray], optimizer, prefix: str) -> dict[str, np.ndarray]:
@@ -72,10 +82,79 @@ def fail(run_dir: str) -> int:
                        "--image-size", "32"])
 
 
+def adamax(path: str) -> None:
+    comm = distributed.communicator()
+    ds = load_mednist(image_size=32)
+
+    def steps(size: int, rank: int, c) -> dict[str, np.ndarray]:
+        model = ARNCNN(num_classes=ds.num_classes, seed=3, input_shape=(32, 32, 1))
+        optimizer = get_optimizer("adamax", 0.001, form="paper")
+        sync = distributed.synchronize_batch_norm(model, c)
+        for s in range(3):
+            idx = np.random.default_rng([5, s]).permutation(len(ds))[:8]
+            x, y = scale_images(ds.images[idx]), one_hot(ds.labels[idx], ds.num_classes)
+            part = distributed.shard(8, rank, size)
+            model.dropout.rng = distributed.RowsOf(np.random.default_rng([7, s]), part)
+            if sync is not None:
+                sync.share, sync.contributes = part.share, True
+            _, grads = model.loss_and_grads(x[part.rows], y[part.rows])
+            optimizer.apply(model.parameters(), distributed.allreduce_gradients(c, grads, part.share))
+        return model.state_dict()
+
+    dist = steps(comm.size, comm.rank, comm)
+    if comm.rank == 0:
+        ref = steps(1, 0, distributed.SingleProcess())
+        np.savez(path, **{f"dist/{k}": v for k, v in dist.items()}, **{f"ref/{k}": v for k, v in ref.items()})
+
+
+def _small_run(run_dir: str) -> int:
+    return train.main(["--out", run_dir, "--epochs", "2", "--batch-size", "8", "--limit-per-class", "8",
+                       "--split", "0.5,0.25,0.25", "--image-size", "32"])
+
+
+def kill(run_dir: str) -> int:
+    comm = distributed.communicator()
+    calls = []
+    original = ARNCNN.loss_and_grads
+
+    def killed(self, *args, **kwargs):
+        calls.append(1)
+        if comm.rank == 1 and len(calls) == 3 + 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, *args, **kwargs)
+
+    ARNCNN.loss_and_grads = killed
+    return _small_run(run_dir)
+
+
+def term(run_dir: str) -> int:
+    comm = distributed.communicator()
+    calls = []
+    original = Optimizer.apply
+
+    def signalled(self, *args, **kwargs):  # called after the step's all-reduces
+        calls.append(1)
+        if comm.rank == 1 and len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    Optimizer.apply = signalled
+    return _small_run(run_dir)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "step":
         step(sys.argv[2])
     elif sys.argv[1] == "fail":
         raise SystemExit(fail(sys.argv[2]))
+    elif sys.argv[1] == "kill":
+        raise SystemExit(kill(sys.argv[2]))
+    elif sys.argv[1] == "term":
+        raise SystemExit(term(sys.argv[2]))
+    elif sys.argv[1] == "adamax":
+        adamax(sys.argv[2])
+    elif sys.argv[1] == "predict":
+        predict.CHUNK = int(sys.argv[2])
+        raise SystemExit(predict.main(sys.argv[3:]))
     else:
-        raise SystemExit(f"unknown program {sys.argv[1]!r}: expected step or fail")
+        raise SystemExit(f"unknown program {sys.argv[1]!r}: expected step, fail, kill, term, adamax or predict")

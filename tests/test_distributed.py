@@ -14,10 +14,13 @@ after the same gradients instead (``distributed_programs.py step``).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,7 @@ PROGRAMS = Path(__file__).resolve().parent / "distributed_programs.py"
 MPIEXEC = shutil.which("mpiexec") or (shutil.which("mpiexec", path=str(Path(sys.executable).parent)))
 needs_mpiexec = pytest.mark.skipif(MPIEXEC is None, reason="mpiexec not found: pip install 'minarn[mpi]'")
 TIMEOUT = 300  # seconds: a hang fails the test instead of blocking CI
+FAULT_TIMEOUT = 120  # seconds for the fault tests' short runs (~10 s): a rank left waiting in a collective fails
 RUN = ["--epochs", "1", "--batch-size", "8", "--limit-per-class", "21", "--image-size", "32", "--optimizer", "sgd"]
 
 
@@ -39,9 +43,13 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(argv: list[str], ranks: int = 1, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = ([MPIEXEC, "-n", str(ranks)] if ranks > 1 else []) + [sys.executable] + argv
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=cwd)
+def _command(argv: list[str], ranks: int) -> list[str]:
+    return ([MPIEXEC, "-n", str(ranks)] if ranks > 1 else []) + [sys.executable] + argv
+
+
+def _run(argv: list[str], ranks: int = 1, cwd: Path | None = None, timeout: float = TIMEOUT
+         ) -> subprocess.CompletedProcess:
+    return subprocess.run(_command(argv, ranks), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=cwd)
 
 
 def _train(out: Path, ranks: int, *extra: str) -> subprocess.CompletedProcess:
@@ -62,6 +70,13 @@ def _flat_difference(a: dict, b: dict, prefix: str) -> float:
 def _checkpoint(run: Path) -> dict[str, np.ndarray]:
     with np.load(run / "checkpoint.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+def _load_checkpoint(run: Path) -> train.RunState:
+    """The run's checkpoint loaded as ``--resume`` loads it (a damaged file raises)."""
+    options = json.loads((run / "config.json").read_text())["options"]
+    model, optimizer, controller = train.build_training(options, 6)
+    return train.load_checkpoint(run / "checkpoint.npz", model, optimizer, controller)
 
 
 # -- without mpiexec ----------------------------------------------------------------------------------------
@@ -140,6 +155,24 @@ def test_one_step_on_2_ranks_equals_the_whole_batch_in_one_process(tmp_path):
 
 
 @needs_mpiexec
+def test_3_adamax_steps_on_2_ranks_stay_near_one_process(tmp_path):
+    """Adamax turns round-off-level gradients (ties, kinks, biases before batch norm) into +-lr steps, so the
+    weights agree as a whole, not each: measured 9e-5 over the flattened weights after 3 steps (one process on
+    the NumPy kernels differs from Numba by 1e-5; after 15 steps both are ~2e-3); a wrong share or a missing
+    reduction gives 1e-2 and more."""
+    done = _run([str(PROGRAMS), "adamax", str(tmp_path / "adamax.npz")], ranks=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(tmp_path / "adamax.npz") as data:
+        dist = {k[5:]: data[k] for k in data.files if k.startswith("dist/")}
+        ref = {k[4:]: data[k] for k in data.files if k.startswith("ref/")}
+    weights = {k: v for k, v in ref.items() if "moving_" not in k}
+    assert _flat_difference(dist, weights, "") < 1e-3
+    assert _flat_difference(dist, weights, "") > 0  # not the same computation twice
+    moving = {k: v for k, v in ref.items() if "moving_" in k}  # measured 1.2e-7 (the weights' gaps, lr-damped)
+    assert _flat_difference(dist, moving, "") < 1e-5
+
+
+@needs_mpiexec
 def test_2_ranks_train_as_one_process(runs):
     one, two = _checkpoint(runs["one"]), _checkpoint(runs["two"])
     assert _flat_difference(two, one, "model/") < 1e-5
@@ -171,3 +204,85 @@ def test_a_failing_rank_ends_the_job_naming_it(tmp_path):
     done = _run([str(PROGRAMS), "fail", str(tmp_path / "run")], ranks=2)  # TIMEOUT: a hang fails
     assert done.returncode != 0
     assert "rank 1 of 2 failed" in done.stderr and "injected failure" in done.stderr
+
+
+@needs_mpiexec
+def test_a_rank_killed_mid_epoch_ends_the_job_and_the_checkpoint_stays_valid(tmp_path):
+    """Rank 1 SIGKILLs itself in epoch 2 (MPICH's mpiexec then ends rank 0, which waits in an all-reduce)."""
+    done = _run([str(PROGRAMS), "kill", str(tmp_path / "run")], ranks=2, timeout=FAULT_TIMEOUT)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and "Killed (signal 9)" in output, output[-3000:]
+    pid = output.split("rank 1 PID ")[1].split()[0]  # the log names the PID that mpiexec reports dead
+    assert f"PID {pid} RUNNING AT" in output
+    run = _load_checkpoint(tmp_path / "run")
+    assert (run.epoch, run.batch, len(run.history)) == (1, 0, 1)  # the checkpoint of epoch 1
+    assert "Training is completed" not in output
+
+
+@needs_mpiexec
+def test_sigterm_to_mpiexec_checkpoints_on_every_rank_and_stops(tmp_path):
+    """SIGTERM to mpiexec (a scheduler's notice; Ctrl-C sends it SIGINT and works the same) reaches the ranks,
+    which agree to stop at the same batch: a checkpoint, exit status 143 and the message, no rank left waiting."""
+    out = tmp_path / "run"
+    argv = ["-m", "minarn.train", "--out", str(out), "--epochs", "50", "--batch-size", "8", "--limit-per-class",
+            "8", "--split", "0.5,0.25,0.25", "--image-size", "32"]
+    job = subprocess.Popen(_command(argv, 2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=_env())
+    lines = []
+    watchdog = threading.Timer(FAULT_TIMEOUT, job.kill)  # a hang fails (mpiexec killed takes its ranks along)
+    watchdog.start()
+    try:
+        for line in job.stdout:
+            lines.append(line)
+            if line.strip().startswith("1/50"):  # the first epoch's row: training is under way
+                job.send_signal(signal.SIGTERM)
+        job.wait(timeout=FAULT_TIMEOUT)
+    finally:
+        watchdog.cancel()
+        if job.poll() is None:
+            job.kill()
+    output = "".join(lines)
+    assert job.returncode == 143, output[-3000:]
+    assert output.count("Interrupted ") == 1 and "checkpoint saved" in output
+    run = _load_checkpoint(out)
+    assert run.epoch >= 1 and not run.finished and "Training is completed" not in output
+
+
+@needs_mpiexec
+def test_a_signal_to_one_rank_after_the_steps_all_reduce_stops_both_at_the_next(tmp_path):
+    done = _run([str(PROGRAMS), "term", str(tmp_path / "run")], ranks=2, timeout=FAULT_TIMEOUT)
+    assert done.returncode in (130, 143), done.stdout[-2000:] + done.stderr[-2000:]  # rank 0 had no signal
+    assert "Interrupted after epoch 1: checkpoint saved" in done.stdout  # step 2 of 3: stopped after step 3
+    run = _load_checkpoint(tmp_path / "run")
+    assert (run.epoch, run.batch) == (1, 0)
+
+
+# -- prediction under mpiexec -n 2 --------------------------------------------------------------------------------
+@needs_mpiexec
+def test_prediction_on_2_ranks_prints_what_one_process_prints(tmp_path):
+    """The published model on 6 sample images per class, a file that is no image and a missing one, in chunks
+    of 10 (5 chunks, the last of 4): the same stdout (every class probability) and stderr (the failures in
+    place, Table 2 of --score) byte for byte."""
+    images = tmp_path / "images"
+    for folder in sorted((ROOT / "minarn" / "sample" / "MedNIST").iterdir()):
+        (images / folder.name).mkdir(parents=True)
+        for f in sorted(folder.iterdir())[:6]:
+            shutil.copy(f, images / folder.name / f.name)
+    (images / "Hand" / "notes.png").write_text("not an image")
+    argv = [str(PROGRAMS), "predict", "10", str(ROOT / "results" / "default-seed123" / "model.npz"),
+            str(images / "CXR" / min(os.listdir(images / "CXR"))), str(tmp_path / "missing.png"), str(images),
+            "--score", "--probabilities"]
+    one, two = _run(argv), _run(argv, ranks=2)
+    assert one.returncode == two.returncode == 1  # some files could not be read
+    assert two.stdout == one.stdout and two.stderr == one.stderr
+    lines = one.stdout.splitlines()
+    assert len(lines) == 1 + 1 + 36 and lines[0].startswith("image\tclass\tprobability\tAbdomenCT")
+    assert "missing.png: no such file" in one.stderr and "notes.png: not an image" in one.stderr
+    assert "score on 37 labelled images: 0 wrong" in one.stderr
+
+
+@needs_mpiexec
+def test_prediction_on_2_ranks_reports_a_bad_model_once(tmp_path):
+    done = _run(["-m", "minarn.predict", str(tmp_path / "model.npz"), str(tmp_path)], ranks=2)
+    assert done.returncode == 2
+    assert done.stderr.count("error: model") == 1 and "no such file" in done.stderr and not done.stdout
