@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
@@ -42,6 +43,7 @@ except ImportError:  # pragma: no cover - depends on the installation
 INSTALL_HINT = "pip install 'minarn[mpi]' (mpi4py >= 4 and the mpich wheel)"
 # Variables that the MPI launchers set in every process they start: MPICH / Intel MPI (PMI), Open MPI, PMIx.
 LAUNCHER_VARIABLES = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK")
+ABORT_GRACE_S = 1.0  # seconds between printing why a rank fails and ending the job (see MPICommunicator.abort)
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -114,6 +116,11 @@ class MPICommunicator:
         self.comm.Barrier()
 
     def abort(self, status: int) -> None:
+        # MPI_Abort kills every rank at once, and mpiexec forwards each rank's output through a pipe: without a
+        # moment's grace the message this rank printed just before can be lost with it (seen on a busy machine).
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(status)
 
     def __repr__(self) -> str:
