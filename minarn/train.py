@@ -51,12 +51,12 @@ from minarn.data import (
     split_stages,
 )
 from minarn.download import download_mednist
-from minarn.model import DENSE_ACTIVATIONS, ARNCNN
+from minarn.model import ARNCNN, DENSE_ACTIVATIONS
 from minarn.optim import Optimizer
 from minarn.run import (
-    HISTORY_COLUMNS as HISTORY_COLUMNS,  # re-exported: results/publish.py and tests read it here
+    HISTORY_COLUMNS,
     LEFTOVERS,
-    LOCK_FILE as LOCK_FILE,
+    LOCK_FILE,
     RESUME_OPTIONS,
     SPLIT_SEED,
     CheckpointError,
@@ -66,7 +66,7 @@ from minarn.run import (
     build_training,
     check_out_outside_data,
     class_balance,
-    data_identity as data_identity,
+    data_identity,
     evaluate_split,
     input_format,
     load_checkpoint,
@@ -78,6 +78,11 @@ from minarn.run import (
     select_and_split,
     session,
 )
+
+# The run folder's names (minarn.run) stay importable from here, as the training's own.
+__all__ = ["HISTORY_COLUMNS", "LOCK_FILE", "RESUME_OPTIONS", "CheckpointError", "Interrupted", "Reporter", "RunState",
+           "TrainingDiverged", "UsageError", "build_parser", "build_training", "data_identity", "evaluate_split", "fit",
+           "format_row", "input_format", "load_checkpoint", "main", "save_checkpoint", "select_and_split"]
 
 # Defaults on the 600-image sample shipped in the package: a few minutes on 2 cores. Batch 5 gives batch norm's
 # moving statistics (momentum 0.99) ~860 updates in 8 epochs (0.99^860 < 2e-4, so the initial variance of 1 has
