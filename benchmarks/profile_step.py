@@ -19,8 +19,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import minarn  # noqa: E402 - before NumPy, as `python -m minarn.train` does
-import numpy as np  # noqa: E402
+import minarn  # before NumPy, as `python -m minarn.train` does
+
+# isort: split
+import numpy as np
 
 # Functions whose own time (tottime) is their matrix products: they do nothing else heavy in Python.
 PRODUCT_HOSTS = (("conv.py", "forward"), ("conv.py", "backward_linear"), ("winograd.py", "forward"),

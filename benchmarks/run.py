@@ -174,7 +174,8 @@ def main() -> None:
     best_mem = min((memory[p]["peak_rss_mb"] for p in PEERS if p in memory), default=None)
 
     lines = ["# ARN-CNN benchmark: minarn vs PyTorch vs Keras (and ONNX Runtime for inference)", ""]
-    lines += [f"Command: `{' '.join(shlex.quote(a) for a in [Path(sys.executable).name, 'benchmarks/run.py', *sys.argv[1:]])}`  ",
+    command = [Path(sys.executable).name, "benchmarks/run.py", *sys.argv[1:]]
+    lines += [f"Command: `{' '.join(shlex.quote(a) for a in command)}`  ",
               f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  ",
               f"Machine: {platform.machine()} {cpu_name()}, {os.cpu_count()} logical CPUs (shared with other jobs), "
               f"Python {platform.python_version()}, {platform.system()} {platform.release()}  ",
@@ -225,7 +226,8 @@ def main() -> None:
                 lines.append(f"| {k} | {v:.1f} | |")
             if table.get("kernels"):
                 lines += ["", f"Kernel calls of one training step, {f} (the passes other than matrix products, timed "
-                          "where the model calls them):", "", "| kernel | calls per step | ms per step |", "|---|---|---|"]
+                          "where the model calls them):", "",
+                          "| kernel | calls per step | ms per step |", "|---|---|---|"]
                 for k, (calls, ms) in sorted(table["kernels"].items(), key=lambda kv: -kv[1][1]):
                     lines.append(f"| {k} | {calls:.0f} | {ms:.1f} |")
                 total = sum(ms for _, ms in table["kernels"].values())

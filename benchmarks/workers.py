@@ -54,6 +54,7 @@ def rss_mb() -> float:
 class Minarn:
     def __init__(self, threads: int) -> None:
         import minarn  # noqa: F401 - before NumPy, as `python -m minarn.train` does (sets OPENBLAS_THREAD_TIMEOUT)
+        # isort: split
         import numpy as np
 
         from minarn import kernels
@@ -134,7 +135,7 @@ class Minarn:
             opt.append(t2 - t1)
         for layer, method in wrapped:
             delattr(layer, method)  # back to the class method
-        ms = lambda v: 1000.0 * float(np.median(v))  # noqa: E731
+        ms = lambda v: 1000.0 * float(np.median(v))
         forward = {k: ms(v) for k, v in fwd.items()}
         backward = {k: ms(bwd.get(k, [0.0])) for k in fwd}  # 0: fused into the attention module's backward
         products_ms, gflop, count, forward_products_ms = self.products(repeats)

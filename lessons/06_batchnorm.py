@@ -55,7 +55,7 @@
 # While training changes the weights, the activations' true mean drifts, and the exponential average trails
 # a steady drift of s per step by m/(1 - m) * s = 99 s. Inference then meets statistics of about 100 steps
 # ago. `minarn.bn_statistics.recompute_batchnorm_statistics` removes the lag by averaging the batch
-# statistics over some images at the frozen current weights ("precise BN"); results/trace_epoch.py uses it to
+# statistics over some images at the frozen current weights ("precise BN"); tools/trace_epoch.py uses it to
 # ask whether a validation spike is this lag or the weights themselves.
 #
 # Run as a script: `python lessons/06_batchnorm.py` (figures go to `./lesson_figures`, or to

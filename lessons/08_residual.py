@@ -100,14 +100,14 @@ def grad_norms(stack, x, skip, dout):
     input first, relative to ||dout||; the output's norm relative to the input's; ||dL/dK|| of the first conv."""
     h, saved = x, []
     for conv1, conv2, relu in stack:
-        f = lambda v, conv1=conv1, conv2=conv2: conv2.forward(conv1.forward(v))  # noqa: E731 - F of this block
+        f = lambda v, conv1=conv1, conv2=conv2: conv2.forward(conv1.forward(v))  # F of this block
         h_in = h
         h = residual_forward(h, f) if skip else relu.forward(f(h))
         saved.append((h_in, h))
     out_ratio = np.linalg.norm(h) / np.linalg.norm(x)
     norms, d = [np.linalg.norm(dout)], dout
     for (conv1, conv2, relu), (h_in, y) in zip(reversed(stack), reversed(saved)):
-        f_vjp = lambda v, g, conv1=conv1, conv2=conv2: conv1.backward(conv2.backward(g))  # noqa: E731
+        f_vjp = lambda v, g, conv1=conv1, conv2=conv2: conv1.backward(conv2.backward(g))
         d = residual_backward(d, h_in, y, f_vjp) if skip else f_vjp(h_in, relu.backward(d))
         norms.append(np.linalg.norm(d))
     return np.array(norms[::-1]) / norms[0], out_ratio, np.linalg.norm(stack[0][0].grads["kernel"])

@@ -31,7 +31,7 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS; see section 3
 
-from minarn import lesson_support  # noqa: E402
+from minarn import lesson_support
 
 lesson_support.use_matplotlib()
 import matplotlib.pyplot as plt  # noqa: E402

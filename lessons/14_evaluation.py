@@ -48,7 +48,7 @@ import tarfile
 from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS (see lesson 13)
-from minarn import lesson_support  # noqa: E402
+from minarn import lesson_support
 
 lesson_support.use_matplotlib()  # Agg for a script; a notebook keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402

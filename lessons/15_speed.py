@@ -41,7 +41,7 @@ import os
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before NumPy loads OpenBLAS
-from minarn import lesson_support  # noqa: E402
+from minarn import lesson_support
 
 lesson_support.use_matplotlib()  # Agg for a script; a notebook keeps its inline backend
 import matplotlib.pyplot as plt  # noqa: E402

@@ -98,7 +98,7 @@ assert np.allclose(Y, direct_2d, atol=1e-12) and U.size == 16
 print("\n4. A whole layer: many tiles and channels; the 16 grid positions become 16 matrix products")
 layer = Conv2D(8, 6, 3, padding="same", use_bias=False, seed=1, dtype=np.float64)
 x = rng.standard_normal((2, 9, 7, 8))
-fresh = lambda shape, dtype, slot: np.empty(shape, dtype)  # noqa: E731 - no shared workspace in a lesson
+fresh = lambda shape, dtype, slot: np.empty(shape, dtype)  # no shared workspace in a lesson
 with kernels.backend("numpy"):  # the NumPy backend computes Conv2D by im2col
     z = layer.forward(x, training=True)
     dz = rng.standard_normal(z.shape)
@@ -125,7 +125,7 @@ print("\n5. Multiplications in ARN-CNN's 3x3 stride-1 convolutions (batch 40, fo
 layers = {"conv2d_5": (31, 31, 32, 64, 31, 31), "conv2d_6": (31, 31, 64, 64, 31, 31),
           "conv2d_10": (15, 15, 64, 64, 13, 13), "conv2d_13": (13, 13, 64, 256, 11, 11)}
 counts = {}
-for name, (H, W, C, F, OH, OW) in layers.items():
+for name, (_H, _W, C, F, OH, OW) in layers.items():
     direct_macs = 40 * OH * OW * 9 * C * F
     th, tw = winograd.tiles(OH, OW)
     winograd_macs = 16 * 40 * th * tw * C * F  # tiles hanging over the edge are computed too

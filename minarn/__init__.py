@@ -14,23 +14,22 @@ import os
 # ``python -m minarn.train``); a value the user set is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "8")
 
-from minarn import gradcheck, kernels, losses, metrics, optim  # noqa: E402
-from minarn.layers import (  # noqa: E402
+from minarn import gradcheck, kernels, losses, metrics, optim
+from minarn.layers import (
+    GELU,
     Add,
     BatchNormalization,
     Conv2D,
     Dense,
     Dropout,
     Flatten,
-    GELU,
     MaxPooling2D,
     Multiply,
     ReLU,
     Sigmoid,
     Softmax,
 )
-
-from minarn.model import ARNCNN, load_model  # noqa: E402
+from minarn.model import ARNCNN, load_model
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ statistics that inference uses are an average over roughly the last 100 batches 
 taken while the weights kept changing. When the weights move fast, inference can meet moving statistics that
 no longer describe its own activations. ``recompute_batchnorm_statistics`` replaces them with the average
 batch statistics over a set of images at the frozen current weights; comparing the validation loss before
-and after measures how much of it was moving-statistics lag (results/trace_epoch.py does this along an epoch).
+and after measures how much of it was moving-statistics lag (tools/trace_epoch.py does this along an epoch).
 
 Reference: Y. Wu and J. Johnson, "Rethinking 'Batch' in BatchNorm", 2021 (section 3, "precise BN").
 """

@@ -4,7 +4,7 @@ Once per epoch, after validation, it picks what to monitor (training accuracy un
 then validation loss), measures the improvement over the best value so far, halves the learning rate after
 ``patience`` epochs without improvement (putting back the best weights when ``dwell`` is on), and asks to stop
 after ``stop_patience`` learning-rate cuts without an improvement in between. At the end of training the best
-weights are always restored. The rules are those of ``shared/design/training-spec.md`` section 1, step by step.
+weights are always restored. The rules are those of ``docs/training-spec.md`` section 1, step by step.
 """
 
 from __future__ import annotations

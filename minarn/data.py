@@ -8,7 +8,7 @@ A dataset that comes split, ``<root>/train/<ClassName>/...``, ``<root>/valid/...
 ``<root>/test/...``, keeps its parts (``Dataset.part``) and :func:`split_dataset` uses them as they are.
 Images are decoded to grayscale (one channel) or RGB (three), at any square size.
 
-The split reproduces the paper's template (``training-spec.md`` section 2): sklearn's stratified
+The split reproduces the paper's template (``docs/training-spec.md`` section 2): sklearn's stratified
 ``train_test_split(train_size=0.9, random_state=123)``, then the remaining 10 % split 60/40 into validation
 and test, re-implemented here in NumPy. On the full set: train 53,058 / valid 3,537 / test 2,359. Other
 fractions (train, valid, test) split the same way: train first, then the rest valid : test.
@@ -413,7 +413,8 @@ def _layout(names: Sequence[str], where: str
     """Find the class folders among file names.
 
     Returns ([(path relative to the dataset root, class name, name in the source, part)] sorted by the
-    relative path, [ignored names], [(name, reason)] of image entries with unsafe paths, which are never read). The dataset root is the parent of the class folders: the folder that
+    relative path, [ignored names], [(name, reason)] of image entries with unsafe paths, which are never read).
+    The dataset root is the parent of the class folders: the folder that
     holds the most image files two levels down; files elsewhere are ignored (and reported). When the class
     folders sit in sibling folders train/, valid/ (or val/) and test/, their parent is the root, the relative
     paths start with that folder and part says which it is; otherwise part is "". Paths and class names are
@@ -449,7 +450,8 @@ def _layout(names: Sequence[str], where: str
         root = parts[: depth - 2]
         if len(parts) == depth and root in roots:
             rel = _printable("/".join(parts[-3:] if split_parts else parts[-2:]))
-            entries[rel] = (rel, _printable(parts[-2]), name, split_parts.get(root, ""))  # "./A/x" and "A/x" in a tar: one
+            # "./A/x" and "A/x" in a tar: one
+            entries[rel] = (rel, _printable(parts[-2]), name, split_parts.get(root, ""))
         else:
             ignored.append(_printable(name))
     bad = [(_printable(n), "unsafe path (absolute, or through ..): not read") for n in unsafe
@@ -546,7 +548,7 @@ def _load_cached(path: Path, key: str, source: str, shape: tuple[int, int, int])
                 ignored=tuple(str(s) for s in z["ignored"]),
                 part=z["part"] if "part" in z.files else None,
             )
-    except Exception as exc:  # a damaged cache is never fatal: decode again and overwrite it
+    except Exception as exc:  # noqa: BLE001 - a damaged cache is never fatal: decode again and overwrite it
         logger.warning("minarn.data: ignoring unreadable cache file %s (%s)", path, exc)
         return None
 
@@ -692,7 +694,7 @@ def load_mednist(
         except DataError as exc:  # minarn's own reason: as it is
             skipped.append((rel, str(exc)))
             continue
-        except Exception as exc:  # anything Pillow or the file system raises: skip this file, say why
+        except Exception as exc:  # noqa: BLE001 - anything Pillow or the file system raises: skip this file, say why
             skipped.append((rel, describe_error(exc, rel)))
             continue
         labels.append(class_index[cls])

@@ -521,7 +521,8 @@ def evaluate_loaded_run(run: LoadedRun, report: Report | None = print, *,
     leak_line = (f"Test images with a byte-identical copy in train: {leaks['test']:,} of {len(test):,}; "
                  f"validation images: {leaks['valid']:,} of {len(splits.valid):,}.")
     if leaks["test"] and not options.get("dedupe"):
-        leak_line += " These test images were, in effect, seen in training; `python -m minarn.train --dedupe` avoids that."
+        leak_line += (" These test images were, in effect, seen in training; "
+                      "`python -m minarn.train --dedupe` avoids that.")
         leak_line += " " + _score_without_copies(copied["test"], y, probs)
     lines = [
         f"# {'Interim evaluation' if checkpoint else 'Evaluation'} of `{run_dir.name}`",

@@ -1,6 +1,6 @@
 """Grad-CAM on ARN-CNN's last convolution (conv2d_22), with minarn's own backward pass (paper Fig. 9).
 
-Recipe (Selvaraju et al. 2017, as on keras.io; ``training-spec.md`` section 3), for an image x and a class c:
+Recipe (Selvaraju et al. 2017, as on keras.io; ``docs/training-spec.md`` section 3), for an image x and a class c:
 
 1. inference-mode forward (dropout off, batch norm on moving statistics) up to conv2d_22:
    A = conv2d_22(...)(x), the post-ReLU map, shape (h, w, K) = (5, 5, 125) for 64x64 inputs;
@@ -99,7 +99,8 @@ def cam_from_maps(features: np.ndarray, grads: np.ndarray) -> np.ndarray:
     A = np.asarray(features, dtype=np.float64)
     dA = np.asarray(grads, dtype=np.float64)
     if A.shape != dA.shape or A.ndim != 4:
-        raise ValueError(f"cam_from_maps: expected features and grads of one shape (N, h, w, F), got {A.shape}, {dA.shape}")
+        raise ValueError(f"cam_from_maps: expected features and grads of one shape (N, h, w, F), "
+                         f"got {A.shape}, {dA.shape}")
     alpha = dA.mean(axis=(1, 2))  # (N, F)
     cam = np.maximum(np.einsum("nijk,nk->nij", A, alpha), 0.0)
     top = cam.max(axis=(1, 2), keepdims=True)

@@ -172,7 +172,7 @@ class ARNCNN:
         for layer in self.layers:
             if layer.name == name:
                 return layer
-        raise KeyError(f"ARNCNN has no layer {name!r}; layers: {', '.join(l.name for l in self.layers)}")
+        raise KeyError(f"ARNCNN has no layer {name!r}; layers: {', '.join(layer.name for layer in self.layers)}")
 
     def _rows(self, layers: list[Layer]) -> list[SummaryRow]:
         """Summary rows of the input and of ``layers`` chained onto it."""
@@ -214,7 +214,8 @@ class ARNCNN:
             x = x[..., None]
         if x.ndim != 4 or x.shape[1:] != self.input_shape:
             raise ValueError(
-                f"ARNCNN: expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {shape_str(x.shape)}"
+                f"ARNCNN: expected input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {shape_str(x.shape)}"
             )
         if x.dtype == np.uint8:
             return x.astype(self.dtype) / self.dtype.type(255)
@@ -279,7 +280,8 @@ class ARNCNN:
         n = len(x)
         y = np.asarray(y_onehot)
         if y.shape != (n, self.num_classes):
-            raise ValueError(f"ARNCNN: expected one-hot labels of shape ({n}, {self.num_classes}), got {shape_str(y.shape)}")
+            raise ValueError(f"ARNCNN: expected one-hot labels of shape ({n}, {self.num_classes}), "
+                             f"got {shape_str(y.shape)}")
         logits = self.logits(x, training=True)
         ce, dlogits = softmax_cross_entropy(logits, y.astype(logits.dtype, copy=False), class_weights)
         pen = self.penalties(n)
@@ -325,7 +327,8 @@ class ARNCNN:
         missing = sorted(set(live) - set(state))
         extra = sorted(set(state) - set(live))
         if missing or extra:
-            parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {', '.join(extra)}"] if extra else [])
+            parts = (([f"missing {', '.join(missing)}"] if missing else [])
+                     + ([f"unexpected {', '.join(extra)}"] if extra else []))
             raise ValueError(f"ARNCNN.load_state_dict: {'; '.join(parts)}")
         for key, target in live.items():
             value = np.asarray(state[key])
@@ -343,9 +346,10 @@ class ARNCNN:
         return save_npz_atomic(path, arrays)
 
 
-_CONFIG_TYPES = {"num_classes": int, "input_shape": list, "attention": bool, "residual": bool,
-                 "dense_activation": str, "dropout": float, "seed": (int, type(None)), "kernel_l2": float,
-                 "bias_l1": float, "activity_l1": float, "dtype": str}
+_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "num_classes": int, "input_shape": list, "attention": bool, "residual": bool, "dense_activation": str,
+    "dropout": float, "seed": (int, type(None)), "kernel_l2": float, "bias_l1": float, "activity_l1": float,
+    "dtype": str}
 _REQUIRED = ("num_classes", "input_shape", "dtype")
 _DTYPES = ("float32", "float64")
 
@@ -364,7 +368,8 @@ def _check_npz_sizes(path: Path) -> None:
             declared = math.prod(shape) * dtype.itemsize
             if declared > info.file_size:
                 raise ValueError(f"load_model: {path}: {info.filename[:-4]} declares shape {shape} "
-                                 f"({declared:,} bytes) but holds {info.file_size:,} bytes: the file is damaged or edited")
+                                 f"({declared:,} bytes) but holds {info.file_size:,} bytes: "
+                                 "the file is damaged or edited")
 
 
 def _checked_config(config: Any, weights: dict[str, np.ndarray], path: Path) -> dict[str, Any]:

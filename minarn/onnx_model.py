@@ -94,4 +94,4 @@ def load_onnx_model(path: str | os.PathLike[str], threads: int = 0) -> OnnxModel
             from None
     if len(input_shape) != 3 or len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
         raise ValueError(f"{path}: not laid out as a minarn export (one image input (N, H, W, C), one output)")
-    return OnnxModel(session, path, names, input_shape)  # type: ignore[arg-type]
+    return OnnxModel(session, path, names, input_shape)

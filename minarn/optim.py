@@ -90,7 +90,8 @@ class Optimizer:
 
     @property
     def iterations(self) -> int:
-        """Number of ``apply`` calls so far (Keras' ``optimizer.iterations``); the next step is ``t = iterations + 1``."""
+        """Number of ``apply`` calls so far (Keras' ``optimizer.iterations``); the next step is
+        ``t = iterations + 1``."""
         return self._iterations
 
     # -- the update ---------------------------------------------------------------------------------

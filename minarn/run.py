@@ -22,7 +22,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -161,8 +161,9 @@ def limit_per_class(ds: Dataset, n: int, seed: int) -> Dataset:
     order = np.argsort(ds.paths, kind="stable")
     rng = np.random.default_rng(seed)
     keep = []
-    for part in [None] if ds.part is None else [p for p in ("train", "valid", "test") if p in ds.part]:
-        in_part = order if part is None else order[ds.part[order] == part]
+    parts = ds.part
+    for part in [None] if parts is None else [p for p in ("train", "valid", "test") if p in parts]:
+        in_part = order if part is None or parts is None else order[parts[order] == part]
         for c in range(ds.num_classes):
             members = in_part[ds.labels[in_part] == c]
             keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
@@ -252,8 +253,8 @@ def session(argv: list[str], run: RunState) -> dict[str, Any]:
             commit = rev
     except (OSError, ValueError, subprocess.SubprocessError):
         pass
-    threads = {v: os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
-               if v in os.environ}
+    thread_variables = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
+    threads: dict[str, Any] = {v: os.environ[v] for v in thread_variables if v in os.environ}
     try:
         import numba
 
@@ -308,28 +309,30 @@ class RunLock:
     process (also on kill -9); the file stays, holding the last holder's pid."""
 
     def __init__(self, out: Path) -> None:
-        self.out, self.file = out, None
+        self.out = out
+        self.file: TextIO | None = None
 
     def __enter__(self) -> RunLock:
         if fcntl is None:
             return self
         try:
-            self.file = open(self.out / LOCK_FILE, "a+", encoding="utf-8")
+            file = open(self.out / LOCK_FILE, "a+", encoding="utf-8")
         except OSError as err:
             raise UsageError(f"cannot create the run folder's lock file {self.out / LOCK_FILE}: "
                              f"{err.strerror or err}") from None
         try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip()
-            self.file.close()
+            file.seek(0)
+            holder = file.read().strip()
+            file.close()
             raise UsageError(f"{self.out} is in use by another training ({holder or 'its lock is held'}); wait for "
                              "it to end, or choose another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        self.file.flush()
+        file.seek(0)
+        file.truncate()
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        file.flush()
+        self.file = file
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -226,7 +226,7 @@ def fit(
     """Train until ``epochs`` or the controller stops; checkpoint after every epoch (and on Ctrl-C or SIGTERM).
 
     ``on_batch(run)``, when given, is called after every optimizer step (``run.batch`` is then the number of
-    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (results/trace_epoch.py).
+    batches done in epoch ``run.epoch``); it lets a probe watch an epoch from inside (tools/trace_epoch.py).
     ``class_weights`` (K,) weight the training cross-entropy per class (``--class-weight balanced``).
     ``comm`` (``minarn.distributed``): with several ranks each runs its rows of every batch and only rank 0
     writes; every rank's model, optimizer and state stay equal to rank 0's."""
@@ -595,9 +595,9 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         hint = f" (--limit-per-class {options['limit_per_class']} leaves too few images)" \
             if options["limit_per_class"] else ""
         raise UsageError(f"cannot split {source} into train/valid/test{hint}: {e}") from None
-    report(("split: the dataset's own train/, valid/ and test/ folders" if ds.part is not None else
-            "split: stratified " + "/".join(f"{f:g}" for f in options.get("split") or SPLIT_FRACTIONS)
-            + f", seed {SPLIT_SEED}"))
+    report("split: the dataset's own train/, valid/ and test/ folders" if ds.part is not None else
+           "split: stratified " + "/".join(f"{f:g}" for f in options.get("split") or SPLIT_FRACTIONS)
+           + f", seed {SPLIT_SEED}")
     report(count_table(splits))
     if options["batch_size"] > len(splits.train):
         report(f"warning: --batch-size {options['batch_size']} is larger than the training split "

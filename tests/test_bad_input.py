@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_download import PAYLOAD, PAYLOAD_MD5, server  # noqa: F401 (the 127.0.0.1 server fixture)
 
+from minarn import atomic, evaluate, kernels, predict, train
 from minarn import data as D
 from minarn import download as DL
-from minarn import atomic, evaluate, kernels, predict, train
 from minarn.data import DataError, sample_path
 from minarn.model import ARNCNN, load_model
-from test_download import PAYLOAD, PAYLOAD_MD5, server  # noqa: F401 (the 127.0.0.1 server fixture)
 
 CLASSES = ("CXR", "Hand")
 PER_CLASS = 16

@@ -1,6 +1,6 @@
 """The epoch-end controller (``minarn.controller``) replayed on given metric sequences.
 
-The rules are those of ``shared/design/training-spec.md`` section 1. ``ReferenceLRA`` below is an independent,
+The rules are those of ``docs/training-spec.md`` section 1. ``ReferenceLRA`` below is an independent,
 line-by-line transcription of the template's ``on_epoch_end`` (the Keras "LRA" callback) that the controller is
 compared against on hypothesis-drawn sequences; the named tests pin each rule on a hand-made sequence.
 
@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from minarn.controller import Decision, EpochEndController
 
-# The paper's first five rows (arn-cnn.md, "Training procedure"): train accuracy, V_loss, printed % Improv.
+# The paper's first five rows (docs/arn-cnn.md, "Training procedure"): train accuracy, V_loss, printed % Improv.
 PAPER_ACC = [0.99129, 0.99945, 0.99972, 0.99987, 0.99932]
 PAPER_VLOSS = [0.12981, 0.08788, 0.06450, 0.05427, 0.04867]
 PAPER_IMPROV = ["0.00", "32.30", "26.61", "15.86", "10.32"]
@@ -73,7 +73,7 @@ class ReferenceLRA:
                 self.best_weights = self.weights
                 self.count = 0
                 self.stop_count = 0
-                if v_loss < self.lowest_vloss:  # noqa: PLR1730 (the template's wording)
+                if v_loss < self.lowest_vloss:  # the template's wording (not min())
                     self.lowest_vloss = v_loss
                 self.best_epoch = epoch + 1
             else:
@@ -86,7 +86,7 @@ class ReferenceLRA:
                         self.weights = self.best_weights
                         restored = True
                     else:
-                        if v_loss < self.lowest_vloss:  # noqa: PLR1730
+                        if v_loss < self.lowest_vloss:
                             self.lowest_vloss = v_loss
                 else:
                     self.count = self.count + 1
@@ -114,7 +114,7 @@ class ReferenceLRA:
                         restored = True
                 else:
                     self.count = self.count + 1
-                if acc > self.highest_tracc:  # noqa: PLR1730
+                if acc > self.highest_tracc:
                     self.highest_tracc = acc
         if self.stop_count > self.stop_patience - 1:
             self.stop_training = True

@@ -30,7 +30,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:  # http.server's name
         srv = self.server
         rng = self.headers.get("Range")
         srv.ranges.append(rng)

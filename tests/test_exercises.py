@@ -112,7 +112,7 @@ def test_new_then_check_lists_every_function_as_not_implemented(tmp_path: Path, 
     capsys.readouterr()
     assert exercises_main(["check", str(tmp_path / "s")]) == 1
     out = capsys.readouterr().out
-    for lesson, name in ALL:
+    for _lesson, name in ALL:
         assert any(line.split()[:3] == [name, "not", "implemented"] for line in out.splitlines()), name
     assert f"0 of {len(ALL)} passed, 0 failed, {len(ALL)} not implemented" in out
 

@@ -363,7 +363,7 @@ def test_to_keras_predicts_like_minarn(batch):
             if key != "kernel":
                 value += rng.uniform(0.1, 0.3, value.shape).astype(value.dtype)
     keras_model = interop.to_keras(model)
-    assert [l.name for l in keras_model.layers[1:]] == [l.name for l in model.layers]
+    assert [layer.name for layer in keras_model.layers[1:]] == [layer.name for layer in model.layers]
     assert keras_model.layers[0].name == "input_1"
     assert keras_model.count_params() == model.count_params() == 1_624_131
     theirs = interop.keras_to_state_dict(keras_model)

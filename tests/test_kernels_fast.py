@@ -146,7 +146,8 @@ def test_batchnorm_kernels(name, dtype, offset):
         g = dout * gamma
         ref = (g - g.mean(0) - x_hat * (g * x_hat).mean(0)) * inv_std
         np.testing.assert_allclose(dx, ref, **tol)
-        np.testing.assert_allclose(dgamma, (dout * x_hat).sum(0), **(dict(rtol=1e-4, atol=1e-3) if dtype == "float32" else tol))
+        np.testing.assert_allclose(dgamma, (dout * x_hat).sum(0),
+                                   **(dict(rtol=1e-4, atol=1e-3) if dtype == "float32" else tol))
         np.testing.assert_allclose(dbeta, dout.sum(0), **(dict(rtol=1e-4, atol=1e-3) if dtype == "float32" else tol))
         assert dx.dtype == np.dtype(dtype)
 

@@ -56,7 +56,7 @@ def label_cases(draw, max_k: int = 6):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     y_true = rng.integers(0, K, N)
     y_pred = rng.integers(0, K, N)
-    others = lambda c: np.setdiff1d(np.arange(K), [c])  # noqa: E731
+    others = lambda c: np.setdiff1d(np.arange(K), [c])
     c = int(rng.integers(0, K))
     if mode == "never_predicted" and K > 1:
         y_pred = rng.choice(others(c), N)
@@ -444,7 +444,7 @@ def test_summary_matches_sklearn(skm, case):
 
 
 def test_summary_markdown_of_the_papers_one_error_case():
-    # Medical MNIST test split (training-spec.md section 2); one AbdomenCT image predicted as ChestCT
+    # Medical MNIST test split (docs/training-spec.md section 2); one AbdomenCT image predicted as ChestCT
     y_true = np.repeat(np.arange(6), [400, 359, 400, 400, 400, 400])
     y_pred = y_true.copy()
     y_pred[0] = 3

@@ -21,6 +21,16 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_command in ci_lines
 
 
+def test_ci_lints_and_type_checks_as_contributing_says() -> None:
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    block = re.search(r"<!-- ci-checks -->\n```bash\n(.*?)```", contributing, flags=re.S)
+    assert block, "CONTRIBUTING.md lacks its <!-- ci-checks --> bash block"
+    commands = [line.strip() for line in block.group(1).splitlines() if line.strip()]
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert commands and all(c in ci_lines for c in commands), (commands, ci_lines)
+    assert ci_lines.index(commands[0]) > next(i for i, line in enumerate(ci_lines) if "pip install" in line)
+
+
 def test_readme_opens_with_the_two_commands() -> None:
     blocks = _bash_blocks()
     assert "python -m minarn" in blocks[0] and "pytest" in blocks[1]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 import shlex
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,16 +17,13 @@ from run_fixture import tiny_cache, tiny_run  # noqa: F401 - tiny_run is a fixtu
 from minarn import metrics
 from minarn.evaluate import _uncertainty_tables
 from minarn.train import HISTORY_COLUMNS, _options_from_args, build_parser
+from tools import publish
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 DATA = (ROOT.parent / "shared" / "data" / "MedNIST.tar.gz").resolve()
 CLASSES = ["AbdomenCT", "BreastMRI", "CXR", "ChestCT", "Hand", "HeadCT"]
 
-_spec = importlib.util.spec_from_file_location("publish", RESULTS / "publish.py")
-publish = importlib.util.module_from_spec(_spec)
-sys.modules["publish"] = publish  # dataclasses look the module up while the class is built
-_spec.loader.exec_module(publish)
 
 
 # -- a synthetic run folder -------------------------------------------------------------------------------
@@ -103,7 +98,7 @@ def block(readme: Path, name: str) -> str:
 
 # -- the published results ------------------------------------------------------------------------------
 def test_generated_parts_of_results_readme_are_up_to_date() -> None:
-    assert publish.outdated(RESULTS) == [], "run: python results/publish.py --tables"
+    assert publish.outdated(RESULTS) == [], "run: python tools/publish.py --tables"
     assert publish.main(["--check"]) == 0
 
 
@@ -244,7 +239,7 @@ def test_interim_option_needs_a_run_in_progress_with_a_checkpoint(tmp_path: Path
     running = make_run(tmp_path / "running", 3, False)  # neither its data path nor its checkpoint.npz is real
     assert publish.main([str(running), "--interim", "--results", str(results)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("python results/publish.py: error: --interim:") and err.count("\n") == 1
+    assert err.startswith("python tools/publish.py: error: --interim:") and err.count("\n") == 1
 
 
 def test_interim_option_evaluates_a_real_checkpoint(tiny_run: Path, tmp_path: Path, results: Path,  # noqa: F811
@@ -284,7 +279,8 @@ def test_dedupe_run_joins_table1_but_not_the_ablations(tmp_path: Path, results: 
 def test_one_epoch_is_singular(tmp_path: Path) -> None:
     one = publish.read_run(make_run(tmp_path / "a", epochs_done=1, finished=False))
     assert one.status == "in progress, 1 epoch so far"
-    assert publish.read_run(make_run(tmp_path / "b", epochs_done=2, finished=False)).status == "in progress, 2 epochs so far"
+    two = publish.read_run(make_run(tmp_path / "b", epochs_done=2, finished=False))
+    assert two.status == "in progress, 2 epochs so far"
 
 
 def test_republishing_replaces_the_earlier_copy(tmp_path: Path, results: Path) -> None:

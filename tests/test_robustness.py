@@ -1,20 +1,14 @@
-"""results/robustness.py: the model card's table is what the published weights give, and --check notices a
+"""tools/robustness.py: the model card's table is what the published weights give, and --check notices a
 table that is not."""
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("robustness", ROOT / "results" / "robustness.py")
-robustness = importlib.util.module_from_spec(_spec)
-sys.modules["robustness"] = robustness
-_spec.loader.exec_module(robustness)
+from tools import robustness
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +20,7 @@ def table() -> str:
 
 def test_model_card_table_is_what_the_published_model_gives(table: str) -> None:
     old, new = robustness.render(robustness.CARD, table)
-    assert old == new, "results/MODEL_CARD.md is out of date: run python results/robustness.py --write"
+    assert old == new, "results/MODEL_CARD.md is out of date: run python tools/robustness.py --write"
 
 
 def test_table_covers_every_set(table: str) -> None:

@@ -1,13 +1,11 @@
-"""results/trace_epoch.py: one epoch watched from inside, the same epoch that --resume trains."""
+"""tools/trace_epoch.py: one epoch watched from inside, the same epoch that --resume trains."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +13,7 @@ import pytest
 from run_fixture import assert_png, tiny_cache, tiny_run  # noqa: F401
 
 from minarn.train import main as train_main
-
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("trace_epoch", ROOT / "results" / "trace_epoch.py")
-trace_epoch = importlib.util.module_from_spec(_spec)
-sys.modules["trace_epoch"] = trace_epoch
-_spec.loader.exec_module(trace_epoch)
+from tools import trace_epoch
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -16,7 +16,7 @@ from minarn.kernels import numpy_ref, winograd
 from minarn.layers import Conv2D, conv
 
 backends = pytest.mark.parametrize("backend", BACKENDS)
-no_workspace = lambda shape, dtype, slot: np.empty(shape, dtype)  # noqa: E731 - a fresh array per call
+no_workspace = lambda shape, dtype, slot: np.empty(shape, dtype)  # a fresh array per call
 
 
 def tile_windows_by_loops(x, top, left, th, tw):

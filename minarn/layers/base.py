@@ -24,7 +24,8 @@ import numpy as np
 
 
 def _snake_case(class_name: str) -> str:
-    """``MaxPooling2D`` -> ``max_pooling2d``, ``Conv2D`` -> ``conv2d``, ``BatchNormalization`` -> ``batch_normalization``."""
+    """``MaxPooling2D`` -> ``max_pooling2d``, ``Conv2D`` -> ``conv2d``,
+    ``BatchNormalization`` -> ``batch_normalization``."""
     s = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", class_name)
     return s.lower().replace("_2_d", "2d").replace("2_d", "2d")
 

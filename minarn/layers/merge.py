@@ -23,7 +23,7 @@ class _Merge(Layer):
             )
         return a, b
 
-    def compute_output_shape(self, input_shape):  # type: ignore[override]
+    def compute_output_shape(self, input_shape):
         a, b = input_shape
         if tuple(a) != tuple(b):
             raise ValueError(f"{self._describe()}: both inputs must have the same shape, got {a} and {b}")

@@ -10,8 +10,8 @@ import numpy as np
 from hypothesis import strategies as st
 
 from minarn import kernels
-from minarn.exercises.grading import Failure, compare, exercise, falsify, numeric_gradient
 from minarn.exercises.graders.lesson02 import SEEDS, conv_cases, conv_reference
+from minarn.exercises.grading import Failure, compare, exercise, falsify, numeric_gradient
 from minarn.kernels import numpy_ref
 from minarn.layers.conv import Conv2D, same_padding
 

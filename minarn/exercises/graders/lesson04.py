@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from minarn.exercises.grading import compare, exercise, falsify, numeric_gradient
 from minarn.exercises.graders.lesson02 import SEEDS
+from minarn.exercises.grading import compare, exercise, falsify, numeric_gradient
 from minarn.kernels import numpy_ref
 
 

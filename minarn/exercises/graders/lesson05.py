@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from scipy import special
 
 from minarn import kernels
-from minarn.exercises.grading import Failure, compare, exercise, falsify, numeric_gradient
 from minarn.exercises.graders.lesson02 import SEEDS
+from minarn.exercises.grading import Failure, compare, exercise, falsify, numeric_gradient
 from minarn.layers.activations import GELU, ReLU, Sigmoid
 
 LESSON = "05_activations"

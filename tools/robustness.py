@@ -2,9 +2,9 @@
 
 Usage::
 
-    python results/robustness.py            # print the table for results/default-seed123/model.npz
-    python results/robustness.py --write    # put it into results/MODEL_CARD.md (between the markers)
-    python results/robustness.py --check    # exit 1 if MODEL_CARD.md's table is out of date
+    python tools/robustness.py            # print the table for results/default-seed123/model.npz
+    python tools/robustness.py --write    # put it into results/MODEL_CARD.md (between the markers)
+    python tools/robustness.py --check    # exit 1 if MODEL_CARD.md's table is out of date
 
 The images are the 600 of the sample shipped in minarn (``minarn.data.load_mednist()``): as they are, with the
 contrast inverted (255 - x), turned 90 degrees, upside down and mirrored left-right; then 100 images of uniform
@@ -31,7 +31,7 @@ import numpy as np
 from minarn.data import load_mednist, scale_images
 from minarn.model import ARNCNN, load_model
 
-RESULTS = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 MODEL = RESULTS / "default-seed123" / "model.npz"
 CARD = RESULTS / "MODEL_CARD.md"
 NOISE_IMAGES, NOISE_SEED = 100, 0
@@ -86,7 +86,7 @@ def render(card: Path, table: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done (or up to date), 1 ``--check`` found the card out of date."""
-    p = argparse.ArgumentParser(prog="python results/robustness.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/robustness.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=MODEL, help="model.npz (default: %(default)s)")
     p.add_argument("--card", type=Path, default=CARD, help="model card to --write or --check (default: %(default)s)")
     mode = p.add_mutually_exclusive_group()
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     old, new = render(args.card, table)
     if args.check:
         if old != new:
-            print(f"{args.card}: the robustness table is out of date; run python results/robustness.py --write",
+            print(f"{args.card}: the robustness table is out of date; run python tools/robustness.py --write",
                   file=sys.stderr)
             return 1
         print(f"{args.card}: up to date")

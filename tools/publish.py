@@ -2,11 +2,11 @@
 
 Usage::
 
-    python results/publish.py RUN_DIR [--name NAME] [--weights]   # copy a run, then regenerate the tables
-    python results/publish.py RUN_DIR --interim                   # a run in progress, with its best weights' test
-    python results/publish.py --tables                            # regenerate the tables from results/*/
-    python results/publish.py --check                             # exit 1 if the tables are out of date
-    python results/publish.py RUN_DIR --zero-error-predictions [--data PATH]   # see below
+    python tools/publish.py RUN_DIR [--name NAME] [--weights]   # copy a run, then regenerate the tables
+    python tools/publish.py RUN_DIR --interim                   # a run in progress, with its best weights' test
+    python tools/publish.py --tables                            # regenerate the tables from results/*/
+    python tools/publish.py --check                             # exit 1 if the tables are out of date
+    python tools/publish.py RUN_DIR --zero-error-predictions [--data PATH]   # see below
 
 A finished run (``config.json`` has a ``test`` block with the accuracy, and ``report.md`` exists) is copied
 with ``report.md``, ``test_predictions.csv``, ``history.csv``, ``config.json``, ``train.log`` and
@@ -37,7 +37,7 @@ rebuilt from the data. The near-duplicate audit (``python -m minarn.near_duplica
     <!-- end:table1 -->
 
 Every table is computed from the published files alone (and the paper's values, copied below from
-``arn-cnn.md``), so ``--check`` gives the same answer on any clone of the repository.
+``docs/arn-cnn.md``), so ``--check`` gives the same answer on any clone of the repository.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from minarn.metrics import SUMMARY_COLUMNS
 from minarn.near_duplicates import FILES as AUDIT_FILES
 from minarn.train import HISTORY_COLUMNS
 
-RESULTS = Path(__file__).resolve().parent
+RESULTS = Path(__file__).resolve().parents[1] / "results"  # the repository's results/, wherever this runs from
 COPIED_ALWAYS = ("history.csv", "config.json", "train.log")
 COPIED_WHEN_FINISHED = ("report.md", PREDICTIONS)
 AUDIT = "near-duplicates"  # python -m minarn.near_duplicates DATA --out results/near-duplicates
@@ -100,7 +100,7 @@ PAPER_RECIPE: dict[str, Any] = {
 # minarn.train's parser defaults for the options the command line leaves out when they have these values.
 PARSER_DEFAULTS = {"dense_activation": "gelu", "optimizer": "adamax", "augment": "none"}
 
-# The paper's numbers, as /work/shared/design/arn-cnn.md gives them (strings: printed exactly as there).
+# The paper's numbers, as docs/arn-cnn.md gives them (strings: printed exactly as there).
 PAPER_TABLE1 = [
     ["1", "0.455", "99.129", "0.12981", "99.859", "0.001", "0.001", "val_loss", "0.00", "104.09 s"],
     ["2", "0.117", "99.945", "0.08788", "99.943", "0.001", "0.001", "val_loss", "32.30", "93.52 s"],
@@ -684,7 +684,8 @@ def block_versions(runs: Sequence[Run]) -> str:
 
 def block_data(runs: Sequence[Run]) -> str:
     rows = [[link(r), f"`{r.config.get('data_source') or r.options.get('data') or 'shipped sample'}`",
-             f"`{r.config.get('data_identity', '?')}`", f"{sum(r.config['split'][k]['total'] for k in r.config['split']):,}",
+             f"`{r.config.get('data_identity', '?')}`",
+             f"{sum(r.config['split'][k]['total'] for k in r.config['split']):,}",
              str(len(r.config.get("skipped_files", [])))] for r in runs]
     return md_table(["run", "data source (as recorded)", "data_identity", "images", "skipped files"], rows, "lllrr")
 
@@ -912,7 +913,8 @@ def block_neardup(runs: Sequence[Run]) -> str:
             f"[Report]({AUDIT}/{AUDIT_FILES['report']}), [figure]({AUDIT}/{AUDIT_FILES['figure']}).\n")]
     out.append(md_table(["class", "images", "byte-identical groups", "extra copies", "near-identical groups",
                          "images in them"],
-                        [[c["class"], f"{c['images']:,}" if c["images"] else "", str(c["exact_groups"]), str(c["exact_extra"]),
+                        [[c["class"], f"{c['images']:,}" if c["images"] else "", str(c["exact_groups"]),
+                          str(c["exact_extra"]),
                           str(c["near_groups"]), str(c["near_images"])] for c in summary["classes"]], "lrrrrr"))
     levels = list(next(iter(next(iter(summary["splits"].values())).values()))["near"])
     out.append(md_table(["split", "part", "images", "byte-identical copy in train",
@@ -1034,7 +1036,7 @@ def write_tables(results: Path = RESULTS, say: Callable[[str], Any] = print) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 done, 1 ``--check`` found README.md out of date, 2 bad usage or unusable files."""
-    p = argparse.ArgumentParser(prog="python results/publish.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/publish.py", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="run folder written by python -m minarn.train")
     p.add_argument("--name", help="folder name under results/ (default: the run folder's name)")
     p.add_argument("--weights", action="store_true", help=f"also copy {WEIGHTS} (finished runs only)")
@@ -1059,7 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stale = outdated(args.results)
             if stale:
                 print(f"{args.results / 'README.md'}: generated blocks out of date: {', '.join(stale)}; "
-                      f"run python results/publish.py --tables", file=sys.stderr)
+                      f"run python tools/publish.py --tables", file=sys.stderr)
                 return 1
             print(f"{args.results / 'README.md'}: up to date")
             return 0
@@ -1072,7 +1074,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_tables(args.results)
         return 0
     except PublishError as err:
-        print(f"python results/publish.py: error: {err}", file=sys.stderr)
+        print(f"python tools/publish.py: error: {err}", file=sys.stderr)
         return 2
 
 

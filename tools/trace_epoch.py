@@ -2,7 +2,7 @@
 
 Usage::
 
-    python results/trace_epoch.py RUN_DIR --out TRACE_DIR [--every 50] [--images 1000]
+    python tools/trace_epoch.py RUN_DIR --out TRACE_DIR [--every 50] [--images 1000]
 
 ``RUN_DIR`` is a run folder of ``minarn.train`` whose ``checkpoint.npz`` sits at an epoch boundary (a run that
 ended, e.g. one trained with ``--epochs 2``). The script trains the next epoch exactly as ``minarn.train
@@ -33,8 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from minarn.bn_statistics import batchnorm_layers, moving_statistics, recompute_batchnorm_statistics, \
-    set_moving_statistics
+from minarn.bn_statistics import (
+    batchnorm_layers,
+    moving_statistics,
+    recompute_batchnorm_statistics,
+    set_moving_statistics,
+)
 from minarn.controller import EpochEndController
 from minarn.data import Dataset
 from minarn.evaluate import EvaluationError, load_run_splits
