@@ -63,7 +63,9 @@ __all__ = [
     "DataError",
     "Dataset",
     "Splits",
+    "Batch",
     "balanced_class_weights",
+    "batches",
     "count_table",
     "default_cache_dir",
     "describe_error",
@@ -1016,6 +1018,64 @@ def one_hot(labels: np.ndarray | Sequence[int], num_classes: int) -> np.ndarray:
     return out
 
 
+class Batch(NamedTuple):
+    """One mini-batch of :func:`batches`: its ``number`` in the epoch (0-based), ``index`` (B,) the rows of the
+    images and labels it holds, ``x`` (B, H, W, C) float32 in [0, 1], ``y`` (B, K) one-hot float32, and ``rng``,
+    the generator its flips were drawn from (training hands it on to the dropout layer)."""
+
+    number: int
+    index: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    rng: np.random.Generator
+
+
+def batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 40,
+    *,
+    num_classes: int | None = None,
+    order: np.ndarray | None = None,
+    start: int = 0,
+    batch_rng: np.random.Generator | Callable[[int], np.random.Generator] | None = None,
+    flip: bool = False,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """The mini-batches of one pass over the images, in ``order``, from batch number ``start`` on.
+
+    Shapes: images (N, H, W, C) uint8, labels (N,) int, order (N,) a permutation of 0..N-1 (None: 0..N-1);
+    batch b holds ``order[b * batch_size : (b + 1) * batch_size]`` (the last one smaller unless ``drop_last``).
+    ``num_classes`` defaults to max(labels) + 1; pass it for subsets that may miss the last class.
+    ``flip`` mirrors each image left-right with probability 1/2 (Keras ``horizontal_flip``), drawn from the
+    batch's generator: ``batch_rng(b)`` when ``batch_rng`` is a function of the batch number (the training
+    loop's ``default_rng([seed, epoch, b])``, so that a batch's draws do not depend on the batches before it and
+    an epoch can be resumed at any batch), else the one Generator given (None: seed 0) for every batch.
+    """
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"iterate_batches: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    labels = np.asarray(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"iterate_batches: {len(images)} images but {len(labels)} labels")
+    if batch_size < 1:
+        raise ValueError(f"iterate_batches: batch_size must be >= 1, got {batch_size}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if len(labels) else 0
+    shared = np.random.default_rng(0) if batch_rng is None else batch_rng
+    rng_of = batch_rng if callable(batch_rng) else lambda b: shared
+    n = len(images)
+    order = np.arange(n) if order is None else order
+    steps = n // batch_size if drop_last else math.ceil(n / batch_size)
+    for b in range(start, steps):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        rng = rng_of(b)
+        x = scale_images(images[idx])
+        if flip:
+            mirror = rng.random(len(idx)) < 0.5
+            x[mirror] = x[mirror, :, ::-1, :]
+        yield Batch(b, idx, x, one_hot(labels[idx], num_classes), rng)
+
+
 def iterate_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -1027,7 +1087,7 @@ def iterate_batches(
     flip: bool = False,
     drop_last: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(x, y)`` mini-batches: x = images / 255, y = one-hot labels.
+    """Yield ``(x, y)`` mini-batches: x = images / 255, y = one-hot labels (the ``x`` and ``y`` of :func:`batches`).
 
     Shapes: images (N, H, W, C) uint8, labels (N,) int -> x (B, H, W, C) float32 in [0, 1],
     y (B, num_classes) float32; B = batch_size except a smaller last batch (dropped with ``drop_last``).
@@ -1036,23 +1096,8 @@ def iterate_batches(
     ``horizontal_flip``). Both draw from ``rng`` (a Generator, used as is, or a seed; None means seed 0):
     pass one Generator for a whole training run so each epoch gets a new order.
     """
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise ValueError(f"iterate_batches: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    labels = np.asarray(labels)
-    if len(labels) != len(images):
-        raise ValueError(f"iterate_batches: {len(images)} images but {len(labels)} labels")
-    if batch_size < 1:
-        raise ValueError(f"iterate_batches: batch_size must be >= 1, got {batch_size}")
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1 if len(labels) else 0
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
-    n = len(images)
-    order = gen.permutation(n) if shuffle else np.arange(n)
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        idx = order[start : start + batch_size]
-        x = scale_images(images[idx])
-        if flip:
-            mirror = gen.random(len(idx)) < 0.5
-            x[mirror] = x[mirror, :, ::-1, :]
-        yield x, one_hot(labels[idx], num_classes)
+    order = gen.permutation(len(images)) if shuffle else None
+    for batch in batches(images, labels, batch_size, num_classes=num_classes, order=order, batch_rng=gen, flip=flip,
+                         drop_last=drop_last):
+        yield batch.x, batch.y

@@ -43,13 +43,14 @@ import itertools
 import json
 import sys
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from minarn import figures, kernels, metrics
+from minarn.cli import Parser, UsageError
 from minarn.data import (
     SPLIT_FRACTIONS,
     DataError,
@@ -60,10 +61,20 @@ from minarn.data import (
     load_mednist,
     sample_path,
 )
+from minarn.gradcam import gradcam
 from minarn.model import ARNCNN, load_model
+from minarn.run import (
+    build_training,
+    data_identity,
+    evaluate_split,
+    input_format,
+    load_checkpoint,
+    select_and_split,
+)
 
-__all__ = ["INTERIM_DIR", "PREDICTIONS", "EvaluationError", "TestPredictions", "compare_runs", "evaluate_run",
-           "load_run_splits", "main", "mcnemar_runs", "read_predictions", "write_predictions"]
+__all__ = ["INTERIM_DIR", "PREDICTIONS", "EvaluationError", "LoadedRun", "TestPredictions", "compare_runs",
+           "evaluate_loaded_run", "evaluate_run", "load_run", "load_run_splits", "main", "mcnemar_runs",
+           "read_predictions", "write_predictions"]
 
 Report = Callable[[str], Any]
 INTERIM_DIR = "interim"  # where --checkpoint writes, inside the run folder
@@ -111,8 +122,6 @@ def _data_source(config: dict[str, Any], data: str | None) -> str:
 def _model_input(config: dict[str, Any]) -> tuple[int, int]:
     """(image size, channels) the run's model takes: its ``input_shape`` in config.json (which train writes
     from the model), else the run's options (64x64 grayscale before --image-size and --channels)."""
-    from minarn.train import input_format
-
     shape = (config.get("model") or {}).get("input_shape")
     if not shape:
         return input_format(config["options"])
@@ -142,8 +151,6 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
     Returns (splits, the dataset before splitting, config.json as a dict, warnings). A split whose class
     counts differ from the ones saved in config.json (other data under the same path) gives a warning.
     """
-    from minarn.train import data_identity, select_and_split  # the same selection as the training run
-
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
     options = config["options"]
@@ -169,8 +176,6 @@ def load_run_splits(run_dir: str | Path, data: str | None = None, cache_dir: str
 
 def load_checkpoint_best(run_dir: Path, config: dict[str, Any]) -> tuple[ARNCNN, int, int]:
     """(model with the best weights so far, best epoch, epochs finished) from a run's ``checkpoint.npz``."""
-    from minarn.train import UsageError, build_training, load_checkpoint
-
     path = run_dir / "checkpoint.npz"  # evaluate_run has checked that it exists
     try:
         model, optimizer, controller = build_training(config["options"], len(config["class_names"]))
@@ -305,8 +310,6 @@ def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray,
                   split_how: str = "stratified 90 / 6 / 4 %, seed 123") -> tuple[dict[str, Path], list[str]]:
     """The single-run figures named in ``wanted`` (keys of ``FIGURE_FILES``) into ``out``; returns their paths
     and notes on figures that were skipped. ``split_how`` (:func:`_split_words`) goes into Fig. 6's title."""
-    from minarn.gradcam import gradcam
-
     names = list(ds.class_names)
     K = len(names)
     test = splits.test
@@ -358,6 +361,61 @@ def _make_figures(model: ARNCNN, splits: Splits, ds: Dataset, probs: np.ndarray,
     return made, notes
 
 
+def _wanted_figures(make_figures: bool | Collection[str]) -> list[str]:
+    """The ``FIGURE_FILES`` keys that ``make_figures`` asks for (True: all, False: none)."""
+    wanted = list(figures.FIGURE_FILES) if make_figures is True else list(make_figures or [])
+    unknown = sorted(set(wanted) - set(figures.FIGURE_FILES))
+    if unknown:
+        raise EvaluationError(f"make_figures: unknown figures {unknown}; known: {list(figures.FIGURE_FILES)}")
+    return wanted
+
+
+@dataclass
+class LoadedRun:
+    """What the evaluation of a run needs, in hand: its folder, the model and the file it came from, the split
+    and the dataset before splitting (``minarn.run.select_and_split``), config.json as a dict, the data source,
+    the best epoch, and warnings on the data to repeat in report.md. ``epochs_finished`` set: an interim
+    evaluation of the best weights so far of a run still training (``checkpoint.npz``)."""
+
+    run_dir: Path
+    model: ARNCNN
+    model_path: Path
+    splits: Splits
+    dataset: Dataset
+    config: dict[str, Any]
+    source: str
+    best_epoch: int | None = None
+    epochs_finished: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_run(run_dir: str | Path, data: str | None = None, report: Report | None = print, *,
+             cache_dir: str | None = None, checkpoint: bool = False) -> LoadedRun:
+    """A finished run's model (``model.npz``), or with ``checkpoint`` the best weights so far of ``checkpoint.npz``,
+    with its split rebuilt from the data (``load_run_splits``; ``data`` overrides the source in config.json)."""
+    run_dir = Path(run_dir)
+    model_path = run_dir / ("checkpoint.npz" if checkpoint else "model.npz")
+    _read_config(run_dir)
+    if not model_path.is_file():
+        hint = ("--checkpoint evaluates a run that is still training" if checkpoint else
+                "the training run did not finish? --checkpoint evaluates its best weights so far")
+        raise EvaluationError(f"{run_dir}: no {model_path.name} ({hint})")
+    splits, ds, config, warnings = load_run_splits(run_dir, data, cache_dir, report)
+    for w in warnings:
+        (report or (lambda _msg: None))(f"warning: {w}")
+    epochs_finished = None
+    if checkpoint:
+        model, best_epoch, epochs_finished = load_checkpoint_best(run_dir, config)
+    else:
+        try:
+            model = load_model(model_path)
+        except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
+            raise EvaluationError(str(err)) from None
+        best_epoch = (config.get("test") or {}).get("best_epoch")
+    return LoadedRun(run_dir, model, model_path, splits, ds, config, _data_source(config, data), best_epoch,
+                     epochs_finished, warnings)
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | None = print, *,
                  cache_dir: str | None = None, make_figures: bool | Collection[str] = True,
                  out_dir: str | Path | None = None, checkpoint: bool = False) -> dict[str, Any]:
@@ -387,32 +445,23 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
     ------
     EvaluationError, minarn.data.DataError : unusable run folder or data (one-line messages).
     """
-    from minarn.train import evaluate_split
+    _wanted_figures(make_figures)  # a wrong name fails before the data are loaded
+    run = load_run(run_dir, data, report, cache_dir=cache_dir, checkpoint=checkpoint)
+    return evaluate_loaded_run(run, report, make_figures=make_figures, out_dir=out_dir)
 
+
+def evaluate_loaded_run(run: LoadedRun, report: Report | None = print, *,
+                        make_figures: bool | Collection[str] = True,
+                        out_dir: str | Path | None = None) -> dict[str, Any]:
+    """``evaluate_run`` on a run in hand (``load_run``, or the training that just finished): the same report.md,
+    test_predictions.csv and figures, into ``out_dir`` (default: the run folder, or its ``interim/`` for a
+    checkpoint's weights); returns the same dict."""
     say: Report = report or (lambda _msg: None)
-    wanted = list(figures.FIGURE_FILES) if make_figures is True else list(make_figures or [])
-    unknown = sorted(set(wanted) - set(figures.FIGURE_FILES))
-    if unknown:
-        raise EvaluationError(f"make_figures: unknown figures {unknown}; known: {list(figures.FIGURE_FILES)}")
-    run_dir = Path(run_dir)
-    model_path = run_dir / ("checkpoint.npz" if checkpoint else "model.npz")
-    _read_config(run_dir)
-    if not model_path.is_file():
-        hint = ("--checkpoint evaluates a run that is still training" if checkpoint else
-                "the training run did not finish? --checkpoint evaluates its best weights so far")
-        raise EvaluationError(f"{run_dir}: no {model_path.name} ({hint})")
-    splits, ds, config, warnings = load_run_splits(run_dir, data, cache_dir, report)
-    for w in warnings:
-        say(f"warning: {w}")
-    epochs_finished = None
-    if checkpoint:
-        model, best_epoch, epochs_finished = load_checkpoint_best(run_dir, config)
-    else:
-        try:
-            model = load_model(model_path)
-        except ValueError as err:  # load_model reports a damaged or foreign file as ValueError
-            raise EvaluationError(str(err)) from None
-        best_epoch = (config.get("test") or {}).get("best_epoch")
+    wanted = _wanted_figures(make_figures)
+    run_dir, model, model_path, splits, ds, config = (run.run_dir, run.model, run.model_path, run.splits,
+                                                      run.dataset, run.config)
+    best_epoch, epochs_finished, warnings = run.best_epoch, run.epochs_finished, run.warnings
+    checkpoint = epochs_finished is not None
     names = list(config["class_names"])
     if model.input_shape != splits.test.images.shape[1:]:
         raise EvaluationError(f"{model_path}: the model takes {model.input_shape} images but config.json describes "
@@ -455,7 +504,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
 
     errors = int(C.sum() - np.trace(C))
     t3, t4 = _uncertainty_tables(unc)
-    source = _data_source(config, data)
+    source = run.source
     variant = ", ".join(f"{k} {'on' if options.get(k, True) else 'off'}" for k in ("attention", "residual"))
     limit = options.get("limit_per_class")
     data_line = (f"- data: `{source}`" + (f", at most {limit} images per class" if limit else "")
@@ -605,8 +654,6 @@ def run_predictions(run_dir: str | Path, data: str | None = None, cache_dir: str
                     report: Report | None = None) -> TestPredictions | None:
     """A run's per-image test predictions: its ``test_predictions.csv``; without one, the predictions of its
     ``model.npz`` on its test split (rebuilt from the data, ``load_run_splits``); None when it has neither."""
-    from minarn.train import evaluate_split
-
     run_dir = Path(run_dir)
     config = _read_config(run_dir)
     if (run_dir / PREDICTIONS).is_file():
@@ -686,13 +733,8 @@ def mcnemar_runs(run_dirs: Sequence[str | Path], data: str | None = None, cache_
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2
-        raise EvaluationError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m minarn.evaluate",
+    p = Parser(error_type=EvaluationError, prog="python -m minarn.evaluate",
                 description="Evaluate a finished training run on its test split: writes RUN_DIR/report.md (paper "
                 "Tables 2-4, per-class report, calibration, duplicate leakage) and RUN_DIR/figures/*.png. With "
                 "--compare: draw Fig. 10 (loss per epoch by dense activation, or by another option with --by) from "

@@ -23,6 +23,7 @@ from typing import TextIO
 
 import numpy as np
 
+from minarn.cli import Parser
 from minarn.data import sample_path
 from minarn.model import ARNCNN, load_model
 from minarn.onnx_model import load_onnx_model
@@ -45,13 +46,9 @@ class ExportError(ValueError):
     """Bad usage, an unreadable model or an unwritable output: one line, exit status 2."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise ExportError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Export a model trained by python -m minarn.train as an ONNX file "
+    p = Parser(prog=PROG, error_type=ExportError,
+               description="Export a model trained by python -m minarn.train as an ONNX file "
                 "(input 'image': float32 (N, H, W, C) in [0, 1]; output 'probabilities': (N, K)).")
     p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder)")
     p.add_argument("out", metavar="OUT.onnx", help="the ONNX file to write (its folder must exist)")

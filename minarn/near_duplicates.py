@@ -48,6 +48,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from minarn.cli import Parser
 from minarn.data import (
     DataError,
     Dataset,
@@ -445,13 +446,8 @@ def write_outputs(result: Audit, out: Path) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2
-        raise AuditError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m minarn.near_duplicates",
+    p = Parser(error_type=AuditError, prog="python -m minarn.near_duplicates",
                 description="Find byte-identical and near-identical images in a MedNIST-style set and count the "
                 "validation / test images with a near-copy in train (the paper's split and the --dedupe split). "
                 "Writes near_duplicates.md, .json, .png and near_copies.csv into --out.")

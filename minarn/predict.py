@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from minarn import distributed, kernels, metrics
+from minarn.cli import Parser
 from minarn.data import CHANNEL_MODES, MEDNIST_CLASSES, _decode, describe_error, file_problem
 from minarn.model import ARNCNN, load_model
 from minarn.onnx_model import OnnxModel, load_onnx_model
@@ -222,13 +223,9 @@ def score_text(scored: Sequence[tuple[int, np.ndarray]], names: Sequence[str]) -
             + "\n".join(rows) + "\n")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise PredictError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Classify image files with a model trained by python -m minarn.train; "
+    p = Parser(prog=PROG, error_type=PredictError,
+               description="Classify image files with a model trained by python -m minarn.train; "
                 "prints IMAGE, CLASS and PROBABILITY per image (tab-separated).")
     p.add_argument("model", metavar="MODEL", help="model.npz from python -m minarn.train (or its run folder), "
                    "or a .onnx file from python -m minarn.export")

@@ -17,34 +17,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import hashlib
 import json
 import math
 import os
-import platform
 import signal
-import socket
-import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: run folders are not locked
-    fcntl = None  # type: ignore[assignment]
-
 import minarn
-from minarn import distributed, kernels
-from minarn.atomic import save_npz_atomic
+from minarn import distributed, evaluate, kernels
+from minarn.cli import Parser, UsageError
 from minarn.controller import EpochEndController
 from minarn.data import (
     CHANNEL_MODES,
@@ -54,18 +42,47 @@ from minarn.data import (
     Dataset,
     Splits,
     balanced_class_weights,
+    batches,
     count_table,
     duplicate_groups,
     duplicates_in_train,
     load_mednist,
-    one_hot,
     sample_path,
-    scale_images,
-    split_dataset,
     split_stages,
 )
+from minarn.download import download_mednist
 from minarn.model import ARNCNN, DENSE_ACTIVATIONS
-from minarn.optim import Optimizer, get_optimizer
+from minarn.optim import Optimizer
+from minarn.run import (
+    HISTORY_COLUMNS,
+    LEFTOVERS,
+    LOCK_FILE,
+    RESUME_OPTIONS,
+    SPLIT_SEED,
+    CheckpointError,
+    RunLock,
+    RunState,
+    append_history,
+    build_training,
+    check_out_outside_data,
+    class_balance,
+    data_identity,
+    evaluate_split,
+    input_format,
+    load_checkpoint,
+    previous_sessions,
+    remove_stale_temp_files,
+    rewrite_history,
+    run_config,
+    save_checkpoint,
+    select_and_split,
+    session,
+)
+
+# The run folder's names (minarn.run) stay importable from here, as the training's own.
+__all__ = ["HISTORY_COLUMNS", "LOCK_FILE", "RESUME_OPTIONS", "CheckpointError", "Interrupted", "Reporter", "RunState",
+           "TrainingDiverged", "UsageError", "build_parser", "build_training", "data_identity", "evaluate_split", "fit",
+           "format_row", "input_format", "load_checkpoint", "main", "save_checkpoint", "select_and_split"]
 
 # Defaults on the 600-image sample shipped in the package: a few minutes on 2 cores. Batch 5 gives batch norm's
 # moving statistics (momentum 0.99) ~860 updates in 8 epochs (0.99^860 < 2e-4, so the initial variance of 1 has
@@ -75,31 +92,12 @@ SAMPLE_EPOCHS = 8
 SAMPLE_BATCH_SIZE = 5
 PAPER_BATCH_SIZE = 40
 PAPER_EPOCHS = 100
-SPLIT_SEED = 123  # the paper's split, whatever --seed is
 MIN_IMAGE_SIZE = 26  # smaller inputs shrink below a 3x3 kernel or 2x2 pooling window inside the network
 MAX_IMAGE_SIZE = 512  # at 512 the dense(256) layer alone holds 500 million weights
-UNBALANCED_RATIO = 1.5  # largest / smallest class in train from which the log calls the classes unbalanced
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "next_lr", "monitor",
-                   "improvement", "duration"]
-
-
-class UsageError(Exception):
-    """A wrong command-line value: reported as one line, exit status 2."""
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or history.csv could not be written (disk full, ...): reported as one line, exit status 1."""
-
-
-LOCK_FILE = "train.lock"  # held (fcntl.flock) while a training uses the run folder
-TEMP_PATTERNS = ("checkpoint.npz.*.tmp", "model.npz.*.tmp")  # what an interrupted save_npz_atomic can leave
-RESUME_OPTIONS = ("data", "epochs", "batch_size", "lr", "seed", "attention", "residual", "dense_activation",
-                  "optimizer", "augment", "dedupe", "limit_per_class")  # what a resumed run's config.json must hold
-LEFTOVERS = ("history.csv", "model.npz")  # an earlier run's results, which a new run must not mix with
 
 
 # -- output ---------------------------------------------------------------------------------------------
@@ -165,86 +163,6 @@ def format_row(row: dict[str, Any], epochs: int) -> str:
     return (f"{str(row['epoch']) + '/' + str(epochs):^8s}{row['loss']:^10.3f}{100 * row['accuracy']:^10.3f}"
             f"{row['val_loss']:^10.5f}{100 * row['val_accuracy']:^10.3f}{row['lr']:^9.5f}{row['next_lr']:^9.5f}"
             f"{row['monitor']:^10s}{row['improvement']:^10.2f}{row['duration']:^10.2f}")
-
-
-# -- evaluation on a split ---------------------------------------------------------------------------------
-def evaluate_split(model: ARNCNN, images: np.ndarray, labels: np.ndarray, batch_size: int = 40,
-                   comm: distributed.Communicator | None = None) -> tuple[float, float, np.ndarray]:
-    """Loss as Keras reports ``val_loss`` (cross-entropy plus penalties, inference mode), accuracy, probabilities.
-
-    Shapes: images (N, H, W, C) uint8, labels (N,) int -> loss, accuracy, probs (N, K).
-    With a communicator of several ranks each takes a contiguous block of the images; the sums and the
-    probabilities are gathered, so every rank returns the whole split's values.
-    """
-    comm = comm or distributed.SingleProcess()
-    n = len(images)
-    part = distributed.shard(n, comm.rank, comm.size)
-    probs = np.empty((part.count, model.num_classes), dtype=model.dtype)
-    ce_sum = activity_sum = 0.0
-    for start in range(part.start, part.stop, batch_size):
-        stop = min(start + batch_size, part.stop)
-        x = scale_images(images[start:stop])
-        logits = model.logits(x, training=False)
-        p = np.exp(logits - logits.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        probs[start - part.start : stop - part.start] = p
-        z = logits - logits.max(axis=1, keepdims=True)
-        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-        ce_sum -= float(log_p[np.arange(len(x)), labels[start:stop]].sum())
-        activity_sum += model.penalties(1)["activity_l1"][0]  # factor * sum |dense output| of this batch
-    if comm.size > 1:
-        ce_sum, activity_sum = comm.allreduce(np.array([ce_sum, activity_sum])).tolist()
-        probs = np.concatenate(comm.allgather(probs))
-    pen = model.penalties(1)
-    loss = (ce_sum + activity_sum) / max(n, 1) + pen["kernel_l2"][0] + pen["bias_l1"][0]
-    accuracy = float(np.mean(probs.argmax(axis=1) == labels)) if n else float("nan")
-    return loss, accuracy, probs
-
-
-# -- run state ------------------------------------------------------------------------------------------
-@dataclass
-class RunState:
-    """Where a run is: the next epoch and batch, running sums of the epoch in progress, the history."""
-
-    epoch: int = 0  # 0-based epoch in progress (or next to start)
-    batch: int = 0  # next batch of that epoch
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    epoch_time: float = 0.0  # seconds already spent in this epoch before an interruption
-    history: list[dict[str, Any]] = field(default_factory=list)
-    finished: bool = False
-
-
-def save_checkpoint(path: Path, model: ARNCNN, optimizer: Optimizer, controller: EpochEndController,
-                    run: RunState) -> None:
-    """Model, optimizer, controller and run state in one ``.npz``, written atomically."""
-    arrays: dict[str, Any] = {f"model/{k}": v for k, v in model.state_dict().items()}
-    arrays.update({f"optim/{k}": np.asarray(v) for k, v in optimizer.state_dict().items()})
-    arrays.update({f"controller/{k}": np.asarray(v) for k, v in controller.state_dict().items()})
-    run_json = {k: v for k, v in run.__dict__.items()}
-    arrays["run"] = np.array(json.dumps(run_json))
-    arrays["model_config"] = np.array(json.dumps(model.config))
-    save_npz_atomic(path, arrays)
-
-
-def load_checkpoint(path: Path, model: ARNCNN, optimizer: Optimizer, controller: EpochEndController) -> RunState:
-    """Restore what ``save_checkpoint`` wrote into freshly built objects; returns the run state."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            groups: dict[str, dict[str, Any]] = {"model": {}, "optim": {}, "controller": {}}
-            for key in data.files:
-                group, _, rest = key.partition("/")
-                if group in groups:
-                    value = data[key]
-                    groups[group][rest] = value.item() if value.ndim == 0 and value.dtype.kind in "iufbU" else value
-            run = RunState(**json.loads(str(data["run"])))
-        model.load_state_dict(groups["model"])
-        optimizer.load_state_dict(groups["optim"])
-        controller.load_state_dict(groups["controller"])
-    except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError, TypeError) as err:
-        raise UsageError(f"cannot resume from {path}: {err}") from None
-    return run
 
 
 # -- the training loop ---------------------------------------------------------------------------------
@@ -336,17 +254,14 @@ def fit(
             order = np.random.default_rng([seed, run.epoch]).permutation(n)
             lr = optimizer.learning_rate
             started = time.perf_counter() - run.epoch_time
-            for b in range(run.batch, steps):
-                batch_idx = order[b * batch_size : (b + 1) * batch_size]
+            epoch_batches = batches(train.images, train.labels, batch_size, num_classes=model.num_classes,
+                                    order=order, start=run.batch, flip=augment == "hflip",
+                                    batch_rng=lambda b, e=run.epoch: np.random.default_rng([seed, e, b]))
+            for b, batch_idx, batch_x, batch_y, batch_rng in epoch_batches:
                 part = distributed.shard(len(batch_idx), comm.rank, comm.size)  # this rank's rows of the batch
-                idx = batch_idx[part.rows] if part.count else batch_idx[:1]  # no rows: a one-row stand-in
-                batch_rng = distributed.RowsOf(np.random.default_rng([seed, run.epoch, b]), part)
-                model.dropout.rng = batch_rng
-                x = scale_images(train.images[idx])
-                if augment == "hflip":
-                    flip = batch_rng.random(len(idx)) < 0.5
-                    x[flip] = x[flip, :, ::-1]
-                y = one_hot(train.labels[idx], model.num_classes)
+                rows = part.rows if part.count else slice(0, 1)  # no rows: a one-row stand-in
+                idx, x, y = batch_idx[rows], batch_x[rows], batch_y[rows]
+                model.dropout.set_generator(distributed.RowsOf(batch_rng, part))  # the masks of this rank's rows
                 if sync_bn is not None:
                     sync_bn.share, sync_bn.contributes = part.share, part.count > 0
                 loss, grads = (model.loss_and_grads(x, y) if class_weights is None else
@@ -400,7 +315,7 @@ def fit(
             run.history.append(row)
             if root:
                 try:
-                    _append_history(history_path, row)
+                    append_history(history_path, row)
                 except OSError as err:
                     raise CheckpointError(f"cannot write {history_path}: {err.strerror or err}; the checkpoint of "
                                           f"the epoch before is intact: free some space, then --resume --out {out}"
@@ -421,29 +336,7 @@ def fit(
     return run
 
 
-def _append_history(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
-        if new:
-            writer.writeheader()
-        # repr: the shortest text that reads back as the same float, so the table can be rebuilt exactly
-        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def _rewrite_history(path: Path, history: list[dict[str, Any]]) -> None:
-    """On resume, history.csv is rewritten from the checkpoint (rows of epochs after it are dropped)."""
-    path.unlink(missing_ok=True)
-    for row in history:
-        _append_history(path, row)
-
-
 # -- command line ----------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit status 2, no usage block
-        raise UsageError(message)
-
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -516,7 +409,7 @@ OPENBLAS_NUM_THREADS (e.g. both 1 for two runs side by side on two cores) before
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m minarn.train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+    p = Parser(prog="python -m minarn.train", description=__doc__.split("\n\n")[0], epilog=EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", help="MedNIST folder or .tar/.tar.gz/.zip (default: the sample shipped in minarn)")
     p.add_argument("--download", action="store_true", help="download the public MedNIST archive into the cache")
@@ -559,114 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "Keras' class_weight (default: none)")
     return p
 
-
-def _limit_per_class(ds: Dataset, n: int, seed: int) -> Dataset:
-    """At most ``n`` images per class (in each part of a split dataset), chosen with a seeded generator from the
-    path-sorted list."""
-    order = np.argsort(ds.paths, kind="stable")
-    rng = np.random.default_rng(seed)
-    keep = []
-    for part in [None] if ds.part is None else [p for p in ("train", "valid", "test") if p in ds.part]:
-        in_part = order if part is None else order[ds.part[order] == part]
-        for c in range(ds.num_classes):
-            members = in_part[ds.labels[in_part] == c]
-            keep.append(np.sort(rng.permutation(members)[:n]) if len(members) > n else members)
-    return ds.subset(np.sort(np.concatenate(keep)))
-
-
-def select_and_split(ds: Dataset, options: dict[str, Any]) -> tuple[Dataset, Splits]:
-    """The images a run uses and their train / valid / test split, from the run's options: at most
-    ``limit_per_class`` images per class (seeded), then the stratified split with the fractions ``split``
-    (None: the paper's; seed 123; byte-identical copies removed first with ``dedupe``), or the parts of a
-    dataset that comes split into folders. Raises ValueError when a class is too small to split."""
-    if options.get("limit_per_class"):
-        ds = _limit_per_class(ds, int(options["limit_per_class"]), seed=SPLIT_SEED)
-    fractions = options.get("split")
-    return ds, split_dataset(ds, seed=SPLIT_SEED, fractions=tuple(fractions) if fractions else None,
-                             dedupe=bool(options.get("dedupe")))
-
-
-def input_format(options: dict[str, Any]) -> tuple[int, int]:
-    """(image size, channels) of a run's model from its options; runs from before ``--image-size`` and
-    ``--channels`` were 64x64 grayscale."""
-    return int(options.get("image_size") or IMAGE_SIZE), int(options.get("channels") or 1)
-
-
-def build_training(options: dict[str, Any], num_classes: int) -> tuple[ARNCNN, Optimizer, EpochEndController]:
-    """A fresh run's model (initialised from ``seed``), optimizer (Adamax in the paper's form, Eq. 3-6) and
-    epoch-end controller, from the run's options; ``load_checkpoint`` then puts a saved run's state into them."""
-    size, channels = input_format(options)
-    model = ARNCNN(num_classes=num_classes, input_shape=(size, size, channels), attention=options["attention"],
-                   residual=options["residual"], dense_activation=options["dense_activation"], seed=options["seed"])
-    extra = {"form": "paper"} if options["optimizer"] == "adamax" else {}
-    optimizer = get_optimizer(options["optimizer"], options["lr"], **extra)
-    return model, optimizer, EpochEndController(model.state_dict())
-
-
-def class_balance(splits: Splits) -> list[str]:
-    """Log lines on the class sizes: the smallest and largest class in train (unbalanced from a ratio of
-    ``UNBALANCED_RATIO``), and any class missing from valid or test (a dataset split into folders)."""
-    names = splits.train.class_names
-    counts = splits.train.class_counts()
-    lo, hi = int(counts.argmin()), int(counts.argmax())
-    ratio = counts[hi] / max(int(counts[lo]), 1)
-    line = (f"classes in train: smallest {names[lo]} {counts[lo]:,}, largest {names[hi]} {counts[hi]:,} "
-            f"(ratio {ratio:.2f})" if ratio > 1 else f"classes in train: all {len(names)} hold {counts[lo]:,} images")
-    if ratio >= UNBALANCED_RATIO:
-        line += ("; unbalanced: accuracy favours the large classes; --class-weight balanced weights the loss by "
-                 "n / (classes x n_class)")
-    lines = [line]
-    for name, part in (("valid", splits.valid), ("test", splits.test)):
-        missing = [c for c, k in zip(names, part.class_counts()) if k == 0]
-        if missing:
-            lines.append(f"warning: the {name} part has no image of class(es) {', '.join(missing)}")
-    return lines
-
-
-def data_identity(ds: Dataset) -> str:
-    """SHA-1 over the (relative path, file SHA-1) of every decoded image: same digest = same files."""
-    h = hashlib.sha1()
-    for path, digest in zip(ds.paths.tolist(), ds.sha1.tolist()):
-        h.update(f"{path}\0{digest}\n".encode())
-    return h.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    out = {"minarn": minarn.__version__, "python": platform.python_version(), "numpy": np.__version__,
-           "platform": platform.platform()}
-    try:
-        import numba
-
-        out["numba"] = numba.__version__
-    except ImportError:
-        pass
-    return out
-
-
-def _session(argv: list[str], run: RunState) -> dict[str, Any]:
-    """Provenance of one start of a run (a resume starts another session): when, the command, the minarn
-    source revision when it is a git checkout, and the thread settings (float32 sums depend on them)."""
-    commit = None
-    package = Path(minarn.__file__).resolve().parent
-    try:
-        top, rev = subprocess.run(["git", "rev-parse", "--show-toplevel", "--short", "HEAD"], cwd=package,
-                                  capture_output=True, text=True, timeout=10, check=True).stdout.split()
-        if (Path(top) / "minarn").resolve() == package:  # minarn's own checkout, not a repo it is installed in
-            commit = rev
-    except (OSError, ValueError, subprocess.SubprocessError):
-        pass
-    threads = {v: os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")
-               if v in os.environ}
-    try:
-        import numba
-
-        threads["numba"] = numba.get_num_threads()
-    except ImportError:
-        pass
-    return {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": "python -m minarn.train " + " ".join(argv),
-            "from": f"epoch {run.epoch + 1}, batch {run.batch + 1}" if run.epoch or run.batch else "the start",
-            "minarn_commit": commit, "backend": kernels.get_backend().NAME, "threads": threads}
 
 
 def _options_from_args(args: argparse.Namespace, data_source: str) -> dict[str, Any]:
@@ -744,11 +529,9 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
             raise UsageError(f"{out} holds {' and '.join(leftovers)} of an earlier run but no checkpoint.npz to "
                              "resume it from; a new run there would mix with them: move them away or choose "
                              "another --out")
-        _check_out_outside_data(out, Path(args.data) if args.data else sample_path())
+        check_out_outside_data(out, Path(args.data) if args.data else sample_path())
         source = args.data
         if args.download:
-            from minarn.download import download_mednist
-
             source = comm.bcast(str(download_mednist(args.cache_dir)) if comm.rank == 0 else None)
         options = _options_from_args(args, source or "")
         options["epochs"] = args.epochs or (PAPER_EPOCHS if source else SAMPLE_EPOCHS)
@@ -759,8 +542,8 @@ def _main(args: argparse.Namespace, stream: TextIO | None) -> int:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UsageError(f"cannot create the run folder {out}: {err.strerror or err}") from None
-    with _RunLock(out) if root else contextlib.nullcontext():
-        removed = _remove_stale_temp_files(out) if root else []
+    with RunLock(out) if root else contextlib.nullcontext():
+        removed = remove_stale_temp_files(out) if root else []
         report = Reporter(out / "train.log", stream) if root else Reporter(None, open(os.devnull, "w"))
         try:
             if removed:
@@ -796,65 +579,6 @@ def _changed_on_resume(args: argparse.Namespace, saved: dict[str, Any]) -> list[
         changed.append("--download")
     return changed
 
-
-def _check_out_outside_data(out: Path, data: Path) -> None:
-    """A run folder inside the data folder would become part of the data (its figures/ a class): refused."""
-    try:
-        data_dir, run_dir = data.expanduser().resolve(), out.expanduser().resolve()
-    except OSError:
-        return
-    if data_dir.is_dir() and (run_dir == data_dir or data_dir in run_dir.parents):
-        raise UsageError(f"--out {out} is inside the data folder {data}: the run's files would become part of the "
-                         "data (its figures/ a class); choose a run folder outside it")
-
-
-class _RunLock:
-    """An exclusive ``fcntl.flock`` on ``RUN/train.lock`` while a training uses the run folder: a second training
-    into the same folder stops with a UsageError instead of interleaving its files. The lock goes with the
-    process (also on kill -9); the file stays, holding the last holder's pid."""
-
-    def __init__(self, out: Path) -> None:
-        self.out, self.file = out, None
-
-    def __enter__(self) -> _RunLock:
-        if fcntl is None:
-            return self
-        try:
-            self.file = open(self.out / LOCK_FILE, "a+", encoding="utf-8")
-        except OSError as err:
-            raise UsageError(f"cannot create the run folder's lock file {self.out / LOCK_FILE}: "
-                             f"{err.strerror or err}") from None
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip()
-            self.file.close()
-            raise UsageError(f"{self.out} is in use by another training ({holder or 'its lock is held'}); wait for "
-                             "it to end, or choose another --out") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.file is not None:
-            self.file.close()  # releases the lock
-
-
-def _remove_stale_temp_files(out: Path) -> list[str]:
-    """Delete the temporary files an interrupted atomic save left (``checkpoint.npz.*.tmp``, ``model.npz.*.tmp``);
-    safe only while the run folder is locked, so that no other training is writing them. Returns their names."""
-    removed = []
-    for pattern in TEMP_PATTERNS:
-        for path in sorted(out.glob(pattern)):
-            try:
-                path.unlink()
-            except OSError:
-                continue
-            removed.append(path.name)
-    return removed
 
 
 def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: Reporter) -> int:
@@ -898,31 +622,18 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
         run = load_checkpoint(out / "checkpoint.npz", model, optimizer, controller)
         run.finished = run.finished and options["epochs"] <= run.epoch
         if root:
-            _rewrite_history(out / "history.csv", run.history)
+            rewrite_history(out / "history.csv", run.history)
         report(f"resumed from {out / 'checkpoint.npz'} at epoch {run.epoch + 1}, batch {run.batch + 1}")
     else:
         run = RunState()
     run = distributed.broadcast_training(comm, model, optimizer, controller, run)  # several ranks: rank 0's
-    sessions = []
-    if args.resume:
-        try:
-            sessions = list(json.loads((out / "config.json").read_text()).get("sessions", []))
-        except (OSError, ValueError, AttributeError):
-            pass
-    sessions.append(_session(getattr(args, "argv", []), run))
+    sessions = previous_sessions(out) if args.resume else []
+    sessions.append(session(getattr(args, "argv", []), run))
     if comm.size > 1:
         sessions[-1].update(ranks=comm.size, ranks_on_host=comm.host_ranks)
         where = comm.allgather(f"{os.getpid()} on {os.uname().nodename}")  # mpiexec names a dead rank by its PID
         report(f"{comm.size} ranks: " + ", ".join(f"rank {r} PID {w}" for r, w in enumerate(where)))
-    config = {"options": options, "class_names": list(ds.class_names), "data_source": source,
-              "data_identity": data_identity(ds), "split": {k: {"total": len(d), **dict(zip(ds.class_names,
-                                                       map(int, d.class_counts())))}
-                                                      for k, d in splits._asdict().items()},
-              "duplicates_in_train": leaks, "skipped_files": [list(s) for s in ds.skipped],
-              "split_from": "folders" if ds.part is not None else "stratified",
-              "class_weights": None if class_weights is None else dict(zip(ds.class_names, class_weights.tolist())),
-              "versions": _versions(), "backend": kernels.get_backend().NAME, "model": model.config,
-              "sessions": sessions}
+    config = run_config(options, ds, splits, source, leaks, class_weights, model, sessions)
     if root:
         (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     report(f"{model.count_params():,} weights; optimizer {optimizer!r}; batch {options['batch_size']}; "
@@ -950,7 +661,7 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
                 comm.abort(128 + stop.signum)
         return 128 + getattr(stop, "signum", signal.SIGINT)
     try:
-        return _finish(model, controller, config, out, source, args, report, t0)
+        return _finish(model, controller, config, out, source, splits, ds, args, report, t0)
     except KeyboardInterrupt:
         where = (f"the best weights are saved in {out / 'model.npz'}; evaluate them with python -m minarn.evaluate "
                  f"{out}" if (out / "model.npz").exists() else
@@ -960,8 +671,9 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
 
 
 def _finish(model: ARNCNN, controller: EpochEndController, config: dict[str, Any], out: Path, source: str,
-            args: argparse.Namespace, report: Reporter, t0: float) -> int:
-    """After training: the best weights restored and saved, evaluated on the test split, config.json updated."""
+            splits: Splits, ds: Dataset, args: argparse.Namespace, report: Reporter, t0: float) -> int:
+    """After training: the best weights restored and saved, evaluated on the test split (the model, split and
+    data in hand: ``minarn.evaluate.evaluate_loaded_run``, report.md and figures/), config.json updated."""
     root = args.comm.rank == 0
     model.load_state_dict(controller.best_weights)
     if not root:  # the others are done: rank 0 alone saves and evaluates the model
@@ -971,11 +683,10 @@ def _finish(model: ARNCNN, controller: EpochEndController, config: dict[str, Any
     model.save(out / "model.npz")
     config["test"] = {"best_epoch": controller.best_epoch}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    from minarn.evaluate import EvaluationError, evaluate_run  # the full report: report.md and figures/
-
+    trained = evaluate.LoadedRun(out, model, out / "model.npz", splits, ds, config, source, controller.best_epoch)
     try:
-        result = evaluate_run(out, data=source, report=report, cache_dir=args.cache_dir)
-    except (EvaluationError, DataError) as e:
+        result = evaluate.evaluate_loaded_run(trained, report)
+    except (evaluate.EvaluationError, DataError) as e:
         report(f"error: evaluation of the trained model failed: {e}")
         return 1
     summary, confusion = result["summary"], result["confusion_matrix"]

@@ -606,7 +606,7 @@ def test_ctrl_c_during_the_final_evaluation(tiny_data: Path, cache_dir: Path, tm
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(evaluate, "evaluate_run", interrupted)
+    monkeypatch.setattr(evaluate, "evaluate_loaded_run", interrupted)
     out = tmp_path / "run"
     status, text = run_train(out, tiny_data, cache_dir, "--epochs", "1")
     assert status == 130 and "Traceback" not in capsys.readouterr().err

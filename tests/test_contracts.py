@@ -2,13 +2,16 @@
 ``parameters`` / ``state_dict`` recurse through them, no reach-ins into other layers' private members), every
 view of ARN-CNN follows its one list of stages; both kernel backends define exactly ``kernels.KERNELS`` with the
 same signatures, a backend that lacks a kernel is refused, and the shared constants (activation kinds,
-Winograd's matrices) are defined once."""
+Winograd's matrices) are defined once; minarn's modules import each other without circles."""
 
 from __future__ import annotations
 
 import ast
 import inspect
 import itertools
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -193,3 +196,97 @@ def test_reference_tile_transforms_use_the_winograd_matrices(monkeypatch: pytest
     before = numpy_ref.winograd_input(x, 0, 0, 1, 1)
     monkeypatch.setattr(numpy_ref, "B_T", 2 * winograd.B_T)
     np.testing.assert_allclose(numpy_ref.winograd_input(x, 0, 0, 1, 1), 4 * before)
+
+
+# -- imports: no circles, and no import inside a function that dodges one ----------------------------------
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _minarn_imports(tree: ast.AST, known: set[str]) -> tuple[set[str], set[str]]:
+    """(modules imported at module level, modules imported inside functions) of one parsed module: the minarn
+    modules named by ``import minarn.x`` and ``from minarn.x import y`` (``y`` when it is a module itself);
+    imports under ``if TYPE_CHECKING:`` are left out (they do not run)."""
+    top: set[str] = set()
+    inner: set[str] = set()
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                continue
+            targets: list[str] = []
+            if isinstance(child, ast.Import):
+                targets = [a.name for a in child.names]
+            elif isinstance(child, ast.ImportFrom) and child.level == 0 and child.module:
+                targets = [f"{child.module}.{a.name}" if f"{child.module}.{a.name}" in known else child.module
+                           for a in child.names]
+            (inner if in_function else top).update(t for t in targets if t in known)
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(tree, False)
+    return top, inner
+
+
+def _import_graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    known = {_module_name(p) for p in paths}
+    top, inner = {}, {}
+    for path in paths:
+        name = _module_name(path)
+        top[name], inner[name] = _minarn_imports(ast.parse(path.read_text(encoding="utf-8")), known)
+    return top, inner
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One circle of imports in ``graph`` (module -> modules it imports) as [a, b, ..., a], or None."""
+    state: dict[str, int] = {}  # 1 on the path being walked, 2 done
+    path: list[str] = []
+
+    def walk(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := walk(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := walk(start)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "d": {"a", "c"}}) is None
+
+
+def test_the_import_graph_is_read_from_the_sources() -> None:
+    top, inner = _import_graph()
+    assert {"minarn.run", "minarn.evaluate", "minarn.cli"} <= top["minarn.train"]
+    assert "minarn.run" in top["minarn.evaluate"] and "minarn.kernels.numba_jit" in inner["minarn.kernels"]
+
+
+def test_minarn_has_no_import_circles() -> None:
+    top, _ = _import_graph()
+    assert _cycle(top) is None
+
+
+def test_no_import_inside_a_function_dodges_a_circle() -> None:
+    """Were every import inside a function (optional packages, figures drawn on demand) moved to the top of its
+    module, there would still be no circle: none of them is there to dodge one."""
+    top, inner = _import_graph()
+    assert _cycle({name: top[name] | inner[name] for name in top}) is None
+
+
+def test_train_and_evaluate_import_in_either_order() -> None:
+    code = "import minarn.{}, minarn.{}; import minarn.run, minarn.cli"
+    for first, second in (("evaluate", "train"), ("train", "evaluate")):
+        done = subprocess.run([sys.executable, "-c", code.format(first, second)], capture_output=True, text=True,
+                              cwd=PACKAGE.parent, env={**os.environ, "PYTHONPATH": str(PACKAGE.parent)}, timeout=120)
+        assert done.returncode == 0, done.stderr

@@ -610,6 +610,39 @@ def test_batches_horizontal_flip() -> None:
     np.testing.assert_array_equal(no_flip, plain)
 
 
+def test_per_batch_generators_let_an_epoch_resume_at_any_batch() -> None:
+    """The training loop's batches: batch b flips with its own generator, so starting at batch 2 gives exactly the
+    batches 2.. of the whole pass, and each batch hands on the generator its flips came from."""
+    images, labels = _images(23, seed=4), np.arange(23) % 3
+    order = np.random.default_rng(9).permutation(23)
+
+    def epoch(start: int) -> list[D.Batch]:
+        return list(D.batches(images, labels, 5, order=order, start=start, flip=True,
+                              batch_rng=lambda b: np.random.default_rng([7, 0, b])))
+
+    whole, resumed = epoch(0), epoch(2)
+    assert [b.number for b in whole] == [0, 1, 2, 3, 4] and [b.number for b in resumed] == [2, 3, 4]
+    for a, b in zip(whole[2:], resumed):
+        np.testing.assert_array_equal(a.index, b.index)
+        np.testing.assert_array_equal(a.x, b.x)
+        np.testing.assert_array_equal(a.y, b.y)
+        assert a.rng.random() == b.rng.random()  # the generators continue alike (the dropout masks)
+    np.testing.assert_array_equal(np.concatenate([b.index for b in whole]), order)
+    mirror = np.random.default_rng([7, 0, 1]).random(5) < 0.5
+    np.testing.assert_array_equal(whole[1].x[mirror], images[order[5:10]][mirror][:, :, ::-1] / np.float32(255))
+
+
+def test_iterate_batches_is_batches_with_one_generator() -> None:
+    images, labels = _images(17, seed=5), np.arange(17) % 4
+    pairs = list(D.iterate_batches(images, labels, 4, shuffle=True, flip=True, rng=3))
+    gen = np.random.default_rng(3)
+    direct = list(D.batches(images, labels, 4, order=gen.permutation(17), flip=True, batch_rng=gen))
+    assert len(pairs) == len(direct) == 5
+    for (x, y), batch in zip(pairs, direct):
+        np.testing.assert_array_equal(x, batch.x)
+        np.testing.assert_array_equal(y, batch.y)
+
+
 def test_batches_reject_bad_input() -> None:
     with pytest.raises(ValueError, match="uint8"):
         next(D.iterate_batches(np.zeros((2, 4, 4, 1), np.float32), np.zeros(2, int), 1))

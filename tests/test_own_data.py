@@ -30,7 +30,7 @@ from PIL import Image
 from run_fixture import assert_png
 
 from minarn import data as D
-from minarn import evaluate, kernels, predict, train
+from minarn import evaluate, kernels, predict, run, train
 from minarn.data import DataError
 from minarn.gradcheck import numeric_grad, rel_error
 from minarn.losses import softmax_cross_entropy
@@ -112,14 +112,14 @@ def run_train(*argv: object, figures: tuple[str, ...] | None = None) -> tuple[in
     """``python -m minarn.train ARGV`` in-process; with ``figures`` its final evaluation draws only those
     (``minarn.figures.FIGURE_FILES`` keys): ten classes make the full set of figures take most of a run's time."""
     stream = io.StringIO()
-    real = evaluate.evaluate_run
+    real = evaluate.evaluate_loaded_run
 
     def fewer_figures(*args: object, **kwargs: object) -> dict:
         return real(*args, **{**kwargs, "make_figures": figures})
 
     with pytest.MonkeyPatch.context() as patch:
         if figures is not None:
-            patch.setattr(evaluate, "evaluate_run", fewer_figures)
+            patch.setattr(evaluate, "evaluate_loaded_run", fewer_figures)
         status = train.main([str(a) for a in argv], stream=stream)
     return status, stream.getvalue()
 
@@ -351,11 +351,11 @@ def test_a_class_missing_from_valid_or_test_is_a_warning() -> None:
 
 def test_limit_per_class_applies_to_each_part() -> None:
     ds = toy_dataset({"a": 12, "b": 12}, part=(["train"] * 8 + ["valid"] * 2 + ["test"] * 2) * 2)
-    limited = train._limit_per_class(ds, 3, seed=123)
+    limited = run.limit_per_class(ds, 3, seed=123)
     for part, n in (("train", 3), ("valid", 2), ("test", 2)):
         assert np.bincount(limited.labels[limited.part == part]).tolist() == [n, n], part
     unsplit = toy_dataset({"a": 12, "b": 12})
-    assert len(train._limit_per_class(unsplit, 3, seed=123)) == 6
+    assert len(run.limit_per_class(unsplit, 3, seed=123)) == 6
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -24,11 +24,9 @@ import importlib.util
 import os
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
-
-import numpy as np
 
 from minarn.kernels import numpy_ref
+from minarn.kernels.scratch import workspace as workspace  # the layers' shared scratch arrays
 
 # Every kernel a backend provides: name -> what it computes (rows are positions of a channels-last map viewed as
 # (rows, C); ``kind`` is one of ``numpy_ref.ACTIVATION_KINDS``).
@@ -105,23 +103,6 @@ def get_backend() -> ModuleType:
     if _active is None:
         _active = _load(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto")
     return _active
-
-
-_workspaces: dict[tuple[int, str], np.ndarray] = {}
-
-
-def workspace(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> np.ndarray:
-    """A scratch array of ``shape`` and ``dtype`` carved out of one flat buffer per (slot, dtype) that grows as
-    needed and is reused by every later call: layers put their transient im2col columns here, so a training
-    step allocates (and pages in) that memory once instead of once per layer and step. The contents are
-    overwritten by the next caller of the same slot, so only use it for values that die before that."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
-    key = (slot, dtype.str)
-    buf = _workspaces.get(key)
-    if buf is None or buf.size < size:
-        buf = _workspaces[key] = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
 
 
 @contextlib.contextmanager

@@ -13,8 +13,8 @@ import numba
 import numpy as np
 from numba import prange
 
-from minarn.kernels import workspace
 from minarn.kernels.numpy_ref import ACTIVATION_KINDS
+from minarn.kernels.scratch import workspace
 
 NAME = "numba"
 
