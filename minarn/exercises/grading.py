@@ -169,6 +169,34 @@ def falsify(check: Callable, strategy, *, max_examples: int = 40, describe_case:
                   f"input: {describe_case(minimal)}")
 
 
+def call_student(fn: Callable, args: tuple, case: str, hint: str = ""):
+    """``fn(*args)`` with floating-point warnings silenced (an overflow shows up in the comparison instead).
+
+    A crash other than ``NotImplementedError`` becomes a ``Failure`` naming the exception, the line of the
+    student's file it came from, the input ``case`` and a ``hint``.
+    """
+    try:
+        with np.errstate(all="ignore"):
+            return fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the student's code crashed: say where, and what to look at
+        raise Failure(f"raised {_exception_text(exc)}\n    input: {case}\n    hint: {hint}") from None
+
+
+def resembles(got, candidate: Callable, *, atol: float = 1e-10, rtol: float = 0.0) -> bool:
+    """Is ``got`` what ``candidate()`` (a likely mistake) gives? False when either does not compute.
+
+    For choosing a hint: a wrong answer that equals a known mistake names that mistake.
+    """
+    try:
+        with np.errstate(all="ignore"):
+            a, b = np.asarray(got, dtype=np.float64), candidate()
+    except (TypeError, ValueError, ZeroDivisionError):
+        return False
+    return a.shape == np.shape(b) and bool(np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
+
+
 def numeric_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central differences of the scalar ``f(x)`` with respect to every entry of the float64 array ``x``.
 

@@ -2,17 +2,28 @@
 numeric gradients, and main paths F given as functions (linear, tanh) with an identity or a projection skip."""
 
 import itertools
-import traceback
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 from hypothesis import strategies as st
 
 from minarn import kernels
-from minarn.exercises.grading import Failure, compare, describe, exercise, falsify, numeric_gradient
+from minarn.exercises.grading import (
+    call_student,
+    compare,
+    describe,
+    exercise,
+    falsify,
+    numeric_gradient,
+    resembles,
+)
 from minarn.layers.residual import ResidualBlock
 
 LESSON = "08_residual"
+
+
+# Is a wrong answer what a known mistake gives (to name it in the hint)? At this lesson's tolerance.
+_resembles = partial(resembles, atol=1e-9)
 
 
 class Case:
@@ -65,26 +76,8 @@ CASES = st.builds(Case, st.integers(0, 2**16), st.integers(1, 2), st.integers(1,
 FIXED = [Case(3, 2, 3, 3, 2, 2, True, False), Case(4, 2, 2, 3, 3, 3, False, False), Case(5, 1, 3, 2, 2, 4, True, True)]
 
 
-def _call(fn, args, case_text, hint):
-    """fn(*args); a crash (other than NotImplementedError) becomes a Failure with the student's line and a hint."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the student's code crashed: say where, and what to look at
-        code = getattr(fn, "__code__", None)
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if code and f.filename == code.co_filename]
-        where = f" (line {frames[-1].lineno} of {Path(frames[-1].filename).name})" if frames else ""
-        raise Failure(f"raised {type(exc).__name__}: {exc}{where}\n    input: {case_text}\n    hint: {hint}") from None
 
 
-def _close(got, candidate, atol=1e-9):
-    """Is ``got`` what ``candidate()`` (a likely mistake) gives? False when either does not compute."""
-    try:
-        a, b = np.asarray(got, dtype=np.float64), candidate()
-    except (TypeError, ValueError):
-        return False
-    return a.shape == np.shape(b) and bool(np.allclose(a, b, rtol=0, atol=atol))
 
 
 def _block():
@@ -110,18 +103,18 @@ def grade_residual_forward(residual_forward) -> None:
         fx, sx = case.f(case.x), case.s(case.x)
         expected = np.maximum(fx + sx, 0)
         skip = case.args()[0]
-        got = _call(residual_forward, (case.x.copy(), case.f, skip), case.text(),
+        got = call_student(residual_forward, (case.x.copy(), case.f, skip), case.text(),
                     "y = ReLU(f(x) + x) without a skip function, ReLU(f(x) + skip(x)) with one")
         hint = "y = ReLU(F(x) + S(x)): the sum first, then the ReLU"
-        if _close(got, lambda: fx + sx):
+        if _resembles(got, lambda: fx + sx):
             hint = "the final ReLU is missing: y = ReLU(F(x) + S(x))"
-        elif _close(got, lambda: np.maximum(fx, 0) + sx):
+        elif _resembles(got, lambda: np.maximum(fx, 0) + sx):
             hint = "the ReLU comes after the sum: y = ReLU(F(x) + S(x)), not ReLU(F(x)) + S(x)"
-        elif skip is not None and _close(got, lambda: np.maximum(fx + case.x, 0)):
+        elif skip is not None and _resembles(got, lambda: np.maximum(fx + case.x, 0)):
             hint = "with a skip function the skip path is skip(x), not x"
-        elif skip is not None and _close(got, lambda: np.maximum(fx, 0)):
+        elif skip is not None and _resembles(got, lambda: np.maximum(fx, 0)):
             hint = "the skip path is missing: y = ReLU(F(x) + skip(x))"
-        elif skip is None and _close(got, lambda: np.maximum(fx, 0)):
+        elif skip is None and _resembles(got, lambda: np.maximum(fx, 0)):
             hint = "the skip path is missing: with skip=None, y = ReLU(F(x) + x)"
         compare("y", expected, got, atol=1e-12, case=case.text(), hint=hint)
 
@@ -131,7 +124,7 @@ def grade_residual_forward(residual_forward) -> None:
         block, f, _, skip, _ = _block()
         x = np.random.default_rng(1).standard_normal((2, 4, 4, 2))
         expected = block.forward(x.copy(), training=True)
-        got = _call(residual_forward, (x.copy(), f, skip), "the paper's ResidualBlock (2 -> 3 channels)", "")
+        got = call_student(residual_forward, (x.copy(), f, skip), "the paper's ResidualBlock (2 -> 3 channels)", "")
         compare("max-pool of y (the paper's ResidualBlock)", expected, block.pool.forward(np.asarray(got)),
                 atol=1e-10, case="x (2, 4, 4, 2) through minarn's ResidualBlock(2, 3), training mode",
                 hint="y = ReLU(F(x) + skip(x)) with F = conv-BN-conv-BN-attention and skip = the 1x1 conv")
@@ -147,17 +140,18 @@ def grade_residual_backward(residual_backward) -> None:
         y = np.maximum(case.f(x) + case.s(x), 0)
         g = dout * (y > 0)
         expected = case.f_vjp(x, g) + case.s_vjp(x, g)
-        got = _call(residual_backward, (dout.copy(), x.copy(), y.copy(), case.f_vjp, case.args()[1]), case.text(),
-                    "dx = f_vjp(x, g) + g (identity skip) or f_vjp(x, g) + skip_vjp(x, g), g = dout * [y > 0]")
+        args = (dout.copy(), x.copy(), y.copy(), case.f_vjp, case.args()[1])
+        got = call_student(residual_backward, args, case.text(),
+                           "dx = f_vjp(x, g) + g (identity skip) or f_vjp(x, g) + skip_vjp(x, g), g = dout * [y > 0]")
         hint = "dx = f_vjp(x, g) + skip_vjp(x, g) (or + g for the identity skip), with g = dout * [y > 0]"
-        if _close(got, lambda: case.f_vjp(x, g)):
+        if _resembles(got, lambda: case.f_vjp(x, g)):
             hint = ("the skip's gradient is missing: x feeds both paths (fan-out), so add "
                     + ("g (the identity path)" if case.P is None else "skip_vjp(x, g)"))
-        elif _close(got, lambda: case.f_vjp(x, dout) + case.s_vjp(x, dout)):
+        elif _resembles(got, lambda: case.f_vjp(x, dout) + case.s_vjp(x, dout)):
             hint = "the final ReLU's mask is missing: g = dout * [y > 0] goes into both paths, not dout"
-        elif case.P is not None and _close(got, lambda: case.f_vjp(x, g) + g):
+        elif case.P is not None and _resembles(got, lambda: case.f_vjp(x, g) + g):
             hint = "with a skip function, its gradient is skip_vjp(x, g), not g"
-        elif _close(got, lambda: case.f_vjp(x, dout * (x > 0)) + case.s_vjp(x, dout * (x > 0))):
+        elif _resembles(got, lambda: case.f_vjp(x, dout * (x > 0)) + case.s_vjp(x, dout * (x > 0))):
             hint = "the ReLU's mask is [y > 0] (where F(x) + S(x) > 0), not [x > 0]"
         compare("dx", expected, got, atol=1e-10, case=case.text(), hint=hint)
         if numeric:
@@ -174,7 +168,7 @@ def grade_residual_backward(residual_backward) -> None:
         dout = np.random.default_rng(2).standard_normal(block.forward(x.copy(), training=True).shape)
         expected = block.backward(dout)
         y = np.maximum(f(x) + skip(x), 0)  # F's layers now hold this forward, for f_vjp
-        got = _call(residual_backward, (block.pool.backward(dout), x.copy(), y, f_vjp, skip_vjp),
+        got = call_student(residual_backward, (block.pool.backward(dout), x.copy(), y, f_vjp, skip_vjp),
                     "the paper's ResidualBlock (2 -> 3 channels)", "")
         compare("dx (the paper's ResidualBlock)", expected, got, atol=1e-10,
                 case="x (2, 4, 4, 2) through minarn's ResidualBlock(2, 3), training mode, a random dout",

@@ -1,39 +1,34 @@
 """Graders of lesson 09's exercises (the classifier head: dense and inverted dropout): against minarn's Dense and
 Dropout, numeric gradients, and dropout's properties (the expectation is kept, backward uses the forward's mask)."""
 
-import traceback
-from pathlib import Path
+
+from functools import partial
 
 import numpy as np
 from hypothesis import strategies as st
 
-from minarn.exercises.grading import Failure, compare, describe, exercise, falsify, numeric_gradient
+from minarn.exercises.grading import (
+    Failure,
+    call_student,
+    compare,
+    describe,
+    exercise,
+    falsify,
+    numeric_gradient,
+    resembles,
+)
 from minarn.layers.dense import Dense
 from minarn.layers.dropout import Dropout
 
 LESSON = "09_classifier_head"
 
 
-def _call(fn, args, case_text, hint):
-    """fn(*args); a crash (other than NotImplementedError) becomes a Failure with the student's line and a hint."""
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the student's code crashed: say where, and what to look at
-        code = getattr(fn, "__code__", None)
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if code and f.filename == code.co_filename]
-        where = f" (line {frames[-1].lineno} of {Path(frames[-1].filename).name})" if frames else ""
-        raise Failure(f"raised {type(exc).__name__}: {exc}{where}\n    input: {case_text}\n    hint: {hint}") from None
+# Is a wrong answer what a known mistake gives (to name it in the hint)? At this lesson's tolerance.
+_resembles = partial(resembles, atol=1e-10)
 
 
-def _close(got, candidate, atol=1e-10):
-    """Is ``got`` what ``candidate()`` (a likely mistake) gives? False when either does not compute."""
-    try:
-        a, b = np.asarray(got, dtype=np.float64), candidate()
-    except (TypeError, ValueError):
-        return False
-    return a.shape == np.shape(b) and bool(np.allclose(a, b, rtol=0, atol=atol))
+
+
 
 
 def _tuple(got, length, what):
@@ -70,11 +65,11 @@ def grade_dense_forward(dense_forward) -> None:
         x, W, b, _ = case
         text = describe({"x": x, "W": W, "b": b})
         expected = _dense(W, b).forward_linear(x.copy())
-        got = _call(dense_forward, (x.copy(), W.copy(), b.copy()), text, "z = x @ W + b: (N, in) @ (in, out)")
+        got = call_student(dense_forward, (x.copy(), W.copy(), b.copy()), text, "z = x @ W + b: (N, in) @ (in, out)")
         hint = "z = x @ W + b"
-        if _close(got, lambda: x @ W):
+        if _resembles(got, lambda: x @ W):
             hint = "the bias is missing: z = x @ W + b"
-        elif _close(got, lambda: x @ W.T + b):
+        elif _resembles(got, lambda: x @ W.T + b):
             hint = "W is (in, out): z = x @ W + b, without a transpose"
         compare("z", expected, got, atol=1e-12, case=text, hint=hint)
 
@@ -93,26 +88,26 @@ def grade_dense_backward(dense_backward) -> None:
         layer = _dense(W, b)
         layer.forward_linear(x.copy())
         dx = layer.backward_linear(dout.copy())
-        got = _tuple(_call(dense_backward, (dout.copy(), x.copy(), W.copy()), text,
+        got = _tuple(call_student(dense_backward, (dout.copy(), x.copy(), W.copy()), text,
                            "a shape error, a missing transpose? dx = dout @ W.T (N, in), dW = x.T @ dout (in, out), "
                            "db = dout.sum(axis=0) (out,)"),
                      3, "(dx, dW, db)")
         hint = "dx = dout @ W.T: (N, out) @ (out, in)"
-        if _close(got[0], lambda: dout @ W):
+        if _resembles(got[0], lambda: dout @ W):
             hint = "a missing transpose: dx = dout @ W.T, not dout @ W"
         compare("dx", dx, got[0], atol=1e-10, case=text, hint=hint)
         hint = "dW = x.T @ dout: (in, N) @ (N, out), the sum over the batch of x[n]^T dout[n]"
-        if _close(got[1], lambda: dout.T @ x):
+        if _resembles(got[1], lambda: dout.T @ x):
             hint = "dW is transposed: dW = x.T @ dout has W's shape (in, out), not dout.T @ x"
-        elif _close(got[1], lambda: (x.T @ dout) / len(x)):
+        elif _resembles(got[1], lambda: (x.T @ dout) / len(x)):
             hint = "dW = x.T @ dout sums over the batch; do not divide by N (dout already holds the loss's 1/N)"
         compare("dW", layer.grads["kernel"], got[1], atol=1e-10, case=text, hint=hint)
         hint = "db = dout.sum(axis=0): the bias is added to every image's z, so its gradient sums over the batch"
-        if _close(got[2], lambda: dout):
+        if _resembles(got[2], lambda: dout):
             hint = "db is not summed over the batch: db = dout.sum(axis=0), shape (out,)"
-        elif _close(got[2], lambda: dout.mean(axis=0)):
+        elif _resembles(got[2], lambda: dout.mean(axis=0)):
             hint = "db is the SUM of dout over the batch, not the mean: db = dout.sum(axis=0)"
-        elif _close(got[2], lambda: dout.sum(axis=1)):
+        elif _resembles(got[2], lambda: dout.sum(axis=1)):
             hint = "the wrong axis: db sums over the batch, axis 0, and has shape (out,)"
         compare("db", layer.grads["bias"], got[2], atol=1e-10, case=text, hint=hint)
         if numeric:
@@ -146,25 +141,25 @@ def grade_dropout_forward(dropout_forward) -> None:
         seed_text = describe({"x": x, "rate": rate, "u": u})
         # minarn's Dropout(rate, seed) draws u = default_rng(seed).random(x.shape): the same u, the same mask
         expected_mask = np.where(u >= rate, 1 / (1 - rate), 0.0)
-        got = _tuple(_call(dropout_forward, (x.copy(), rate, u.copy()), seed_text,
+        got = _tuple(call_student(dropout_forward, (x.copy(), rate, u.copy()), seed_text,
                            "mask = (u >= rate) / (1 - rate); out = x * mask"), 2, "(out, mask)")
         hint = "mask = (u >= rate) / (1 - rate): keep where u >= rate, scale the survivors by 1 / (1 - rate)"
-        if rate > 0 and _close(got[1], lambda: (u >= rate) * 1.0):
+        if rate > 0 and _resembles(got[1], lambda: (u >= rate) * 1.0):
             hint = "the survivors are not rescaled: divide the mask by 1 - rate (inverted dropout keeps E[out] = x)"
-        elif rate > 0 and _close(got[1], lambda: (u < rate) / (1 - rate)):
+        elif rate > 0 and _resembles(got[1], lambda: (u < rate) / (1 - rate)):
             hint = "this keeps the elements with u < rate: an element is DROPPED with probability rate (u < rate)"
-        elif rate > 0 and _close(got[1], lambda: (u >= rate) / rate):
+        elif rate > 0 and _resembles(got[1], lambda: (u >= rate) / rate):
             hint = "divide by the keep probability 1 - rate, not by rate"
         compare("mask", expected_mask, got[1], atol=1e-12, case=seed_text, hint=hint)
         compare("out", x * expected_mask, got[0], atol=1e-12, case=seed_text, hint="out = x * mask")
 
     x, rate, u, _ = DROPOUT_FIXED
     check(DROPOUT_FIXED)
-    got = _call(dropout_forward, (x.copy(), rate, u.copy()), "x (4, 6), rate 0.45", "")[0]
+    got = call_student(dropout_forward, (x.copy(), rate, u.copy()), "x (4, 6), rate 0.45", "")[0]
     compare("out (against minarn's Dropout(0.45, seed=3) with the same uniform numbers)",
             Dropout(rate, seed=3).forward(x.copy(), training=True), got, atol=1e-12, case="x (4, 6), rate 0.45, seed 3")
     ones, big_u = np.ones(200_000), np.random.default_rng(0).random(200_000)
-    mean = float(np.mean(_call(dropout_forward, (ones, 0.45, big_u), "200,000 ones, rate 0.45", "")[0]))
+    mean = float(np.mean(call_student(dropout_forward, (ones, 0.45, big_u), "200,000 ones, rate 0.45", "")[0]))
     if not abs(mean - 1) < 0.01:
         raise Failure(f"the expectation is not kept: on 200,000 ones with rate 0.45 the output's mean is "
                       f"{mean:.4f}, expected 1 (+-0.01)\n    hint: scale the kept elements by 1 / (1 - rate)")
@@ -179,16 +174,16 @@ def grade_dropout_backward(dropout_backward) -> None:
         x, rate, u, dout = case
         mask = np.where(u >= rate, 1 / (1 - rate), 0.0)
         text = describe({"dout": dout, "mask": mask})
-        got = _call(dropout_backward, (dout.copy(), mask.copy()), text, "dx = dout * mask")
-        again = _call(dropout_backward, (dout.copy(), mask.copy()), text, "dx = dout * mask")
-        if not _close(again, lambda: np.asarray(got, dtype=np.float64), atol=0.0):
+        got = call_student(dropout_backward, (dout.copy(), mask.copy()), text, "dx = dout * mask")
+        again = call_student(dropout_backward, (dout.copy(), mask.copy()), text, "dx = dout * mask")
+        if not _resembles(again, lambda: np.asarray(got, dtype=np.float64), atol=0.0):
             raise Failure(f"two calls with the same dout and mask gave different gradients\n    input: {text}\n"
                           f"    hint: draw nothing new: the gradient goes through the same mask as the forward pass, "
                           f"the mask argument")
         hint = "dx = dout * mask"
-        if rate > 0 and _close(got, lambda: dout * (mask != 0)):
+        if rate > 0 and _resembles(got, lambda: dout * (mask != 0)):
             hint = "the mask already holds the 1 / (1 - rate) scale: dx = dout * mask"
-        elif rate > 0 and not _close((np.asarray(got) != 0), lambda: (dout * mask) != 0, atol=0.0):
+        elif rate > 0 and not _resembles((np.asarray(got) != 0), lambda: (dout * mask) != 0, atol=0.0):
             hint = ("the gradient must be zero exactly where the forward dropped an element: use the same mask as "
                     "the forward pass (the mask argument), not a new one")
         compare("dx", dout * mask, got, atol=1e-12, case=text, hint=hint)
@@ -198,7 +193,7 @@ def grade_dropout_backward(dropout_backward) -> None:
     layer = Dropout(rate, seed=3)
     layer.forward(x.copy(), training=True)
     mask = np.where(u >= rate, 1 / (1 - rate), 0.0)
-    got = _call(dropout_backward, (dout.copy(), mask), "dout (4, 6), the mask of rate 0.45, seed 3", "")
+    got = call_student(dropout_backward, (dout.copy(), mask), "dout (4, 6), the mask of rate 0.45, seed 3", "")
     compare("dx (against minarn's Dropout.backward)", layer.backward(dout.copy()), got, atol=1e-12,
             case="dout (4, 6), the mask of Dropout(0.45, seed=3)",
             hint="dx = dout * mask: the same mask, with its 1 / (1 - rate) scale")

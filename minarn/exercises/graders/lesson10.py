@@ -2,41 +2,34 @@
 losses.softmax_cross_entropy, numeric gradients, and the lesson's properties (rows sum to 1, finite at +-1000,
 ln K for equal scores)."""
 
-import traceback
-from pathlib import Path
+
+from functools import partial
 
 import numpy as np
 from hypothesis import strategies as st
 
 from minarn import losses
-from minarn.exercises.grading import Failure, compare, describe, exercise, falsify, numeric_gradient
+from minarn.exercises.grading import (
+    Failure,
+    call_student,
+    compare,
+    describe,
+    exercise,
+    falsify,
+    numeric_gradient,
+    resembles,
+)
 from minarn.layers.activations import Softmax
 
 LESSON = "10_softmax_ce"
 
 
-def _call(fn, args, case_text, hint):
-    """fn(*args), warnings silenced; a crash (but NotImplementedError) becomes a Failure with the line and a hint."""
-    try:
-        with np.errstate(all="ignore"):  # an overflow shows up in the comparison, as inf or nan, with a hint
-            return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the student's code crashed: say where, and what to look at
-        code = getattr(fn, "__code__", None)
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if code and f.filename == code.co_filename]
-        where = f" (line {frames[-1].lineno} of {Path(frames[-1].filename).name})" if frames else ""
-        raise Failure(f"raised {type(exc).__name__}: {exc}{where}\n    input: {case_text}\n    hint: {hint}") from None
+# Is a wrong answer what a known mistake gives (to name it in the hint)? At this lesson's tolerance.
+_resembles = partial(resembles, atol=1e-10)
 
 
-def _close(got, candidate, atol=1e-10):
-    """Is ``got`` what ``candidate()`` (a likely mistake) gives? False when either does not compute."""
-    try:
-        with np.errstate(all="ignore"):
-            a, b = np.asarray(got, dtype=np.float64), candidate()
-    except (TypeError, ValueError):
-        return False
-    return a.shape == np.shape(b) and bool(np.allclose(a, b, rtol=0, atol=atol, equal_nan=True))
+
+
 
 
 def _case(seed, n, k, scale):
@@ -65,18 +58,18 @@ def grade_softmax(softmax) -> None:
     def check(case):
         z = case[0]
         expected = Softmax().forward(z.copy())
-        got = _call(softmax, (z.copy(),), _text(z), "p = exp(z - max) / sum(exp(z - max)), per row")
+        got = call_student(softmax, (z.copy(),), _text(z), "p = exp(z - max) / sum(exp(z - max)), per row")
         hint = "p = exp(z - m) / sum_j exp(z - m) over each row, m = the row's maximum"
         with np.errstate(all="ignore"):
             overflow = not np.isfinite(np.exp(z)).all()
-        if _close(got, lambda: np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)) and overflow:
+        if _resembles(got, lambda: np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)) and overflow:
             hint = "exp overflows for large scores: subtract each row's maximum before exp (it cancels in the ratio)"
-        elif _close(got, lambda: np.exp(z - z.max()) / np.exp(z - z.max()).sum(axis=1, keepdims=True)):
+        elif _resembles(got, lambda: np.exp(z - z.max()) / np.exp(z - z.max()).sum(axis=1, keepdims=True)):
             hint = ("subtract each ROW's maximum (z.max(axis=1, keepdims=True)), not the maximum of the whole batch: "
                     "rows far below it underflow to 0 / 0")
-        elif _close(got, lambda: np.exp(z - z.max(axis=0)) / np.exp(z - z.max(axis=0)).sum(axis=0)):
+        elif _resembles(got, lambda: np.exp(z - z.max(axis=0)) / np.exp(z - z.max(axis=0)).sum(axis=0)):
             hint = "normalize over each row (axis=1: the classes of one image), not over the batch (axis=0)"
-        elif _close(got, lambda: np.exp(z) / np.exp(z).sum()):
+        elif _resembles(got, lambda: np.exp(z) / np.exp(z).sum()):
             hint = "normalize each row separately: sum over axis=1 with keepdims=True, not over the whole array"
         compare("p", expected, got, atol=1e-12, case=_text(z), hint=hint)
 
@@ -92,7 +85,7 @@ def grade_cross_entropy(cross_entropy) -> None:
     def check(case):
         z, y = case
         expected = np.asarray(losses.softmax_cross_entropy(z.copy(), y.copy())[0])
-        got = _call(cross_entropy, (z.copy(), y.copy()), _text(z, y), "L = -(1/N) sum_n sum_k y ln p")
+        got = call_student(cross_entropy, (z.copy(), y.copy()), _text(z, y), "L = -(1/N) sum_n sum_k y ln p")
         if np.ndim(got) == 1 and np.shape(got) == (len(z),):
             raise Failure(f"got one loss per image, shape {np.shape(got)}: Eq. 7 averages them over the batch into "
                           f"one number\n    input: {_text(z, y)}")
@@ -100,9 +93,9 @@ def grade_cross_entropy(cross_entropy) -> None:
         with np.errstate(all="ignore"):
             p = np.exp(z - z.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
-        if len(z) > 1 and _close(got, lambda: -np.sum(y * losses.log_softmax(z))):
+        if len(z) > 1 and _resembles(got, lambda: -np.sum(y * losses.log_softmax(z))):
             hint = "this is the sum over the batch: divide by N (Eq. 7 is the mean over the batch)"
-        elif _close(got, lambda: np.sum(y * losses.log_softmax(z)) / len(z)):
+        elif _resembles(got, lambda: np.sum(y * losses.log_softmax(z)) / len(z)):
             hint = "the sign: L = -(1/N) sum y ln p is positive"
         elif not np.isfinite(np.asarray(got, dtype=np.float64)).all() and (p == 0).any():
             hint = ("ln of a probability that rounded to 0 is -inf: compute ln p as a log-softmax, "
@@ -112,7 +105,7 @@ def grade_cross_entropy(cross_entropy) -> None:
     for case in FIXED:
         check(case)
     k = 6
-    uniform = _call(cross_entropy, (np.zeros((4, k)), np.eye(k)[[0, 1, 2, 3]]), "equal scores", "")
+    uniform = call_student(cross_entropy, (np.zeros((4, k)), np.eye(k)[[0, 1, 2, 3]]), "equal scores", "")
     compare("loss for equal scores (p = 1/6 everywhere)", np.asarray(np.log(k)), uniform, atol=1e-12,
             case="z = zeros (4, 6), any labels", hint="a model that knows nothing scores ln K")
     falsify(check, CASES, max_examples=30)
@@ -125,12 +118,12 @@ def grade_softmax_cross_entropy_backward(softmax_cross_entropy_backward) -> None
     def check(case, numeric=False):
         z, y = case
         expected = losses.softmax_cross_entropy(z.copy(), y.copy())[1]
-        got = _call(softmax_cross_entropy_backward, (z.copy(), y.copy()), _text(z, y), "dL/dz = (p - y) / N")
+        got = call_student(softmax_cross_entropy_backward, (z.copy(), y.copy()), _text(z, y), "dL/dz = (p - y) / N")
         p = Softmax().forward(z.copy())
         hint = "dL/dz = (p - y) / N with p = softmax(z)"
-        if len(z) > 1 and _close(got, lambda: p - y):
+        if len(z) > 1 and _resembles(got, lambda: p - y):
             hint = "this is p - y: divide by N (the loss is the mean over the batch)"
-        elif _close(got, lambda: (y - p) / len(z)):
+        elif _resembles(got, lambda: (y - p) / len(z)):
             hint = "the sign: dL/dz = (p - y) / N (raising the true class's score lowers the loss)"
         elif not np.isfinite(np.asarray(got, dtype=np.float64)).all():
             hint = "not finite: compute p with the row's maximum subtracted; the fused (p - y) / N never divides by p"

@@ -1,40 +1,24 @@
 """Graders of lesson 11's exercises (Adamax, paper Eq. 3-6, and Adam): step by step against minarn.optim.Adamax
 (paper form) and minarn.optim.Adam, and the lesson's properties (the first Adamax step is lr * sign(g))."""
 
-import traceback
-from pathlib import Path
+
+from functools import partial
 
 import numpy as np
 from hypothesis import strategies as st
 
 from minarn import optim
-from minarn.exercises.grading import Failure, compare, describe, exercise, falsify
+from minarn.exercises.grading import Failure, call_student, compare, describe, exercise, falsify, resembles
 
 LESSON = "11_optimizers"
 
 
-def _call(fn, args, case_text, hint):
-    """fn(*args), warnings silenced; a crash (but NotImplementedError) becomes a Failure with the line and a hint."""
-    try:
-        with np.errstate(all="ignore"):
-            return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the student's code crashed: say where, and what to look at
-        code = getattr(fn, "__code__", None)
-        frames = [f for f in traceback.extract_tb(exc.__traceback__) if code and f.filename == code.co_filename]
-        where = f" (line {frames[-1].lineno} of {Path(frames[-1].filename).name})" if frames else ""
-        raise Failure(f"raised {type(exc).__name__}: {exc}{where}\n    input: {case_text}\n    hint: {hint}") from None
+# Is a wrong answer what a known mistake gives (to name it in the hint)? At this lesson's tolerance.
+_resembles = partial(resembles, atol=1e-13, rtol=1e-12)
 
 
-def _close(got, candidate, atol=1e-13, rtol=1e-12):
-    """Is ``got`` what ``candidate()`` (a likely mistake) gives? False when either does not compute."""
-    try:
-        with np.errstate(all="ignore"):
-            a, b = np.asarray(got, dtype=np.float64), candidate()
-    except (TypeError, ValueError, ZeroDivisionError):
-        return False
-    return a.shape == np.shape(b) and bool(np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))
+
+
 
 
 class Run:
@@ -94,37 +78,38 @@ def grade_adamax_step(adamax_step) -> None:
         expected = _replay(run, optim.Adamax(run.lr, run.beta1, run.beta2, run.eps, form="paper"), "u")
         param, m, u = run.param0.copy(), np.zeros_like(run.param0), np.zeros_like(run.param0)
         for t, (g, (e_param, e_m, e_u)) in enumerate(zip(run.grads, expected), start=1):
-            got = _tuple3(_call(adamax_step, (param.copy(), g.copy(), m.copy(), u.copy(), t, *h.values()),
+            got = _tuple3(call_student(adamax_step, (param.copy(), g.copy(), m.copy(), u.copy(), t, *h.values()),
                                 run.text(t), "m = b1 m + (1 - b1) g; m_hat = m / (1 - b1^t); u = max(b2 u, |g|, eps)"),
                           "(param, m, u)")
             b1, b2, lr, eps = run.beta1, run.beta2, run.lr, run.eps
             m_new = b1 * m + (1 - b1) * g
             u_new = np.maximum(np.maximum(b2 * u, np.abs(g)), eps)
             hint = "param - lr m_hat / u with m_hat = m / (1 - beta1^t) (Eq. 4), u = max(beta2 u, |g|, eps) (Eq. 5)"
-            if b1 > 0 and _close(got[0], lambda: param - lr * m_new / u_new):
+            if b1 > 0 and _resembles(got[0], lambda: param - lr * m_new / u_new):
                 hint = ("the bias correction is missing: m_hat = m / (1 - beta1^t) (Eq. 4); the first step must be "
                         "lr * sign(g), not (1 - beta1) lr * sign(g)")
-            elif _close(got[0], lambda: param - lr * (m_new / (1 - b1**t)) / np.maximum(np.maximum(b2 * u, g), eps)):
+            elif _resembles(got[0], lambda: param - lr * (m_new / (1 - b1**t))
+                            / np.maximum(np.maximum(b2 * u, g), eps)):
                 hint = "u = max(beta2 u, |g|, eps) takes the absolute value of g (Eq. 5): negative gradients too"
-            elif _close(got[0], lambda: param - lr * (m_new / (1 - b1**t)) / (np.maximum(b2 * u, np.abs(g)) + eps)):
+            elif _resembles(got[0], lambda: param - lr * (m_new / (1 - b1**t)) / (np.maximum(b2 * u, np.abs(g)) + eps)):
                 hint = "eps goes inside the max, u = max(beta2 u, |g|, eps) (Eq. 5), not into the denominator"
-            elif b1 > 0 and t > 1 and _close(got[0], lambda: param - lr * (m_new / (1 - b1 ** (t - 1))) / u_new):
+            elif b1 > 0 and t > 1 and _resembles(got[0], lambda: param - lr * (m_new / (1 - b1 ** (t - 1))) / u_new):
                 hint = "the bias correction at step t is 1 - beta1^t, with t = 1 for the first step"
-            elif _close(got[0], lambda: param + lr * (m_new / (1 - b1**t)) / u_new):
+            elif _resembles(got[0], lambda: param + lr * (m_new / (1 - b1**t)) / u_new):
                 hint = "the sign: Adamax steps against the gradient, param - lr m_hat / u"
             compare("param", e_param, got[0], atol=1e-13, rtol=1e-12, case=run.text(t), hint=hint)
             hint = "m = beta1 m + (1 - beta1) g (Eq. 3); return m itself, not m_hat"
-            if b1 > 0 and _close(got[1], lambda: m_new / (1 - b1**t)):
+            if b1 > 0 and _resembles(got[1], lambda: m_new / (1 - b1**t)):
                 hint = "return m (Eq. 3), not m_hat: the state keeps the uncorrected running mean"
             compare("m", e_m, got[1], atol=1e-13, rtol=1e-12, case=run.text(t), hint=hint)
             hint = "u = max(beta2 u, |g|, eps), element by element (Eq. 5)"
-            if _close(got[2], lambda: np.maximum(b2 * u, np.abs(g))):
+            if _resembles(got[2], lambda: np.maximum(b2 * u, np.abs(g))):
                 hint = "eps belongs inside the max: u = max(beta2 u, |g|, eps) (Eq. 5)"
             compare("u", e_u, got[2], atol=1e-13, rtol=1e-12, case=run.text(t), hint=hint)
             param, m, u = got
 
     check(FIXED)
-    first = _tuple3(_call(adamax_step, (FIXED.param0.copy(), FIXED.grads[0].copy(), np.zeros(6), np.zeros(6), 1),
+    first = _tuple3(call_student(adamax_step, (FIXED.param0.copy(), FIXED.grads[0].copy(), np.zeros(6), np.zeros(6), 1),
                           FIXED.text(1), ""), "(param, m, u)")[0]
     compare("the first step (defaults lr=0.001, beta1=0.9, beta2=0.999, eps=1e-7)",
             -0.001 * np.sign(FIXED.grads[0]), first - FIXED.param0, atol=1e-15, rtol=1e-9, case=FIXED.text(1),
@@ -142,20 +127,21 @@ def grade_adam_step(adam_step) -> None:
         param, m, v = run.param0.copy(), np.zeros_like(run.param0), np.zeros_like(run.param0)
         previous = run.param0.copy()
         for t, (g, (e_param, e_m, e_v)) in enumerate(zip(run.grads, expected), start=1):
-            got = _tuple3(_call(adam_step, (param.copy(), g.copy(), m.copy(), v.copy(), t, *h.values()),
+            got = _tuple3(call_student(adam_step, (param.copy(), g.copy(), m.copy(), v.copy(), t, *h.values()),
                                 run.text(t), "m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2"), "(param, m, v)")
             b1, b2, lr, eps = run.beta1, run.beta2, run.lr, run.eps
             m_new, v_new = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g**2
             compare("m", e_m, got[1], atol=1e-13, rtol=1e-12, case=run.text(t),
                     hint="m = beta1 m + (1 - beta1) g: return m itself, not m_hat")
             hint = "v = beta2 v + (1 - beta2) g^2: return v itself, not v_hat"
-            if _close(got[2], lambda: b2 * v + (1 - b2) * g) or _close(got[2], lambda: b2 * v + (1 - b2) * np.abs(g)):
+            if any(_resembles(got[2], lambda w=w: b2 * v + (1 - b2) * w) for w in (g, np.abs(g))):
                 hint = "v is the running mean of the SQUARED gradient: v = beta2 v + (1 - beta2) g^2"
             compare("v", e_v, got[2], atol=1e-13, rtol=1e-12, case=run.text(t), hint=hint)
             hint = "param - lr m_hat / (sqrt(v_hat) + eps), m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)"
-            if _close(got[0], lambda: param - lr * m_new / (np.sqrt(v_new) + eps), rtol=1e-6):
+            if _resembles(got[0], lambda: param - lr * m_new / (np.sqrt(v_new) + eps), rtol=1e-6):
                 hint = "the bias corrections are missing: m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t)"
-            elif _close(got[0], lambda: param - lr * (m_new / (1 - b1**t)) / (v_new / (1 - b2**t) + eps), rtol=1e-6):
+            elif _resembles(got[0], lambda: param - lr * (m_new / (1 - b1**t)) / (v_new / (1 - b2**t) + eps),
+                            rtol=1e-6):
                 hint = "the denominator is sqrt(v_hat) + eps: the square root is missing"
             # the step, not the parameter, is compared: the two placements of eps differ by ~eps / sqrt(v) of it
             compare("param - its previous value (the step)", e_param - previous, got[0] - param, atol=1e-12,
