@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from minarn.allocator import tune_glibc_malloc
 from minarn.atomic import save_npz_atomic
 from minarn.layers.activations import ACTIVATIONS
 from minarn.layers.attention import AttentionModule
@@ -276,7 +277,10 @@ class ARNCNN:
         kept in ``last_terms``, the probabilities in ``last_probs``) and the gradient of every trainable
         weight keyed ``"layer/weight"``. ``class_weights`` (K,) weight each image's cross-entropy by its
         class, as Keras' ``class_weight`` (``losses.softmax_cross_entropy``); the penalties stay as they are.
+        The first call tunes glibc's allocator for the process (``minarn.allocator``; ``MINARN_MALLOC=default``
+        opts out).
         """
+        tune_glibc_malloc()  # once per process: freed memory is kept for the next step (minarn.allocator)
         n = len(x)
         y = np.asarray(y_onehot)
         if y.shape != (n, self.num_classes):
@@ -298,7 +302,9 @@ class ARNCNN:
 
         The images go through ``batch_size`` at a time, which bounds the working memory: the largest im2col
         block (conv2d_6) holds batch x 961 x 576 floats, 142 MB at 64 images but 567 MB at 256; smaller blocks
-        are also faster to stream through (see benchmarks/RESULTS.md)."""
+        are also faster to stream through (see benchmarks/RESULTS.md). The first call tunes glibc's allocator
+        for the process (``minarn.allocator``; ``MINARN_MALLOC=default`` opts out)."""
+        tune_glibc_malloc()  # once per process (minarn.allocator)
         x = np.asarray(x)
         if batch_size < 1:
             raise ValueError(f"ARNCNN.predict: batch_size must be >= 1, got {batch_size}")

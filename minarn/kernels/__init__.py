@@ -46,6 +46,8 @@ KERNELS: dict[str, str] = {
     "activation_backward": "dz from dout and the activation's output",
     "activation_backward_and_sum": "activation_backward and the column sums of dz (the bias gradient)",
     "attention_backward_mask": "backward of out = x * sigmoid(z) for x and z in one pass",
+    "sigmoid_gate": "the attention mask and product: in place z = sigmoid(z + bias), and out = x * z",
+    "attention_backward_mask_and_sum": "attention_backward_mask and the column sums of dz (conv_b's bias gradient)",
     "channel_moments": "per-channel mean and biased variance (batch norm's batch statistics)",
     "batchnorm_apply": "out = gamma * (x - mean) * inv_std + beta",
     "batchnorm_backward": "training-mode batch norm backward: dx, dgamma, dbeta",

@@ -486,6 +486,38 @@ def _attention_backward_mask(dout, x, w, dx, dzb):  # pragma: no cover - compile
 
 
 @_jit
+def _sigmoid_gate_from_exp(z, e, x, out):  # pragma: no cover - compiled
+    # z = w = sigmoid(z) given e = exp(-|z|) (as _sigmoid_from_exp), and out = x * w in the same pass
+    M, C = z.shape
+    one = z.dtype.type(1)
+    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+    for t in prange(tasks):
+        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+            for c in range(C):
+                q = one / (one + e[r, c])
+                w = q if z[r, c] >= 0 else e[r, c] * q
+                z[r, c] = w
+                out[r, c] = x[r, c] * w
+
+
+@_jit
+def _attention_backward_mask_sum(dout, x, w, dx, dzb, partial):  # pragma: no cover - compiled
+    # as _attention_backward_mask; partial[t] (float64) sums dzb over the rows of chunk t
+    M, C = dout.shape
+    chunks = partial.shape[0]
+    for t in prange(chunks):
+        s = np.zeros(C)
+        for r in range(t * M // chunks, (t + 1) * M // chunks):
+            for c in range(C):
+                g, wv = dout[r, c], w[r, c]
+                dx[r, c] = g * wv
+                d = g * x[r, c] * wv * (1 - wv)
+                dzb[r, c] = d
+                s[c] += d
+        partial[t, :] = s
+
+
+@_jit
 def _channel_sums(x, shift, partial):  # pragma: no cover - compiled
     # partial[t] holds sums of (x - shift) and (x - shift)^2 (float64) over the rows of chunk t
     M, C = x.shape
@@ -656,6 +688,27 @@ def attention_backward_mask(dout, x, w):
     dx, dzb = np.empty_like(dout), np.empty_like(dout)
     _attention_backward_mask(np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(w), dx, dzb)
     return dx, dzb
+
+
+def sigmoid_gate(z, bias, x):
+    """See ``numpy_ref.sigmoid_gate``. As ``bias_activation``'s sigmoid (bias and -|z| in one pass, NumPy's
+    ``np.exp``), with the product x * w formed in the pass that writes w."""
+    has_bias = bias is not None
+    e = workspace(z.shape, z.dtype, slot=2)
+    _bias_neg_abs(z, bias if has_bias else z[0], has_bias, e)
+    np.exp(e, out=e)
+    out = np.empty_like(z)
+    _sigmoid_gate_from_exp(z, e, np.ascontiguousarray(x), out)
+    return out
+
+
+def attention_backward_mask_and_sum(dout, x, w):
+    """See ``numpy_ref.attention_backward_mask_and_sum``."""
+    dx, dzb = np.empty_like(dout), np.empty_like(dout)
+    partial = np.zeros((_chunks(dout.shape[0]), dout.shape[1]))
+    _attention_backward_mask_sum(np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(w), dx,
+                                 dzb, partial)
+    return dx, dzb, partial.sum(axis=0).astype(dzb.dtype)
 
 
 def channel_moments(x):

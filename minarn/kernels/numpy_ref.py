@@ -263,6 +263,22 @@ def attention_backward_mask(
     return dout * w, dout * x * w * (1 - w)
 
 
+def sigmoid_gate(z: np.ndarray, bias: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    """The attention module's mask and product (paper Fig. 3) for (rows, C) arrays: in place z = w =
+    sigmoid(z + bias) (``bias_activation``), and out = x * w, a new array. Returns out."""
+    w = bias_activation(z, bias, "sigmoid")
+    return x * w
+
+
+def attention_backward_mask_and_sum(
+    dout: np.ndarray, x: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``attention_backward_mask`` and the column sums of dzb (the bias gradient of the convolution whose
+    sigmoid made w): (dx_direct, dzb, (C,)). The sums run in float64 (see ``channel_moments``)."""
+    dx_direct, dzb = attention_backward_mask(dout, x, w)
+    return dx_direct, dzb, dzb.sum(axis=0, dtype=np.float64).astype(dzb.dtype)
+
+
 def channel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and biased variance of a (rows, C) array (batch norm's batch statistics).
 

@@ -19,7 +19,14 @@ class AttentionModule(Block):
     paths: dx = dout * w  +  conv_a^T(relu'(conv_b^T(dout * x * sigmoid'))).
     ``names`` are the Keras names of conv_a, conv_b and the product; ``weights`` keeps the last mask w
     (lesson 7 and Fig. 3 show it).
+    ``fused`` (default True) picks the fused path: conv_b's bias, sigmoid and the product in one kernel forward
+    (``Multiply.forward_sigmoid_gate``), and backward the product's and the sigmoid's gradients with conv_b's
+    bias gradient in one pass (``Multiply.backward_sigmoid_gate_and_sum``). ``fused = False`` runs the readable
+    layer-by-layer path (each layer's own ``forward`` / ``backward``), the reference the fused one is tested
+    against (same numbers to float32 round-off). Either backward works after either forward.
     """
+
+    fused: bool = True
 
     def __init__(self, channels: int, names: tuple[str, str, str], seeds: tuple[int, int], dtype: Any,
                  name: str | None = None) -> None:
@@ -40,16 +47,24 @@ class AttentionModule(Block):
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         a = self.conv_a.forward(x, training)
-        w = self.conv_b.forward(a, training)
-        self.weights = w
-        return self._keep_output_shape(self.multiply.forward((x, w), training))
+        if self.fused:  # z = conv_b(a) without bias; then w = sigmoid(z + b) in place and out = x * w, one pass
+            z = self.conv_b.forward_preactivation(a, training)
+            out = self.multiply.forward_sigmoid_gate(x, z, self.conv_b.params.get("bias"), training)
+            self.weights = z  # (now the mask w, conv_b's output)
+        else:
+            self.weights = self.conv_b.forward(a, training)
+            out = self.multiply.forward((x, self.weights), training)
+        return self._keep_output_shape(out)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
-        # conv_b's sigmoid is fused with its bias (its backward_linear is the convolution's alone), so the
-        # product's and the sigmoid's backward run as one pass: dx_direct = dout * w, dzb = dout * x * w * (1 - w);
-        # then the two 1x1 convolutions.
         self._check_block_dout(dout)
-        dx_direct, dzb = self.multiply.backward_sigmoid_gate(dout)
-        dx = self.conv_a.backward(self.conv_b.backward_linear(dzb))
+        if not self.fused:  # layer by layer: the product, conv_b (sigmoid, bias, product), conv_a, the fan-out sum
+            dx_direct, dw = self.multiply.backward(dout)
+            return self.conv_a.backward(self.conv_b.backward(dw)) + dx_direct
+        # conv_b's sigmoid is fused with its bias (its backward_linear is the convolution's alone), so the
+        # product's and the sigmoid's backward and conv_b's bias gradient run as one pass: dx_direct = dout * w,
+        # dzb = dout * x * w * (1 - w), dbias_b = sum dzb; then the two 1x1 convolutions.
+        dx_direct, dzb, dbias_b = self.multiply.backward_sigmoid_gate_and_sum(dout)
+        dx = self.conv_a.backward(self.conv_b.backward_linear(dzb, dbias=dbias_b))
         dx += dx_direct  # fan-out: x was used twice (dx is a fresh array)
         return dx

@@ -158,6 +158,27 @@ class Conv2D(Layer):
         self._cache = (x, pads, out, kind)
         return out
 
+    def forward_preactivation(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        """z = conv(x) *without* bias and activation, (N, OH, OW, F), for a caller that runs this layer's fused
+        bias + activation (``fused_kind``) itself, in place on z, together with its own next step (the attention
+        module: ``Multiply.forward_sigmoid_gate``). z is kept as the layer's output, so once the caller has made
+        it act(z + bias), ``backward`` and ``backward_linear`` run exactly as after ``forward``."""
+        self._check_input(x, 4, self.in_channels)
+        if self.fused_kind is None or self._is_shallow():
+            raise ValueError(f"{self._describe()}: forward_preactivation needs a fusable activation (linear, relu, "
+                             f"sigmoid) and a patch longer than {SHALLOW_PATCH}; use forward")
+        N, OH, OW, F = self.compute_output_shape(x.shape)
+        kh, kw = self.kernel_size
+        K = kernels.get_backend()
+        kernel = self.params["kernel"].astype(x.dtype, copy=False)
+        pads = self._pads(x.shape[1], x.shape[2])
+        if self._is_winograd(K, x.shape):
+            z = winograd.forward(K, x, kernel, pads, (OH, OW), kernels.workspace)
+        else:
+            z = (self._columns(K, x, pads) @ kernel.reshape(kh * kw * self.in_channels, F)).reshape(N, OH, OW, F)
+        self._cache = (x, pads, z, self.fused_kind)
+        return z
+
     def _columns(self, K: Any, x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
         """cols (N*OH*OW, kh*kw*C) of the padded input; built in the shared workspace (they die right away)."""
         if self._is_pointwise():

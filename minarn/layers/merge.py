@@ -61,6 +61,32 @@ class Multiply(_Merge):
         return da.reshape(a.shape), dz.reshape(a.shape)
 
 
+    def forward_sigmoid_gate(self, a: np.ndarray, z: np.ndarray, bias: np.ndarray | None,
+                             training: bool = False) -> np.ndarray:
+        """The fused forward of out = a * b with b = sigmoid(z + bias) (the attention mask), one kernel
+        (``kernels.sigmoid_gate``): z is overwritten with the mask b, which is kept as ``forward((a, b))`` keeps
+        it; returns out. z comes from ``Conv2D.forward_preactivation`` of the layer whose sigmoid makes b, so
+        that layer then holds b as its output. Shapes: a, z, out (N, H, W, C); bias (C,) or None."""
+        a, z = self._check_pair((a, z))
+        C = a.shape[-1]
+        if bias is not None:
+            bias = bias.astype(z.dtype, copy=False)
+        out = kernels.get_backend().sigmoid_gate(z.reshape(-1, C), bias, a.reshape(-1, C))
+        self._cache = (a, z)
+        return out.reshape(a.shape)
+
+    def backward_sigmoid_gate_and_sum(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``backward_sigmoid_gate`` and the sums of dz over every position (N, H, W): (da, dz, (C,)), the
+        latter the bias gradient of the layer whose sigmoid made b (``kernels.attention_backward_mask_and_sum``:
+        one pass instead of a second one over dz)."""
+        a, b = self._saved()
+        self._check_dout(dout, a.shape)
+        C = a.shape[-1]
+        da, dz, dbias = kernels.get_backend().attention_backward_mask_and_sum(dout.reshape(-1, C), a.reshape(-1, C),
+                                                                              b.reshape(-1, C))
+        return da.reshape(a.shape), dz.reshape(a.shape), dbias
+
+
 class Add(_Merge):
     """Element-wise sum (the residual connection). Shapes: a, b, out (N, ...). Math: out = a + b; da = db = dout."""
 

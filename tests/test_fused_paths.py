@@ -1,0 +1,153 @@
+"""The fused paths of issue 20 against the readable per-layer path they replace: the attention module's fused
+forward (``kernels.sigmoid_gate``) and backward (``kernels.attention_backward_mask_and_sum``), on every backend,
+property-based over shapes, float32 and float64; and the run-time allocator setting (``minarn.allocator``).
+No timings here: the measured effect is in benchmarks/RESULTS.md ("Session 8")."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import special
+from strategies import BACKENDS, SEEDS
+
+from minarn import allocator, kernels
+from minarn.kernels import numpy_ref
+from minarn.layers import Conv2D
+from minarn.layers.attention import AttentionModule
+
+DTYPES = st.sampled_from(["float32", "float64"])
+# float32 round-off of a few chained products and 1x1 convolutions (C <= 12 terms); float64 to 1e-12
+TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-11, atol=1e-12)}
+
+
+def values(rng: np.random.Generator, shape: tuple[int, ...], dtype: str, bound: float = 3.0) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+# -- the kernels ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+@given(rows=st.integers(1, 600), channels=st.integers(1, 20), bias=st.booleans(), dtype=DTYPES, seed=SEEDS)
+def test_sigmoid_gate_is_mask_then_product(name, rows, channels, bias, dtype, seed):
+    rng = np.random.default_rng(seed)
+    z = values(rng, (rows, channels), dtype, bound=40.0)  # far into both tails of the sigmoid
+    b = values(rng, (channels,), dtype) if bias else None
+    x = values(rng, (rows, channels), dtype)
+    pre = (z + b if bias else z).astype(np.float64)
+    w_ref = special.expit(pre)
+    with kernels.backend(name) as K:
+        z_work = z.copy()
+        out = K.sigmoid_gate(z_work, b, x)
+    assert out.dtype == z.dtype and out.shape == z.shape
+    np.testing.assert_allclose(z_work, w_ref, **TOL[dtype])  # z became the mask, in place
+    np.testing.assert_allclose(out, x * w_ref, **TOL[dtype])
+    # the same numbers as the two kernels it replaces, on the reference
+    z_ref = z.copy()
+    w = numpy_ref.bias_activation(z_ref, b, "sigmoid")
+    np.testing.assert_allclose(out, x * w, **TOL[dtype])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@given(rows=st.integers(1, 600), channels=st.integers(1, 20), dtype=DTYPES, seed=SEEDS)
+def test_attention_backward_mask_and_sum_matches_mask_then_sum(name, rows, channels, dtype, seed):
+    rng = np.random.default_rng(seed)
+    dout, x = values(rng, (rows, channels), dtype), values(rng, (rows, channels), dtype)
+    w = special.expit(values(rng, (rows, channels), dtype)).astype(dtype)
+    keep = dout.copy(), x.copy(), w.copy()
+    with kernels.backend(name) as K:
+        dx, dzb, dbias = K.attention_backward_mask_and_sum(dout, x, w)
+        dx_sep, dzb_sep = K.attention_backward_mask(dout, x, w)
+    np.testing.assert_allclose(dx, dout * w, **TOL[dtype])
+    np.testing.assert_allclose(dzb, dout * x * w * (1 - w), **TOL[dtype])
+    np.testing.assert_array_equal(dx, dx_sep)
+    np.testing.assert_array_equal(dzb, dzb_sep)
+    assert dbias.shape == (channels,) and dbias.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(dbias, dzb.astype(np.float64).sum(axis=0), **TOL[dtype])
+    for before, after in zip(keep, (dout, x, w)):
+        np.testing.assert_array_equal(before, after)  # inputs never written into
+
+
+# -- the attention module: fused against layer by layer -------------------------------------------------------
+def attention_pass(att: AttentionModule, x: np.ndarray, dout: np.ndarray, fused: bool):
+    """Forward and backward on one path: (out, mask, dx, {sublayer/weight: grad})."""
+    att.fused = fused
+    out = att.forward(x, training=True).copy()
+    mask = att.weights.copy()
+    dx = att.backward(dout)
+    grads = {f"{layer.name}/{k}": g.copy() for layer in (att.conv_a, att.conv_b) for k, g in layer.grads.items()}
+    return out, mask, dx, grads
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@given(n=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 12), dtype=DTYPES,
+       seed=SEEDS)
+def test_fused_attention_matches_layer_by_layer(name, n, h, w, c, dtype, seed):
+    rng = np.random.default_rng(seed)
+    att = AttentionModule(c, ("conv_a", "conv_b", "multiply"), (int(rng.integers(1000)), int(rng.integers(1000))),
+                          dtype)
+    for layer in (att.conv_a, att.conv_b):  # non-zero biases, so the bias terms are exercised
+        layer.params["bias"][:] = values(rng, (c,), dtype, bound=0.5)
+    x = values(rng, (n, h, w, c), dtype)
+    dout = values(rng, (n, h, w, c), dtype)
+    keep_x, keep_dout = x.copy(), dout.copy()
+    with kernels.backend(name):
+        ref = attention_pass(att, x, dout, fused=False)
+        got = attention_pass(att, x, dout, fused=True)
+        # the two paths mix: a fused forward, then the per-layer backward (the caches are the same)
+        att.fused = True
+        att.forward(x, training=True)
+        att.fused = False
+        mixed_dx = att.backward(dout)
+    out, mask, dx, grads = got
+    np.testing.assert_allclose(out, ref[0], **TOL[dtype])
+    np.testing.assert_allclose(mask, ref[1], **TOL[dtype])
+    np.testing.assert_allclose(dx, ref[2], **TOL[dtype])
+    np.testing.assert_allclose(mixed_dx, ref[2], **TOL[dtype])
+    assert sorted(grads) == sorted(ref[3]) == ["conv_a/bias", "conv_a/kernel", "conv_b/bias", "conv_b/kernel"]
+    for key, g in grads.items():
+        assert g.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(g, ref[3][key], **TOL[dtype], err_msg=key)
+    assert out.dtype == dx.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(x, keep_x)
+    np.testing.assert_array_equal(dout, keep_dout)
+
+
+def test_forward_preactivation_needs_a_fused_activation():
+    with pytest.raises(ValueError, match="conv_g.*forward_preactivation needs a fusable activation"):
+        Conv2D(4, 4, 1, activation="gelu", name="conv_g").forward_preactivation(np.zeros((1, 2, 2, 4), np.float32))
+
+
+# -- the allocator setting ------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_allocator(monkeypatch):
+    monkeypatch.setattr(allocator, "_applied", None)  # the setting is decided once per process
+
+
+def test_allocator_opt_out_and_user_settings(fresh_allocator, monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "_mallopt", lambda *settings: calls.append(settings) or True)
+    assert allocator.tune_glibc_malloc({"MINARN_MALLOC": "default"}) == "opted out"
+    monkeypatch.setattr(allocator, "_applied", None)
+    assert allocator.tune_glibc_malloc({"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0"}) == "user settings"
+    monkeypatch.setattr(allocator, "_applied", None)
+    assert allocator.tune_glibc_malloc({"MALLOC_TRIM_THRESHOLD_": "1"}) == "user settings"
+    assert calls == []
+    monkeypatch.setattr(allocator, "_applied", None)
+    assert allocator.tune_glibc_malloc({"GLIBC_TUNABLES": "glibc.cpu.x86_avx=0"}) == "tuned"
+    assert calls == [((allocator.M_MMAP_MAX, 0), (allocator.M_TRIM_THRESHOLD, 2**31 - 1))]
+    assert allocator.tune_glibc_malloc({"MINARN_MALLOC": "default"}) == "tuned"  # once per process
+    assert len(calls) == 1
+
+
+def test_allocator_bad_value_names_the_variable(fresh_allocator):
+    with pytest.raises(ValueError, match="MINARN_MALLOC='jemalloc': expected one of tuned, default"):
+        allocator.tune_glibc_malloc({"MINARN_MALLOC": "jemalloc"})
+
+
+def test_allocator_real_call(fresh_allocator):
+    got = allocator.tune_glibc_malloc({})
+    expected = "tuned" if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" else "not glibc"
+    assert got == expected
