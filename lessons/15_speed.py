@@ -175,7 +175,7 @@ print("   attention modules), where float32 keeps few correct digits.")
 print("\n3. FLOPs: the matrix products of the convolutions and dense layers against everything else")
 mm_flops, other, per_layer = {name: 0.0 for name in NAMES}, 0.0, {}
 owner = {layer.name: name for name, parts in GROUPS for p in parts for layer in getattr(p, "layers", [p])}
-for lname, kind, shape, _, _ in model._graph()[1:]:
+for lname, kind, shape, _, _ in model.graph()[1:]:
     size = N * int(np.prod(shape[1:]))
     other += 10 * size  # a generous 10 FLOPs per output element for bias, activations, BN, pooling, products
     layer = model.get_layer(lname)

@@ -160,6 +160,15 @@ def abort_on_error(comm: Communicator) -> None:
     sys.excepthook = hook
 
 
+def join_job() -> Communicator:
+    """What a command line does first: ``communicator()``, then ``abort_on_error`` and ``limit_threads`` for it.
+    Raises ``DistributedError`` as ``communicator`` does."""
+    comm = communicator()
+    abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
+    limit_threads(comm)
+    return comm
+
+
 def fail(comm: Communicator, message: str, status: int, stream: Any = None) -> int:
     """Report an error exit: print ``message``; with several ranks name the rank and end the whole job (the
     other ranks could be waiting for this one in a collective call); returns ``status``."""

@@ -244,12 +244,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     try:  # under mpiexec: MPI's ranks, which share the files out (python -m minarn.distributed tells which)
-        comm = distributed.communicator()
+        comm = distributed.join_job()
     except distributed.DistributedError as e:
         print(f"{PROG}: error: {e}", file=err)
         return 2
-    distributed.abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
-    distributed.limit_threads(comm)
     problem = None
     try:
         args = build_parser().parse_args(argv)

@@ -474,12 +474,10 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     err = sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # under mpiexec: MPI's ranks (python -m minarn.distributed tells which)
-        comm = distributed.communicator()
+        comm = distributed.join_job()
     except distributed.DistributedError as e:
         print(f"python -m minarn.train: error: {e}", file=err)
         return 2
-    distributed.abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
-    distributed.limit_threads(comm)
     try:
         args = build_parser().parse_args(argv)
         args.argv, args.comm = argv, comm
