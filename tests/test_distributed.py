@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -122,6 +123,30 @@ def test_without_mpi4py_mpiexec_says_how_to_install_it(monkeypatch, capsys, tmp_
         distributed.communicator(require=True)
 
 
+def test_a_rank_other_than_0_takes_its_share_of_the_test_split_and_writes_nothing(monkeypatch, tmp_path):
+    """After training every rank runs the test split's forward passes with its communicator (the shares are
+    gathered, see below); rank 0 alone writes."""
+    class Rank1(distributed.SingleProcess):
+        rank, size = 1, 2
+
+    calls = []
+
+    def evaluate_split(model, images, labels, batch_size=40, comm=None):
+        calls.append((len(images), batch_size, comm))
+        return 0.5, 0.5, np.full((len(images), 6), 1 / 6)
+
+    monkeypatch.setattr(train, "evaluate_split", evaluate_split)
+    comm = Rank1()
+    model = SimpleNamespace(load_state_dict=lambda weights: None)
+    controller = SimpleNamespace(best_weights={}, best_epoch=1)
+    splits = SimpleNamespace(test=SimpleNamespace(images=np.zeros((7, 8, 8, 1), np.uint8), labels=np.zeros(7, int)))
+    config = {"options": {"batch_size": 5}}
+    status = train._finish(model, controller, config, tmp_path, "data", splits, None, SimpleNamespace(comm=comm),
+                           lambda *a, **k: None, 0.0)
+    assert status == 0 and calls == [(7, 5, comm)]
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- under mpiexec -n 2 -----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
@@ -183,6 +208,24 @@ def test_2_ranks_train_as_one_process(runs):
     log = runs["two_log"].read_text()
     assert log.count("Training is completed") == 1  # rank 0 alone prints
     assert sorted(p.name for p in runs["two"].iterdir()) == sorted(p.name for p in runs["one"].iterdir())
+
+
+@needs_mpiexec
+def test_2_ranks_evaluate_the_test_split_as_one_process(runs):
+    """The final test evaluation is sharded over the ranks and gathered (a rank that left it out would leave
+    rank 0 waiting in the gather): the same predictions, in the same order, as one process."""
+    def rows(run: Path) -> list[list[str]]:
+        return [line.split(",") for line in (run / "test_predictions.csv").read_text().splitlines()]
+
+    one, two = rows(runs["one"]), rows(runs["two"])
+    assert one[0] == two[0] == ["path", "label", "predicted", "p_true"]
+    test_one, test_two = (json.loads((runs[k] / "config.json").read_text())["test"] for k in ("one", "two"))
+    assert len(one) == 1 + test_one["images"] and [r[:3] for r in two] == [r[:3] for r in one]
+    p_one, p_two = (np.array([float(r[3]) for r in rows[1:]]) for rows in (one, two))
+    # the 1-epoch model is near uniform (p ~ 1/6, apart by ~1e-4 between images): a row out of place shows
+    np.testing.assert_allclose(p_two, p_one, atol=1e-6)
+    assert test_two["images"] == test_one["images"] and test_two["errors"] == test_one["errors"]
+    assert abs(test_two["log_loss"] - test_one["log_loss"]) < 1e-4
 
 
 @needs_mpiexec
