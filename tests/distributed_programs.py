@@ -49,7 +49,7 @@ def step(path: str) -> None:
         rows = part.rows if part.count else slice(0, 1)  # no rows: the one-row stand-in, as train.fit does
         model = ARNCNN(num_classes=ds.num_classes, seed=3)
         optimizer = get_optimizer("adamax", 0.001, form="paper")
-        model.dropout.rng = distributed.RowsOf(np.random.default_rng([7, n]), part)
+        model.dropout.set_generator(distributed.RowsOf(np.random.default_rng([7, n]), part))
         sync = distributed.synchronize_batch_norm(model, comm)
         sync.share, sync.contributes = part.share, part.count > 0
         _, grads = model.loss_and_grads(x[rows], y[rows])
@@ -59,7 +59,7 @@ def step(path: str) -> None:
             saved.update(_arrays(model, grads, optimizer, f"{n}/dist"))
             ref = ARNCNN(num_classes=ds.num_classes, seed=3)
             ref_opt = get_optimizer("adamax", 0.001, form="paper")
-            ref.dropout.rng = np.random.default_rng([7, n])
+            ref.dropout.set_generator(np.random.default_rng([7, n]))
             _, ref_grads = ref.loss_and_grads(x, y)
             ref_opt.apply(ref.parameters(), ref_grads)
             saved.update(_arrays(ref, ref_grads, ref_opt, f"{n}/ref"))
@@ -95,7 +95,7 @@ def adamax(count: int, path: str) -> None:
             idx = np.random.default_rng([5, s]).permutation(len(ds))[:8]
             x, y = scale_images(ds.images[idx]), one_hot(ds.labels[idx], ds.num_classes)
             part = distributed.shard(8, rank, size)
-            model.dropout.rng = distributed.RowsOf(np.random.default_rng([7, s]), part)
+            model.dropout.set_generator(distributed.RowsOf(np.random.default_rng([7, s]), part))
             if sync is not None:
                 sync.share, sync.contributes = part.share, True
             _, grads = model.loss_and_grads(x[part.rows], y[part.rows])
