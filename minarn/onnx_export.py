@@ -174,7 +174,7 @@ def _graph_nodes(model: ARNCNN, g: _Graph) -> str:
     h, shape = _conv(g, b.conv2, h, shape)
     h = _norm(g, b.bn2, h)
     h = _attend(g, [b.attention] if b.attention else [], h, shape)
-    if b.residual:
+    if b.add is not None:  # a residual block (residual=True) has its Add
         skip = _conv(g, b.skip, block_in, block_in_shape)[0] if b.skip else block_in
         h = g.node("Add", [h, skip], b.add.name, b.add.name)
     h = g.node("Relu", [h], b.relu.name, b.relu.name)
