@@ -454,10 +454,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
 
 def evaluate_loaded_run(run: LoadedRun, report: Report | None = print, *,
                         make_figures: bool | Collection[str] = True,
-                        out_dir: str | Path | None = None) -> dict[str, Any]:
+                        out_dir: str | Path | None = None,
+                        test_scores: tuple[float, np.ndarray] | None = None) -> dict[str, Any]:
     """``evaluate_run`` on a run in hand (``load_run``, or the training that just finished): the same report.md,
     test_predictions.csv and figures, into ``out_dir`` (default: the run folder, or its ``interim/`` for a
-    checkpoint's weights); returns the same dict."""
+    checkpoint's weights); returns the same dict. ``test_scores``: the test split's loss with penalties and
+    probabilities (N, K), when the caller has them (``evaluate_split``; training on several ranks shares them)."""
     say: Report = report or (lambda _msg: None)
     wanted = _wanted_figures(make_figures)
     run_dir, model, model_path, splits, ds, config = (run.run_dir, run.model, run.model_path, run.splits,
@@ -475,7 +477,12 @@ def evaluate_loaded_run(run: LoadedRun, report: Report | None = print, *,
         raise EvaluationError(f"{run_dir}: the test split is empty")
     batch = int(config["options"].get("batch_size") or 40)
     say(f"evaluating {model_path} on {len(test):,} test images")
-    loss_pen, _, probs = evaluate_split(model, test.images, test.labels, batch)
+    if test_scores is None:
+        loss_pen, _, probs = evaluate_split(model, test.images, test.labels, batch)
+    else:
+        loss_pen, probs = test_scores
+        if len(probs) != len(test):
+            raise EvaluationError(f"{run_dir}: {len(probs)} test probabilities given for {len(test)} images")
     probs = probs.astype(np.float64)
     y = test.labels
     summary = metrics.summary(y, probs, names)

@@ -675,18 +675,21 @@ def _finish(model: ARNCNN, controller: EpochEndController, config: dict[str, Any
             splits: Splits, ds: Dataset, args: argparse.Namespace, report: Reporter, t0: float) -> int:
     """After training: the best weights restored and saved, evaluated on the test split (the model, split and
     data in hand: ``minarn.evaluate.evaluate_loaded_run``, report.md and figures/), config.json updated."""
-    root = args.comm.rank == 0
+    comm = args.comm
     model.load_state_dict(controller.best_weights)
-    if not root:  # the others are done: rank 0 alone saves and evaluates the model
-        return 0
     report(f"Training is completed - model is set with weights from epoch {controller.best_epoch} "
            f"(this session trained for {_spelled_duration(time.perf_counter() - t0)})")
+    batch = int(config["options"].get("batch_size") or 40)
+    # the test split's forward passes, sharded over the ranks and gathered; the rest is rank 0's alone
+    test_loss, _, test_probs = evaluate_split(model, splits.test.images, splits.test.labels, batch, comm)
+    if comm.rank != 0:  # the others are done: rank 0 alone saves the model and writes the report
+        return 0
     model.save(out / "model.npz")
     config["test"] = {"best_epoch": controller.best_epoch}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     trained = evaluate.LoadedRun(out, model, out / "model.npz", splits, ds, config, source, controller.best_epoch)
     try:
-        result = evaluate.evaluate_loaded_run(trained, report)
+        result = evaluate.evaluate_loaded_run(trained, report, test_scores=(test_loss, test_probs))
     except (evaluate.EvaluationError, DataError) as e:
         report(f"error: evaluation of the trained model failed: {e}")
         return 1
