@@ -28,13 +28,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
 import numpy as np
 
 from minarn.layers.norm import BatchNormalization
 
+mpi4py: ModuleType | None
 try:  # the ``mpi`` extra; importing mpi4py.MPI initialises MPI, so only where mpiexec started us (communicator)
     import mpi4py
 except ImportError:  # pragma: no cover - depends on the installation
@@ -197,7 +198,8 @@ def limit_threads(comm: Communicator) -> int | None:
     try:
         import numba
 
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        # numba.config sets its options at import through globals(), which mypy cannot see
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     except ImportError:
         pass
     try:

@@ -233,7 +233,8 @@ def read_predictions(path: str | Path) -> TestPredictions:
         p_true = np.array([float(r["p_true"]) if r["p_true"] else np.nan for r in rows])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise EvaluationError(f"{path}: unreadable test predictions ({err})") from None
-    return TestPredictions(*(np.array([r[c] for r in rows]) for c in PREDICTION_COLUMNS[:3]), p_true)
+    paths, labels, predicted = (np.array([r[c] for r in rows]) for c in PREDICTION_COLUMNS[:3])
+    return TestPredictions(paths, labels, predicted, p_true)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,6 +405,7 @@ def load_run(run_dir: str | Path, data: str | None = None, report: Report | None
     for w in warnings:
         (report or (lambda _msg: None))(f"warning: {w}")
     epochs_finished = None
+    best_epoch: int | None
     if checkpoint:
         model, best_epoch, epochs_finished = load_checkpoint_best(run_dir, config)
     else:

@@ -118,7 +118,7 @@ def load_image(path: str | Path, size: int = 64, channels: int = 1) -> np.ndarra
         raise ValueError(problem)
     data = Path(path).read_bytes()
     try:
-        return _decode(data, size, Image.NEAREST, channels).reshape(size, size, channels)
+        return _decode(data, size, Image.Resampling.NEAREST, channels).reshape(size, size, channels)
     except UnidentifiedImageError:
         raise ValueError("not an image (Pillow does not recognise the file format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

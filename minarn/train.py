@@ -183,7 +183,7 @@ class _Interrupt:
 
     def __init__(self) -> None:
         self.requested = False
-        self.signum = signal.SIGINT
+        self.signum: int = signal.SIGINT
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
@@ -256,7 +256,7 @@ def fit(
             started = time.perf_counter() - run.epoch_time
             epoch_batches = batches(train.images, train.labels, batch_size, num_classes=model.num_classes,
                                     order=order, start=run.batch, flip=augment == "hflip",
-                                    batch_rng=lambda b, e=run.epoch: np.random.default_rng([seed, e, b]))
+                                    batch_rng=lambda b: np.random.default_rng([seed, run.epoch, b]))
             for b, batch_idx, batch_x, batch_y, batch_rng in epoch_batches:
                 part = distributed.shard(len(batch_idx), comm.rank, comm.size)  # this rank's rows of the batch
                 rows = part.rows if part.count else slice(0, 1)  # no rows: a one-row stand-in
@@ -267,6 +267,7 @@ def fit(
                 loss, grads = (model.loss_and_grads(x, y) if class_weights is None else
                                model.loss_and_grads(x, y, class_weights))
                 grads = distributed.allreduce_gradients(comm, grads, part.share)  # sum_r share_r * grads_r
+                assert model.last_probs is not None  # loss_and_grads keeps the batch's probabilities
                 correct = int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx])) if part.count else 0
                 if comm.size > 1:  # the batch's loss and hits, and whether any rank was asked to stop
                     loss_sum, correct, stop = comm.allreduce(np.array([loss * part.count, correct,
@@ -650,14 +651,14 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
             comm.abort(1)  # rank 0 alone writes: the others would wait for it in their next step
         return 1
     except KeyboardInterrupt as stop:  # Interrupted, or Ctrl-C outside the handler's reach
-        if getattr(stop, "immediate", False):
+        if isinstance(stop, Interrupted) and stop.immediate:
             checkpoint = out / "checkpoint.npz"
             report(f"Stopped at once by a second {signal.Signals(stop.signum).name}: no checkpoint of the epoch in "
                    "progress; " + (f"the last checkpoint is {checkpoint}; continue with --resume --out {out}"
                                    if checkpoint.exists() else "no checkpoint was written yet"))
             if comm.size > 1:  # this rank alone left its batch: the others would wait for it
                 comm.abort(128 + stop.signum)
-        return 128 + getattr(stop, "signum", signal.SIGINT)
+        return 128 + (stop.signum if isinstance(stop, Interrupted) else signal.SIGINT)
     try:
         return _finish(model, controller, config, out, source, splits, ds, args, report, t0)
     except KeyboardInterrupt:

@@ -25,8 +25,12 @@ WINOGRAD = True
 # product. A training step alternates between the two many times, so on a small machine the two pools steal
 # each other's cores (measured on 2 cores: 11 img/s with OpenMP, 37 with workqueue). The workqueue layer's
 # threads sleep while idle. Only chosen when the user has not picked a layer (NUMBA_THREADING_LAYER).
-if numba.config.THREADING_LAYER == "default" and "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# numba.config sets its options at import through globals(), which mypy cannot see: hence the two ignores.
+if (
+    numba.config.THREADING_LAYER == "default"  # type: ignore[attr-defined]
+    and "NUMBA_THREADING_LAYER" not in os.environ
+):
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 _jit = numba.njit(parallel=True, cache=True, nogil=True)
 
