@@ -346,19 +346,18 @@ def _check_layers(model: ARNCNN, keras_model: Any) -> None:
         )
     for name, layer in ours.items():
         config = keras_layers[name].get_config()
-        kind = type(layer).__name__
         expected: dict[str, Any] = {}
-        if kind in ("Conv2D", "Dense"):
+        if isinstance(layer, (Conv2D, Dense)):
             expected["activation"] = layer.activation_name or "linear"
-        if kind == "Conv2D":
+        if isinstance(layer, Conv2D):
             expected.update(kernel_size=layer.kernel_size, strides=(layer.strides, layer.strides),
                             padding=layer.padding, filters=layer.filters)
-        elif kind == "BatchNormalization":
+        elif isinstance(layer, BatchNormalization):
             expected.update(momentum=layer.momentum, epsilon=layer.epsilon)
-        elif kind == "MaxPooling2D":
+        elif isinstance(layer, MaxPooling2D):
             expected.update(pool_size=(layer.pool_size,) * 2, strides=(layer.strides,) * 2, padding="valid")
         for key, want in expected.items():
-            got = config.get(key)
+            got: Any = config.get(key)  # a value of Keras' get_config(), which is untyped
             got = tuple(got) if isinstance(got, list) else got
             same = np.isclose(float(got), want, rtol=1e-6) if isinstance(want, float) else got == want
             if not same:
