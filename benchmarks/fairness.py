@@ -80,7 +80,7 @@ def arn_cnn_products(model) -> list[tuple[str, int]]:
     """[(layer name, forward FLOPs per image)] for every Conv2D and Dense layer of a minarn ``ARNCNN``, from
     the output shapes of its summary graph (the rows Keras' ``summary()`` would print)."""
     products = []
-    for row in model._graph()[1:]:
+    for row in model.graph()[1:]:
         layer = model.get_layer(row.name)
         if row.keras_class == "Conv2D":
             _, out_h, out_w, c_out = row.output_shape

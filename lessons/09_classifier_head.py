@@ -197,7 +197,7 @@ assert np.array_equal(dropout_backward(dout, mask), drop.backward(dout))
 
 
 def forward_with_fixed_mask():
-    drop.rng = np.random.default_rng(5)  # a numeric gradient needs the same mask at every evaluation
+    drop.set_generator(np.random.default_rng(5))  # a numeric gradient needs the same mask at every evaluation
     return drop.forward(xs, training=True)
 
 

@@ -163,9 +163,9 @@ print(f"   every one of the {len(trace)} layer outputs has Figure 2's shape (ord
 
 # %%
 infer_model = model.logits(x)  # before any training-mode pass: those update the moving statistics
-model.dropout.rng = np.random.default_rng(5)
+model.dropout.set_generator(np.random.default_rng(5))
 train_chain, _ = chain(model, x, training=True)
-model.dropout.rng = np.random.default_rng(5)
+model.dropout.set_generator(np.random.default_rng(5))
 train_model = model.logits(x, training=True)
 print(f"   max |chain - model.logits| = {np.abs(logits - infer_model).max()} in inference, "
       f"{np.abs(train_chain - train_model).max()} in training")
@@ -217,12 +217,12 @@ y64 = data.one_hot(ds.labels[pick], 6).astype(np.float64)
 
 def loss_only():
     """The loss of loss_and_grads, forward only, with the same dropout mask every time (seed 1)."""
-    m64.dropout.rng = np.random.default_rng(1)
+    m64.dropout.set_generator(np.random.default_rng(1))
     ce, _ = losses.softmax_cross_entropy(m64.logits(x64, training=True), y64)
     return ce + sum(value for value, _ in m64.penalties(len(x64)).values())
 
 
-m64.dropout.rng = np.random.default_rng(1)
+m64.dropout.set_generator(np.random.default_rng(1))
 loss, grads = m64.loss_and_grads(x64, y64)
 grads = {k: g.copy() for k, g in grads.items()}
 print("   " + ", ".join(f"{k} {v:.4f}" for k, v in m64.last_terms.items()) + f"  ->  loss {loss:.4f}")
@@ -273,7 +273,7 @@ assert max(errors.values()) < TOLERANCE
 # that forgets the kernel L2 term (only dense/kernel). Both are compared with the same numeric derivatives.
 
 # %%
-m64.dropout.rng = np.random.default_rng(1)
+m64.dropout.set_generator(np.random.default_rng(1))
 ce, dlogits = losses.softmax_cross_entropy(m64.logits(x64, training=True), y64)
 m64.backward_features(m64.backward_head(dlogits), input_grad=False)  # no ddense_extra: activity term lost
 no_activity = {f"{layer.name}/{k}": g.copy() for layer in m64.layers for k, g in layer.grads.items()}

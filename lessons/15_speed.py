@@ -76,7 +76,7 @@ NAMES = [g[0] for g in GROUPS] + ["dense head + loss"]
 def step():
     """One training step, group by group: (loss, grads, {group: [forward s, backward s]})."""
     t = {name: [0.0, 0.0] for name in NAMES}
-    model.dropout.rng = np.random.default_rng(1)  # the same dropout mask every time
+    model.dropout.set_generator(np.random.default_rng(1))  # the same dropout mask every time
     h = x
     for name, parts in GROUPS:
         t0 = time.perf_counter()
@@ -122,7 +122,7 @@ for name in backends:
         runs = [step() for _ in range(REPEATS)]
         loss, grads = runs[0][0], runs[0][1]
         times = {g: np.median([r[2][g] for r in runs], axis=0) for g in NAMES}
-        model.dropout.rng = np.random.default_rng(1)
+        model.dropout.set_generator(np.random.default_rng(1))
         ref_loss, ref_grads = model.loss_and_grads(x, y)
     assert abs(loss - ref_loss) < 1e-6 and all(np.array_equal(grads[k], ref_grads[k]) for k in ref_grads), \
         "the grouped step is exactly ARNCNN.loss_and_grads"
@@ -138,7 +138,7 @@ for name in backends:
 print("\n2. The backends agree with each other and with a float64 reference, to float32 rounding")
 m64 = minarn.ARNCNN(seed=0, dtype=np.float64)
 m64.load_state_dict(model.state_dict())  # the same weights, in float64
-m64.dropout.rng = np.random.default_rng(1)
+m64.dropout.set_generator(np.random.default_rng(1))
 with kernels.backend("numpy"):
     l64, g64 = m64.loss_and_grads(x.astype(np.float64), y.astype(np.float64))
 
@@ -175,7 +175,7 @@ print("   attention modules), where float32 keeps few correct digits.")
 print("\n3. FLOPs: the matrix products of the convolutions and dense layers against everything else")
 mm_flops, other, per_layer = {name: 0.0 for name in NAMES}, 0.0, {}
 owner = {layer.name: name for name, parts in GROUPS for p in parts for layer in getattr(p, "layers", [p])}
-for lname, kind, shape, _, _ in model._graph()[1:]:
+for lname, kind, shape, _, _ in model.graph()[1:]:
     size = N * int(np.prod(shape[1:]))
     other += 10 * size  # a generous 10 FLOPs per output element for bias, activations, BN, pooling, products
     layer = model.get_layer(lname)

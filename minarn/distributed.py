@@ -28,13 +28,14 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
 import numpy as np
 
 from minarn.layers.norm import BatchNormalization
 
+mpi4py: ModuleType | None
 try:  # the ``mpi`` extra; importing mpi4py.MPI initialises MPI, so only where mpiexec started us (communicator)
     import mpi4py
 except ImportError:  # pragma: no cover - depends on the installation
@@ -160,6 +161,15 @@ def abort_on_error(comm: Communicator) -> None:
     sys.excepthook = hook
 
 
+def join_job() -> Communicator:
+    """What a command line does first: ``communicator()``, then ``abort_on_error`` and ``limit_threads`` for it.
+    Raises ``DistributedError`` as ``communicator`` does."""
+    comm = communicator()
+    abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
+    limit_threads(comm)
+    return comm
+
+
 def fail(comm: Communicator, message: str, status: int, stream: Any = None) -> int:
     """Report an error exit: print ``message``; with several ranks name the rank and end the whole job (the
     other ranks could be waiting for this one in a collective call); returns ``status``."""
@@ -188,7 +198,8 @@ def limit_threads(comm: Communicator) -> int | None:
     try:
         import numba
 
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        # numba.config sets its options at import through globals(), which mypy cannot see
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     except ImportError:
         pass
     try:

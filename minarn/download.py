@@ -122,8 +122,10 @@ def download_file(
     dest = Path(dest).expanduser()
     md5 = md5.lower() if md5 else None
     if dest.is_file():
-        found = None if md5 is None else file_digest(dest, "md5")
-        if found is None or found == md5:
+        if md5 is None:
+            return dest
+        found = file_digest(dest, "md5")
+        if found == md5:
             return dest
         other = beside(dest, md5)
         if other.is_file():

@@ -233,7 +233,8 @@ def read_predictions(path: str | Path) -> TestPredictions:
         p_true = np.array([float(r["p_true"]) if r["p_true"] else np.nan for r in rows])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise EvaluationError(f"{path}: unreadable test predictions ({err})") from None
-    return TestPredictions(*(np.array([r[c] for r in rows]) for c in PREDICTION_COLUMNS[:3]), p_true)
+    paths, labels, predicted = (np.array([r[c] for r in rows]) for c in PREDICTION_COLUMNS[:3])
+    return TestPredictions(paths, labels, predicted, p_true)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -404,6 +405,7 @@ def load_run(run_dir: str | Path, data: str | None = None, report: Report | None
     for w in warnings:
         (report or (lambda _msg: None))(f"warning: {w}")
     epochs_finished = None
+    best_epoch: int | None
     if checkpoint:
         model, best_epoch, epochs_finished = load_checkpoint_best(run_dir, config)
     else:
@@ -452,10 +454,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, report: Report | 
 
 def evaluate_loaded_run(run: LoadedRun, report: Report | None = print, *,
                         make_figures: bool | Collection[str] = True,
-                        out_dir: str | Path | None = None) -> dict[str, Any]:
+                        out_dir: str | Path | None = None,
+                        test_scores: tuple[float, np.ndarray] | None = None) -> dict[str, Any]:
     """``evaluate_run`` on a run in hand (``load_run``, or the training that just finished): the same report.md,
     test_predictions.csv and figures, into ``out_dir`` (default: the run folder, or its ``interim/`` for a
-    checkpoint's weights); returns the same dict."""
+    checkpoint's weights); returns the same dict. ``test_scores``: the test split's loss with penalties and
+    probabilities (N, K), when the caller has them (``evaluate_split``; training on several ranks shares them)."""
     say: Report = report or (lambda _msg: None)
     wanted = _wanted_figures(make_figures)
     run_dir, model, model_path, splits, ds, config = (run.run_dir, run.model, run.model_path, run.splits,
@@ -473,7 +477,12 @@ def evaluate_loaded_run(run: LoadedRun, report: Report | None = print, *,
         raise EvaluationError(f"{run_dir}: the test split is empty")
     batch = int(config["options"].get("batch_size") or 40)
     say(f"evaluating {model_path} on {len(test):,} test images")
-    loss_pen, _, probs = evaluate_split(model, test.images, test.labels, batch)
+    if test_scores is None:
+        loss_pen, _, probs = evaluate_split(model, test.images, test.labels, batch)
+    else:
+        loss_pen, probs = test_scores
+        if len(probs) != len(test):
+            raise EvaluationError(f"{run_dir}: {len(probs)} test probabilities given for {len(test)} images")
     probs = probs.astype(np.float64)
     y = test.labels
     summary = metrics.summary(y, probs, names)

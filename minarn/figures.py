@@ -168,7 +168,8 @@ def sample_images(images: np.ndarray, labels: np.ndarray, class_names: Sequence[
     axes = np.atleast_2d(fig.subplots(K, cols, squeeze=False))
     for k, name in enumerate(class_names):
         members = np.flatnonzero(labels == k)
-        picked = np.sort(rng.choice(members, size=min(cols, len(members)), replace=False)) if len(members) else []
+        picked: np.ndarray | list[int] = (np.sort(rng.choice(members, size=min(cols, len(members)), replace=False))
+                                          if len(members) else [])
         for j in range(cols):
             ax = axes[k, j]
             if j < len(picked):
@@ -340,7 +341,7 @@ def confusion_and_confidence(y_true: np.ndarray, probs: np.ndarray, class_names:
     C = confusion_matrix(y_true, y_pred, K)
     frac = C / np.maximum(C.sum(axis=1, keepdims=True), 1)
     fig = _figure(13.5, 5.6)
-    fig.get_layout_engine().set(wspace=0.08)
+    fig.set_layout_engine("constrained", wspace=0.08)
     ax_c, ax_p = fig.subplots(1, 2, width_ratios=[1.05, 1])
     im = ax_c.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     for i in range(K):
@@ -510,6 +511,7 @@ def attention_illustration(model: ARNCNN, images: np.ndarray, path: str | os.Pat
     h = model.pool_in.forward(model.conv_in.forward(model._prepare(x), False), False)
     out = att.forward(h, False)
     w = att.weights
+    assert w is not None  # forward keeps its mask w
 
     def reduce(a: np.ndarray) -> np.ndarray:
         return a[..., channel] if channel is not None else a.mean(axis=-1)

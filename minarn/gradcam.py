@@ -117,7 +117,7 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 2:
         raise ValueError(f"upsample: expected a 2-D map (h, w), got shape {cam.shape}")
-    out = Image.fromarray(np.ascontiguousarray(cam)).resize((int(size[1]), int(size[0])), Image.BILINEAR)
+    out = Image.fromarray(np.ascontiguousarray(cam)).resize((int(size[1]), int(size[0])), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(out, dtype=np.float32), cam.min(), cam.max())
 
 

@@ -5,8 +5,8 @@ same layer names (``conv2d`` ... ``conv2d_22``, ``batch_normalization``, ``batch
 ``dense_1``) and the same weight layouts (channels-last kernels ``(kh, kw, C, F)``, dense kernels
 ``(in, out)``), so weights are copied by name, ``"layer/weight"``, never by position.
 
-- :func:`build_keras_model` builds the Keras functional model of Figure 2 (names taken from a minarn model
-  built with the same options);
+- :func:`build_keras_model` builds the Keras functional model of Figure 2, layer for layer from a minarn model
+  built with the same options (its ``graph()``: names, settings, connections);
 - :func:`to_keras` builds it from a minarn model's options and copies the weights in: continue a run on
   Keras' GPUs or distribution strategies;
 - :func:`from_keras` infers the options of a Keras model, builds the minarn twin and copies the weights in:
@@ -31,9 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from minarn.layers.attention import AttentionModule
+from minarn.layers.activations import activation_name
+from minarn.layers.base import Layer
 from minarn.layers.conv import Conv2D
+from minarn.layers.dense import Dense
+from minarn.layers.dropout import Dropout
+from minarn.layers.flatten import Flatten
+from minarn.layers.merge import Add, Multiply
 from minarn.layers.norm import BatchNormalization
+from minarn.layers.pool import MaxPooling2D
 from minarn.model import ARNCNN, DENSE_ACTIVATIONS
 
 __all__ = [
@@ -67,88 +73,58 @@ def _import_keras() -> Any:
 # Building the Keras model
 
 
+def _keras_layer(keras: Any, model: ARNCNN, layer: Layer, dtype: str) -> Any:
+    """The Keras layer standing for the minarn ``layer`` of ``model``: same class, name and settings; the
+    dense(256) layer also carries the model's penalties (a factor of 0 leaves that regularizer out)."""
+    L, reg = keras.layers, keras.regularizers
+    common = dict(name=layer.name, dtype=dtype)
+    kind = activation_name(layer)
+    if kind is not None:
+        return L.Activation(kind, **common)
+    if isinstance(layer, Conv2D):
+        return L.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                        activation=layer.activation_name, use_bias="bias" in layer.params, **common)
+    if isinstance(layer, BatchNormalization):
+        return L.BatchNormalization(momentum=layer.momentum, epsilon=layer.epsilon, **common)
+    if isinstance(layer, MaxPooling2D):
+        return L.MaxPooling2D(layer.pool_size, strides=layer.strides, **common)
+    if isinstance(layer, Dense):
+        penalties = {} if layer is not model.dense else dict(
+            kernel_regularizer=reg.L2(model.kernel_l2) if model.kernel_l2 else None,
+            bias_regularizer=reg.L1(model.bias_l1) if model.bias_l1 else None,
+            activity_regularizer=reg.L1(model.activity_l1) if model.activity_l1 else None)
+        return L.Dense(layer.units, activation=layer.activation_name, use_bias="bias" in layer.params, **penalties,
+                       **common)
+    if isinstance(layer, Dropout):
+        return L.Dropout(layer.rate, **common)
+    if isinstance(layer, (Multiply, Add, Flatten)):
+        return getattr(L, layer.keras_class)(**common)
+    raise ValueError(f"minarn.interop: no Keras layer for {type(layer).__name__} {layer.name!r}")
+
+
 def _build(keras: Any, model: ARNCNN, dtype: str) -> Any:
-    """Figure 2 written out in Keras (fresh Keras weights), independently of minarn's layer code.
-
-    Only the options (``model.config``) and the layer *names* come from ``model``; filters, kernel sizes,
-    padding, activations and batch norm settings are the paper's, stated here again, so a cross-check
-    against this model also checks minarn's architecture.
-    """
-    L = keras.layers
-    reg = keras.regularizers
-    cfg = model.config
-
-    def conv(layer: Conv2D | None, filters: int, size: int, activation: str | None, x: Any,
-             padding: str = "valid") -> Any:
-        if layer is None:
-            raise ValueError("minarn.interop: the minarn model lacks a convolution Figure 2 has")
-        return L.Conv2D(filters, size, padding=padding, activation=activation, name=layer.name, dtype=dtype)(x)
-
-    def norm(layer: BatchNormalization, x: Any) -> Any:  # Keras' defaults: momentum 0.99, epsilon 1e-3
-        return L.BatchNormalization(momentum=0.99, epsilon=1e-3, name=layer.name, dtype=dtype)(x)
-
-    def attend(modules: list[AttentionModule], count: int, x: Any) -> Any:
-        if len(modules) != (count if cfg["attention"] else 0):
-            raise ValueError("minarn.interop: the minarn model's attention modules differ from Figure 2")
-        channels = int(x.shape[-1])
-        for att in modules:  # a = ReLU(conv1x1(x)); w = sigmoid(conv1x1(a)); x * w
-            w = conv(att.conv_b, channels, 1, "sigmoid", conv(att.conv_a, channels, 1, "relu", x))
-            x = L.Multiply(name=att.multiply.name, dtype=dtype)([x, w])
-        return x
-
-    def pool(layer: Any, x: Any) -> Any:
-        return L.MaxPooling2D(2, name=layer.name, dtype=dtype)(x)
-
-    inputs = keras.Input(shape=cfg["input_shape"], name="input_1", dtype=dtype)
-    h = pool(model.pool_in, conv(model.conv_in, 32, 3, "relu", inputs))
-    h = attend(model.stem_attention, 2, h)
-    # residual block, 64 filters
-    b = model.block
-    block_in = h
-    h = norm(b.bn1, conv(b.conv1, 64, 3, "relu", h, padding="same"))
-    h = norm(b.bn2, conv(b.conv2, 64, 3, "relu", h, padding="same"))
-    h = attend([b.attention] if b.attention else [], 1, h)
-    if cfg["residual"]:
-        skip = conv(b.skip, 64, 1, None, block_in) if int(block_in.shape[-1]) != 64 else block_in
-        h = L.Add(name=b.add.name, dtype=dtype)([h, skip])
-    h = pool(b.pool, L.Activation("relu", name=b.relu.name, dtype=dtype)(h))
-    h = attend(model.mid_attention, 1, conv(model.conv_mid, 64, 3, "relu", h))
-    h = pool(model.pool_deep, conv(model.conv_deep, 256, 3, "relu", h))
-    h = attend(model.deep_attention, 4, h)
-    h = L.Flatten(name=model.flatten.name, dtype=dtype)(conv(model.conv_out, 125, 1, "relu", h))
-    h = L.Dense(
-        256,
-        activation=cfg["dense_activation"],
-        kernel_regularizer=reg.L2(cfg["kernel_l2"]) if cfg["kernel_l2"] else None,
-        bias_regularizer=reg.L1(cfg["bias_l1"]) if cfg["bias_l1"] else None,
-        activity_regularizer=reg.L1(cfg["activity_l1"]) if cfg["activity_l1"] else None,
-        name=model.dense.name,
-        dtype=dtype,
-    )(h)
-    h = L.Dropout(cfg["dropout"], name=model.dropout.name, dtype=dtype)(h)
-    outputs = L.Dense(cfg["num_classes"], activation="softmax", name=model.classifier.name, dtype=dtype)(h)
-    return keras.Model(inputs, outputs, name="arn_cnn")
+    """``model`` in Keras (fresh Keras weights): one Keras layer per row of ``model.graph()``, in its order, fed
+    by the layers the row names (see ``_keras_layer``). Nothing of Figure 2 is restated here: a change of the
+    network in ``minarn.model`` is followed as it is (``tests/test_model.py`` checks Figure 2 itself)."""
+    rows = model.graph()
+    layers = {layer.name: layer for layer in model.layers}
+    inputs = keras.Input(shape=model.input_shape, name=rows[0].name, dtype=dtype)
+    tensors = {rows[0].name: inputs}
+    for row in rows[1:]:
+        fed = [tensors[name] for name in row.inputs]
+        tensors[row.name] = _keras_layer(keras, model, layers[row.name], dtype)(fed if len(fed) > 1 else fed[0])
+    return keras.Model(inputs, tensors[rows[-1].name], name="arn_cnn")
 
 
-def build_keras_model(
-    num_classes: int = 6,
-    input_shape: tuple[int, int, int] = (64, 64, 1),
-    attention: bool = True,
-    residual: bool = True,
-    dense_activation: str = "gelu",
-    dropout: float = 0.45,
-    kernel_l2: float = 0.016,
-    bias_l1: float = 0.006,
-    activity_l1: float = 0.006,
-    *,
-    dtype: str = "float32",
-) -> Any:
+def build_keras_model(*, dtype: str = "float32", **options: Any) -> Any:
     """The Keras functional model of Figure 2, with exactly minarn's layer names.
 
     Parameters
     ----------
-    num_classes, input_shape, attention, residual, dense_activation, dropout, kernel_l2, bias_l1, activity_l1
-        As for :class:`~minarn.model.ARNCNN`. A penalty factor of 0 leaves that regularizer out.
+    **options
+        :class:`~minarn.model.ARNCNN`'s options by name (``num_classes``, ``input_shape``, ``attention``,
+        ``residual``, ``dense_activation``, ``dropout``, ``kernel_l2``, ``bias_l1``, ``activity_l1``), with its
+        defaults for those left out. A penalty factor of 0 leaves that regularizer out.
     dtype : str
         Every layer's dtype policy ("float32", or "float64" for cross-checks without float32 rounding).
 
@@ -164,12 +140,11 @@ def build_keras_model(
     ------
     ImportError
         When Keras is not installed (``pip install keras tensorflow``).
-    ValueError
-        For options :class:`~minarn.model.ARNCNN` rejects.
+    TypeError, ValueError
+        For options :class:`~minarn.model.ARNCNN` does not take or rejects.
     """
     keras = _import_keras()
-    twin = ARNCNN(num_classes, input_shape, attention, residual, dense_activation, dropout, seed=0,
-                  kernel_l2=kernel_l2, bias_l1=bias_l1, activity_l1=activity_l1)
+    twin = ARNCNN(**{"seed": 0, **options})  # only its graph is used: the Keras weights are Keras' own
     return _build(keras, twin, np.dtype(dtype).name)
 
 
@@ -371,19 +346,18 @@ def _check_layers(model: ARNCNN, keras_model: Any) -> None:
         )
     for name, layer in ours.items():
         config = keras_layers[name].get_config()
-        kind = type(layer).__name__
         expected: dict[str, Any] = {}
-        if kind in ("Conv2D", "Dense"):
+        if isinstance(layer, (Conv2D, Dense)):
             expected["activation"] = layer.activation_name or "linear"
-        if kind == "Conv2D":
+        if isinstance(layer, Conv2D):
             expected.update(kernel_size=layer.kernel_size, strides=(layer.strides, layer.strides),
                             padding=layer.padding, filters=layer.filters)
-        elif kind == "BatchNormalization":
+        elif isinstance(layer, BatchNormalization):
             expected.update(momentum=layer.momentum, epsilon=layer.epsilon)
-        elif kind == "MaxPooling2D":
+        elif isinstance(layer, MaxPooling2D):
             expected.update(pool_size=(layer.pool_size,) * 2, strides=(layer.strides,) * 2, padding="valid")
         for key, want in expected.items():
-            got = config.get(key)
+            got: Any = config.get(key)  # a value of Keras' get_config(), which is untyped
             got = tuple(got) if isinstance(got, list) else got
             same = np.isclose(float(got), want, rtol=1e-6) if isinstance(want, float) else got == want
             if not same:

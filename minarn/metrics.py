@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import SupportsInt
 
 import numpy as np
 from scipy.special import entr, ndtri
@@ -505,7 +506,7 @@ class Interval:
     method: str
 
 
-def _check_counts(successes: object, trials: object) -> tuple[int, int]:
+def _check_counts(successes: SupportsInt, trials: SupportsInt) -> tuple[int, int]:
     if int(trials) != trials or int(successes) != successes:
         raise ValueError(f"successes, trials: expected integers, got {successes!r}, {trials!r}")
     k, n = int(successes), int(trials)

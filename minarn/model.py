@@ -2,10 +2,11 @@
 
 The network is written once, in ``ARNCNN.__init__``: the convolutional part as ``stages``, a chain of layers
 and blocks (attention modules, the residual block) built in Keras' creation order, then the dense ``head``.
-Everything else follows that list: ``layers`` (every plain layer, in order), ``features`` (forward through the
-stages) and ``backward_features`` (back through them), ``summary``. Layer names are the ones Keras gives
-(``conv2d``, ``conv2d_1``, ..., ``multiply_7``, ``add``, ``activation``, ``dense``, ``dense_1``), so weights line
-up 1:1 with the Keras original.
+Everything else follows that list: ``layers`` (every plain layer, in order), ``graph`` (each layer with the
+layers feeding it: ``summary``, the Keras twin in ``interop`` and the ONNX graph in ``onnx_export`` are built
+from it), ``features`` (forward through the stages) and ``backward_features`` (back through them). Layer names
+are the ones Keras gives (``conv2d``, ``conv2d_1``, ..., ``multiply_7``, ``add``, ``activation``, ``dense``,
+``dense_1``), so weights line up 1:1 with the Keras original.
 """
 
 from __future__ import annotations
@@ -180,8 +181,10 @@ class ARNCNN:
         shape: tuple[Any, ...] = (None, *self.input_shape)
         return [SummaryRow(_INPUT_NAME, "InputLayer", shape, 0, []), *chain_rows(layers, _INPUT_NAME, shape)]
 
-    def _graph(self) -> list[SummaryRow]:
-        """Rows (name, type, output shape, parameter count, inputs) in Keras order, for ``summary()``."""
+    def graph(self) -> list[SummaryRow]:
+        """The network as a graph, derived from ``stages`` and ``head``: the input, then one row per plain layer
+        in Keras order (name, Keras class, output shape, parameter count, the names of the layers feeding it).
+        ``summary()``, the Keras twin (``interop``) and the ONNX export (``onnx_export``) are built from it."""
         return self._rows([*self.stages, *self.head])
 
     def count_params(self) -> int:
@@ -195,7 +198,7 @@ class ARNCNN:
         out = ['Model: "arn_cnn"', line,
                f" {'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':<{widths[2]}}Connected to",
                "=" * 120]
-        for name, kind, shape, params, inputs in self._graph():
+        for name, kind, shape, params, inputs in self.graph():
             shown = f"[{shape_str(shape)}]" if kind == "InputLayer" else shape_str(shape)
             connected = "[" + ", ".join(f"'{x}[0][0]'" for x in inputs) + "]"
             out.append(f" {name + ' (' + kind + ')':<{widths[0]}}{shown:<{widths[1]}}{params:<{widths[2]},}{connected}")

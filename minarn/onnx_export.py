@@ -1,7 +1,8 @@
 """ARN-CNN as an ONNX graph, built from minarn's NumPy weights with the ``onnx`` package alone (no framework).
 
-The graph is Figure 2 in inference mode, node for node in Keras' layer order (the order of
-:meth:`ARNCNN.features <minarn.model.ARNCNN.features>`), each node named after its minarn layer:
+The graph is Figure 2 in inference mode, node for node in Keras' layer order, built from
+:meth:`ARNCNN.graph <minarn.model.ARNCNN.graph>` (each layer and the layers feeding it; nothing of the network is
+restated here), each node named after its minarn layer:
 
 - input ``image``: float32 ``(N, H, W, C)`` in [0, 1], what :meth:`ARNCNN.predict <minarn.model.ARNCNN.predict>`
   takes (``N`` free). Preprocessing, as training did: decode, convert to 8-bit grayscale (Pillow's ``L``; RGB
@@ -40,10 +41,13 @@ import numpy as np
 
 from minarn import __version__
 from minarn.atomic import write_bytes_atomic
-from minarn.layers.activations import SELU_ALPHA, SELU_SCALE
-from minarn.layers.attention import AttentionModule
+from minarn.layers.activations import SELU_ALPHA, SELU_SCALE, activation_name
+from minarn.layers.base import Layer
 from minarn.layers.conv import Conv2D, same_padding
 from minarn.layers.dense import Dense
+from minarn.layers.dropout import Dropout
+from minarn.layers.flatten import Flatten
+from minarn.layers.merge import Add, Multiply
 from minarn.layers.norm import BatchNormalization
 from minarn.layers.pool import MaxPooling2D
 from minarn.model import ARNCNN
@@ -90,10 +94,11 @@ class _Graph:
         return output
 
 
-def _activation(g: _Graph, kind: str | None, x: str, name: str) -> str:
-    """The activation ``kind`` (minarn's names) applied to tensor ``x``; returns the output tensor's name."""
+def _activation(g: _Graph, kind: str | None, x: str, name: str, out: str | None = None) -> str:
+    """The activation ``kind`` (minarn's names) applied to tensor ``x``; returns the output tensor's name
+    (``out``, default ``"{name}/{kind}"``: the activation fused into the layer ``name``)."""
     kind = "linear" if kind is None else kind
-    out = f"{name}/{kind}"
+    out = f"{name}/{kind}" if out is None else out
     if kind == "linear":
         return x
     if kind in ("relu", "sigmoid", "tanh"):
@@ -117,7 +122,7 @@ def _activation(g: _Graph, kind: str | None, x: str, name: str) -> str:
     raise ValueError(f"minarn.onnx_export: no ONNX form for the activation {kind!r}")
 
 
-def _conv(g: _Graph, layer: Conv2D, x: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+def _conv(g: _Graph, layer: Conv2D, x: str, shape: tuple[Any, ...]) -> str:
     """Conv (+ activation) on an NCHW tensor; ``shape`` is minarn's (N, H, W, C) view of it."""
     (kh, kw), s = layer.kernel_size, layer.strides
     _, H, W, _ = shape
@@ -128,14 +133,13 @@ def _conv(g: _Graph, layer: Conv2D, x: str, shape: tuple[int, ...]) -> tuple[str
         inputs.append(g.weight(f"{layer.name}/bias", layer.params["bias"]))
     z = g.node("Conv", inputs, f"{layer.name}/conv", layer.name, kernel_shape=[kh, kw], strides=[s, s],
                pads=[top, left, bottom, right], dilations=[1, 1], group=1)
-    return _activation(g, layer.activation_name, z, layer.name), layer.compute_output_shape(shape)
+    return _activation(g, layer.activation_name, z, layer.name)
 
 
-def _pool(g: _Graph, layer: MaxPooling2D, x: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+def _pool(g: _Graph, layer: MaxPooling2D, x: str) -> str:
     p, s = layer.pool_size, layer.strides
-    out = g.node("MaxPool", [x], layer.name, layer.name, kernel_shape=[p, p], strides=[s, s], pads=[0, 0, 0, 0],
-                 ceil_mode=0)
-    return out, layer.compute_output_shape(shape)
+    return g.node("MaxPool", [x], layer.name, layer.name, kernel_shape=[p, p], strides=[s, s], pads=[0, 0, 0, 0],
+                  ceil_mode=0)
 
 
 def _norm(g: _Graph, layer: BatchNormalization, x: str) -> str:
@@ -146,49 +150,56 @@ def _norm(g: _Graph, layer: BatchNormalization, x: str) -> str:
     return g.node("BatchNormalization", [x, *names], layer.name, layer.name, epsilon=layer.epsilon)
 
 
-def _attend(g: _Graph, modules: Sequence[AttentionModule], x: str, shape: tuple[int, ...]) -> str:
-    """x * sigmoid(conv1x1(relu(conv1x1(x)))) for each module in turn (Fig. 3)."""
-    for att in modules:
-        a, _ = _conv(g, att.conv_a, x, shape)
-        w, _ = _conv(g, att.conv_b, a, shape)
-        x = g.node("Mul", [x, w], att.multiply.name, att.multiply.name)
-    return x
-
-
 def _dense(g: _Graph, layer: Dense, x: str) -> str:
     z = g.node("Gemm", [x, g.weight(f"{layer.name}/kernel", layer.params["kernel"]),
                         g.weight(f"{layer.name}/bias", layer.params["bias"])], f"{layer.name}/linear", layer.name)
     return _activation(g, layer.activation_name, z, layer.name)
 
 
+def _flatten(g: _Graph, layer: Flatten, x: str) -> str:
+    """Flatten as minarn (and Keras) do: channels-last order, so the dense kernel's rows need no reordering."""
+    nhwc = g.node("Transpose", [x], f"{layer.name}/nhwc", f"{layer.name}/nhwc", perm=[0, 2, 3, 1])
+    return g.node("Flatten", [nhwc], layer.name, layer.name, axis=1)
+
+
+def _layer_nodes(g: _Graph, layer: Layer, inputs: list[str], shape: tuple[Any, ...]) -> str:
+    """Append the nodes of one minarn layer fed by the tensors ``inputs`` (the first of minarn shape ``shape``);
+    returns its output tensor's name."""
+    x = inputs[0]
+    kind = activation_name(layer)
+    if kind is not None:  # a stand-alone activation: its output is named after the layer
+        return _activation(g, kind, x, layer.name, out=layer.name)
+    if isinstance(layer, Conv2D):
+        return _conv(g, layer, x, shape)
+    if isinstance(layer, MaxPooling2D):
+        return _pool(g, layer, x)
+    if isinstance(layer, BatchNormalization):
+        return _norm(g, layer, x)
+    if isinstance(layer, Multiply):  # the attention mask: x * w (Fig. 3)
+        return g.node("Mul", inputs, layer.name, layer.name)
+    if isinstance(layer, Add):  # the skip
+        return g.node("Add", inputs, layer.name, layer.name)
+    if isinstance(layer, Flatten):
+        return _flatten(g, layer, x)
+    if isinstance(layer, Dense):
+        return _dense(g, layer, x)
+    if isinstance(layer, Dropout):  # identity in inference: left out
+        return x
+    raise ValueError(f"minarn.onnx_export: no ONNX form for {type(layer).__name__} {layer.name!r}")
+
+
 def _graph_nodes(model: ARNCNN, g: _Graph) -> str:
-    """Append Figure 2's nodes in inference mode; returns the name of the probabilities tensor."""
-    shape: tuple[int, ...] = (1, *model.input_shape)
-    h = g.node("Transpose", [INPUT_NAME], "input_nchw", "input_nchw", perm=[0, 3, 1, 2])
-    h, shape = _pool(g, model.pool_in, *_conv(g, model.conv_in, h, shape))
-    h = _attend(g, model.stem_attention, h, shape)
-    b = model.block  # residual block: BN(conv(BN(conv(x)))), attention, + skip, ReLU, pool
-    block_in, block_in_shape = h, shape
-    h, shape = _conv(g, b.conv1, h, shape)
-    h = _norm(g, b.bn1, h)
-    h, shape = _conv(g, b.conv2, h, shape)
-    h = _norm(g, b.bn2, h)
-    h = _attend(g, [b.attention] if b.attention else [], h, shape)
-    if b.residual:
-        skip = _conv(g, b.skip, block_in, block_in_shape)[0] if b.skip else block_in
-        h = g.node("Add", [h, skip], b.add.name, b.add.name)
-    h = g.node("Relu", [h], b.relu.name, b.relu.name)
-    h, shape = _pool(g, b.pool, h, shape)
-    h, shape = _conv(g, model.conv_mid, h, shape)
-    h = _attend(g, model.mid_attention, h, shape)
-    h, shape = _pool(g, model.pool_deep, *_conv(g, model.conv_deep, h, shape))
-    h = _attend(g, model.deep_attention, h, shape)
-    h, shape = _conv(g, model.conv_out, h, shape)
-    # Flatten as minarn (and Keras) do: channels-last order, so the dense kernel's rows need no reordering
-    h = g.node("Transpose", [h], f"{model.flatten.name}/nhwc", f"{model.flatten.name}/nhwc", perm=[0, 2, 3, 1])
-    h = g.node("Flatten", [h], model.flatten.name, model.flatten.name, axis=1)
-    h = _dense(g, model.dense, h)  # dropout: identity in inference, left out
-    return _dense(g, model.classifier, h)
+    """Append the nodes of every row of ``model.graph()`` in its order (inference mode), each fed by the layers
+    the row names; returns the name of the probabilities tensor."""
+    rows = model.graph()
+    layers = {layer.name: layer for layer in model.layers}
+    tensors = {rows[0].name: g.node("Transpose", [INPUT_NAME], "input_nchw", "input_nchw", perm=[0, 3, 1, 2])}
+    shapes = {rows[0].name: rows[0].output_shape}
+    for row in rows[1:]:
+        tensors[row.name] = _layer_nodes(g, layers[row.name], [tensors[name] for name in row.inputs],
+                                         shapes[row.inputs[0]])
+        shapes[row.name] = row.output_shape
+    return tensors[rows[-1].name]
 
 
 def _check_exportable(model: Any) -> None:

@@ -118,7 +118,7 @@ def load_image(path: str | Path, size: int = 64, channels: int = 1) -> np.ndarra
         raise ValueError(problem)
     data = Path(path).read_bytes()
     try:
-        return _decode(data, size, Image.NEAREST, channels).reshape(size, size, channels)
+        return _decode(data, size, Image.Resampling.NEAREST, channels).reshape(size, size, channels)
     except UnidentifiedImageError:
         raise ValueError("not an image (Pillow does not recognise the file format)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
@@ -244,12 +244,10 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     try:  # under mpiexec: MPI's ranks, which share the files out (python -m minarn.distributed tells which)
-        comm = distributed.communicator()
+        comm = distributed.join_job()
     except distributed.DistributedError as e:
         print(f"{PROG}: error: {e}", file=err)
         return 2
-    distributed.abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
-    distributed.limit_threads(comm)
     problem = None
     try:
         args = build_parser().parse_args(argv)

@@ -183,7 +183,7 @@ class _Interrupt:
 
     def __init__(self) -> None:
         self.requested = False
-        self.signum = signal.SIGINT
+        self.signum: int = signal.SIGINT
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
@@ -256,7 +256,7 @@ def fit(
             started = time.perf_counter() - run.epoch_time
             epoch_batches = batches(train.images, train.labels, batch_size, num_classes=model.num_classes,
                                     order=order, start=run.batch, flip=augment == "hflip",
-                                    batch_rng=lambda b, e=run.epoch: np.random.default_rng([seed, e, b]))
+                                    batch_rng=lambda b: np.random.default_rng([seed, run.epoch, b]))
             for b, batch_idx, batch_x, batch_y, batch_rng in epoch_batches:
                 part = distributed.shard(len(batch_idx), comm.rank, comm.size)  # this rank's rows of the batch
                 rows = part.rows if part.count else slice(0, 1)  # no rows: a one-row stand-in
@@ -267,6 +267,7 @@ def fit(
                 loss, grads = (model.loss_and_grads(x, y) if class_weights is None else
                                model.loss_and_grads(x, y, class_weights))
                 grads = distributed.allreduce_gradients(comm, grads, part.share)  # sum_r share_r * grads_r
+                assert model.last_probs is not None  # loss_and_grads keeps the batch's probabilities
                 correct = int(np.sum(model.last_probs.argmax(axis=1) == train.labels[idx])) if part.count else 0
                 if comm.size > 1:  # the batch's loss and hits, and whether any rank was asked to stop
                     loss_sum, correct, stop = comm.allreduce(np.array([loss * part.count, correct,
@@ -337,34 +338,27 @@ def fit(
 
 
 # -- command line ----------------------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
+def _number(text: str, convert: Callable[[str], Any], ok: Callable[[Any], bool], expected: str) -> Any:
+    """``convert(text)`` if that works and passes ``ok``; else argparse's error "expected ..., got 'text'"."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return int(_number(text, int, lambda v: v >= 1, "a positive integer"))
 
 
 def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return int(_number(text, int, lambda v: v >= 0, "an integer >= 0"))
 
 
 def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+    return float(_number(text, float, lambda v: v > 0 and math.isfinite(v), "a positive number"))
 
 
 def _split_fractions(text: str) -> list[float]:
@@ -474,12 +468,10 @@ def main(argv: list[str] | None = None, stream: TextIO | None = None) -> int:
     err = sys.stderr
     argv = sys.argv[1:] if argv is None else list(argv)
     try:  # under mpiexec: MPI's ranks (python -m minarn.distributed tells which)
-        comm = distributed.communicator()
+        comm = distributed.join_job()
     except distributed.DistributedError as e:
         print(f"python -m minarn.train: error: {e}", file=err)
         return 2
-    distributed.abort_on_error(comm)  # several ranks: an uncaught error on one ends them all, naming it
-    distributed.limit_threads(comm)
     try:
         args = build_parser().parse_args(argv)
         args.argv, args.comm = argv, comm
@@ -652,14 +644,14 @@ def _run(options: dict[str, Any], args: argparse.Namespace, out: Path, report: R
             comm.abort(1)  # rank 0 alone writes: the others would wait for it in their next step
         return 1
     except KeyboardInterrupt as stop:  # Interrupted, or Ctrl-C outside the handler's reach
-        if getattr(stop, "immediate", False):
+        if isinstance(stop, Interrupted) and stop.immediate:
             checkpoint = out / "checkpoint.npz"
             report(f"Stopped at once by a second {signal.Signals(stop.signum).name}: no checkpoint of the epoch in "
                    "progress; " + (f"the last checkpoint is {checkpoint}; continue with --resume --out {out}"
                                    if checkpoint.exists() else "no checkpoint was written yet"))
             if comm.size > 1:  # this rank alone left its batch: the others would wait for it
                 comm.abort(128 + stop.signum)
-        return 128 + getattr(stop, "signum", signal.SIGINT)
+        return 128 + (stop.signum if isinstance(stop, Interrupted) else signal.SIGINT)
     try:
         return _finish(model, controller, config, out, source, splits, ds, args, report, t0)
     except KeyboardInterrupt:
@@ -674,18 +666,21 @@ def _finish(model: ARNCNN, controller: EpochEndController, config: dict[str, Any
             splits: Splits, ds: Dataset, args: argparse.Namespace, report: Reporter, t0: float) -> int:
     """After training: the best weights restored and saved, evaluated on the test split (the model, split and
     data in hand: ``minarn.evaluate.evaluate_loaded_run``, report.md and figures/), config.json updated."""
-    root = args.comm.rank == 0
+    comm = args.comm
     model.load_state_dict(controller.best_weights)
-    if not root:  # the others are done: rank 0 alone saves and evaluates the model
-        return 0
     report(f"Training is completed - model is set with weights from epoch {controller.best_epoch} "
            f"(this session trained for {_spelled_duration(time.perf_counter() - t0)})")
+    batch = int(config["options"].get("batch_size") or 40)
+    # the test split's forward passes, sharded over the ranks and gathered; the rest is rank 0's alone
+    test_loss, _, test_probs = evaluate_split(model, splits.test.images, splits.test.labels, batch, comm)
+    if comm.rank != 0:  # the others are done: rank 0 alone saves the model and writes the report
+        return 0
     model.save(out / "model.npz")
     config["test"] = {"best_epoch": controller.best_epoch}
     (out / "config.json").write_text(json.dumps(config, indent=2, default=str))
     trained = evaluate.LoadedRun(out, model, out / "model.npz", splits, ds, config, source, controller.best_epoch)
     try:
-        result = evaluate.evaluate_loaded_run(trained, report)
+        result = evaluate.evaluate_loaded_run(trained, report, test_scores=(test_loss, test_probs))
     except (evaluate.EvaluationError, DataError) as e:
         report(f"error: evaluation of the trained model failed: {e}")
         return 1

@@ -9,8 +9,9 @@ rank, and on rank 0 the same on the whole batch in one process (no reducer); ran
 itself with SIGKILL at its second step of epoch 2, after the checkpoint of epoch 1.
 ``term RUN_DIR``: the same training where rank 1 alone gets SIGTERM inside its second step, after the step's
 all-reduces (the moment at which a rank deciding on its own flag would leave the other waiting).
-``adamax OUT.npz``: 3 Adamax steps on batches of 8 (32x32) on every rank, and on rank 0 the same in one process;
-rank 0 saves both weights, keyed ``"dist/..."`` and ``"ref/..."``.
+``adamax STEPS OUT.npz``: STEPS Adamax steps on batches of 8 (32x32) on every rank, and on rank 0 the same in one
+process, and again in one process on the other kernel backend (when Numba is installed); rank 0 saves the
+weights, keyed ``"dist/..."``, ``"ref/..."`` and ``"other/..."``.
 ``predict CHUNK ARGS...``: ``python -m minarn.predict ARGS...`` with chunks of CHUNK images (instead of 256), so
 that a few images make several chunks.
 """
@@ -23,7 +24,7 @@ import sys
 
 import numpy as np
 
-from minarn import distributed, predict, train
+from minarn import distributed, kernels, predict, train
 from minarn.data import load_mednist, one_hot, scale_images
 from minarn.model import ARNCNN
 from minarn.optim import Optimizer, get_optimizer
@@ -48,7 +49,7 @@ def step(path: str) -> None:
         rows = part.rows if part.count else slice(0, 1)  # no rows: the one-row stand-in, as train.fit does
         model = ARNCNN(num_classes=ds.num_classes, seed=3)
         optimizer = get_optimizer("adamax", 0.001, form="paper")
-        model.dropout.rng = distributed.RowsOf(np.random.default_rng([7, n]), part)
+        model.dropout.set_generator(distributed.RowsOf(np.random.default_rng([7, n]), part))
         sync = distributed.synchronize_batch_norm(model, comm)
         sync.share, sync.contributes = part.share, part.count > 0
         _, grads = model.loss_and_grads(x[rows], y[rows])
@@ -58,7 +59,7 @@ def step(path: str) -> None:
             saved.update(_arrays(model, grads, optimizer, f"{n}/dist"))
             ref = ARNCNN(num_classes=ds.num_classes, seed=3)
             ref_opt = get_optimizer("adamax", 0.001, form="paper")
-            ref.dropout.rng = np.random.default_rng([7, n])
+            ref.dropout.set_generator(np.random.default_rng([7, n]))
             _, ref_grads = ref.loss_and_grads(x, y)
             ref_opt.apply(ref.parameters(), ref_grads)
             saved.update(_arrays(ref, ref_grads, ref_opt, f"{n}/ref"))
@@ -82,7 +83,7 @@ def fail(run_dir: str) -> int:
                        "--image-size", "32"])
 
 
-def adamax(path: str) -> None:
+def adamax(count: int, path: str) -> None:
     comm = distributed.communicator()
     ds = load_mednist(image_size=32)
 
@@ -90,11 +91,11 @@ def adamax(path: str) -> None:
         model = ARNCNN(num_classes=ds.num_classes, seed=3, input_shape=(32, 32, 1))
         optimizer = get_optimizer("adamax", 0.001, form="paper")
         sync = distributed.synchronize_batch_norm(model, c)
-        for s in range(3):
+        for s in range(count):
             idx = np.random.default_rng([5, s]).permutation(len(ds))[:8]
             x, y = scale_images(ds.images[idx]), one_hot(ds.labels[idx], ds.num_classes)
             part = distributed.shard(8, rank, size)
-            model.dropout.rng = distributed.RowsOf(np.random.default_rng([7, s]), part)
+            model.dropout.set_generator(distributed.RowsOf(np.random.default_rng([7, s]), part))
             if sync is not None:
                 sync.share, sync.contributes = part.share, True
             _, grads = model.loss_and_grads(x[part.rows], y[part.rows])
@@ -104,7 +105,11 @@ def adamax(path: str) -> None:
     dist = steps(comm.size, comm.rank, comm)
     if comm.rank == 0:
         ref = steps(1, 0, distributed.SingleProcess())
-        np.savez(path, **{f"dist/{k}": v for k, v in dist.items()}, **{f"ref/{k}": v for k, v in ref.items()})
+        saved = {**{f"dist/{k}": v for k, v in dist.items()}, **{f"ref/{k}": v for k, v in ref.items()}}
+        if kernels.numba_available():
+            with kernels.backend("numpy" if kernels.get_backend().NAME == "numba" else "numba"):
+                saved.update({f"other/{k}": v for k, v in steps(1, 0, distributed.SingleProcess()).items()})
+        np.savez(path, **saved)
 
 
 def _small_run(run_dir: str) -> int:
@@ -152,7 +157,7 @@ if __name__ == "__main__":
     elif sys.argv[1] == "term":
         raise SystemExit(term(sys.argv[2]))
     elif sys.argv[1] == "adamax":
-        adamax(sys.argv[2])
+        adamax(int(sys.argv[2]), sys.argv[3])
     elif sys.argv[1] == "predict":
         predict.CHUNK = int(sys.argv[2])
         raise SystemExit(predict.main(sys.argv[3:]))

@@ -83,7 +83,7 @@ def test_block_weights_are_the_live_arrays_the_model_trains_and_saves(model: min
 def test_summary_rows_follow_the_layers_and_block_shapes_follow_forward(model: minarn.ARNCNN) -> None:
     for options in (dict(), dict(attention=False), dict(residual=False)):
         m = minarn.ARNCNN(input_shape=(28, 28, 1), seed=0, **options)
-        assert [row.name for row in m._graph()] == ["input_1"] + [layer.name for layer in m.layers]
+        assert [row.name for row in m.graph()] == ["input_1"] + [layer.name for layer in m.layers]
     x = np.random.default_rng(0).random((2, 12, 10, 32), dtype=np.float32)
     for block in (model.stem_attention[0], model.block):
         assert block.compute_output_shape((None, 12, 10, 32)) == (None, *block.forward(x).shape[1:])

@@ -463,7 +463,7 @@ def test_class_weights_in_the_models_loss_are_gradient_checked() -> None:
     w = np.array([0.4, 1.0, 2.5])
 
     def loss(weights: np.ndarray | None) -> tuple[float, dict[str, np.ndarray]]:
-        model.dropout.rng = np.random.default_rng(7)  # the same dropout mask every call
+        model.dropout.set_generator(np.random.default_rng(7))  # the same dropout mask every call
         return model.loss_and_grads(x, y, weights)
 
     value, grads = loss(w)
@@ -478,7 +478,7 @@ def test_class_weights_in_the_models_loss_are_gradient_checked() -> None:
 
 
 def _per_image_ce(model: ARNCNN, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    model.dropout.rng = np.random.default_rng(7)
+    model.dropout.set_generator(np.random.default_rng(7))
     logits = model.logits(x, training=True)
     z = logits - logits.max(axis=1, keepdims=True)
     return -(y * (z - np.log(np.exp(z).sum(axis=1, keepdims=True)))).sum(axis=1)

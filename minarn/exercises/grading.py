@@ -29,8 +29,15 @@ from hypothesis import HealthCheck, Verbosity, find, settings
 from hypothesis.errors import NoSuchExample
 
 STUB_DIR = Path(__file__).resolve().parent
+
+
+def _package_dir(package: types.ModuleType) -> str:
+    assert package.__file__ is not None, f"{package.__name__} is installed as a regular package (has __init__.py)"
+    return str(Path(package.__file__).resolve().parent)
+
+
 # Frames in these folders are not the student's: an error message points at the last line of the student's file.
-_LIBRARY_DIRS = tuple(str(Path(m.__file__).resolve().parent) for m in (np, hypothesis)) + (str(STUB_DIR.parent),)
+_LIBRARY_DIRS = tuple(_package_dir(m) for m in (np, hypothesis)) + (str(STUB_DIR.parent),)
 PASSED, FAILED, NOT_IMPLEMENTED, MISSING = "passed", "failed", "not implemented", "missing"
 
 

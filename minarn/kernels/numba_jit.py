@@ -25,44 +25,14 @@ WINOGRAD = True
 # product. A training step alternates between the two many times, so on a small machine the two pools steal
 # each other's cores (measured on 2 cores: 11 img/s with OpenMP, 37 with workqueue). The workqueue layer's
 # threads sleep while idle. Only chosen when the user has not picked a layer (NUMBA_THREADING_LAYER).
-if numba.config.THREADING_LAYER == "default" and "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+# numba.config sets its options at import through globals(), which mypy cannot see: hence the two ignores.
+if (
+    numba.config.THREADING_LAYER == "default"  # type: ignore[attr-defined]
+    and "NUMBA_THREADING_LAYER" not in os.environ
+):
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 _jit = numba.njit(parallel=True, cache=True, nogil=True)
-
-
-@_jit
-def _im2col(x, kh, kw, stride, cols):  # pragma: no cover - compiled
-    N, H, W, C = x.shape
-    OH = (H - kh) // stride + 1
-    OW = (W - kw) // stride + 1
-    for r in prange(N * OH):
-        n = r // OH
-        p = r % OH
-        for q in range(OW):
-            row = (n * OH + p) * OW + q
-            k = 0
-            for i in range(kh):
-                for j in range(kw):
-                    for c in range(C):
-                        cols[row, k] = x[n, p * stride + i, q * stride + j, c]
-                        k += 1
-
-
-@_jit
-def _col2im(cols, N, H, W, C, kh, kw, stride, dx):  # pragma: no cover - compiled
-    OH = (H - kh) // stride + 1
-    OW = (W - kw) // stride + 1
-    for n in prange(N):  # one image per thread: overlapping patches of one image never race
-        for p in range(OH):
-            for q in range(OW):
-                row = (n * OH + p) * OW + q
-                k = 0
-                for i in range(kh):
-                    for j in range(kw):
-                        for c in range(C):
-                            dx[n, p * stride + i, q * stride + j, c] += cols[row, k]
-                            k += 1
 
 
 @_jit
@@ -116,22 +86,17 @@ def _maxpool_backward_tiled(dout, argmax, pool, dx):  # pragma: no cover - compi
                         dx[n, p * pool + i, q * pool + j, c] = g if argmax[n, p, q, c] == k else zero
 
 
+_NO_PADS = ((0, 0), (0, 0))
+
+
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
-    """See ``numpy_ref.im2col``."""
-    N, H, W, C = x.shape
-    OH = (H - kh) // stride + 1
-    OW = (W - kw) // stride + 1
-    cols = np.empty((N * OH * OW, kh * kw * C), dtype=x.dtype)
-    _im2col(np.ascontiguousarray(x), kh, kw, stride, cols)
-    return cols
+    """See ``numpy_ref.im2col``: ``im2col_padded`` with no padding."""
+    return im2col_padded(x, kh, kw, stride, _NO_PADS)
 
 
 def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int, stride: int) -> np.ndarray:
-    """See ``numpy_ref.col2im``."""
-    N, H, W, C = x_shape
-    dx = np.zeros(x_shape, dtype=cols.dtype)
-    _col2im(np.ascontiguousarray(cols), N, H, W, C, kh, kw, stride, dx)
-    return dx
+    """See ``numpy_ref.col2im``: ``col2im_padded`` with no padding."""
+    return col2im_padded(cols, x_shape, kh, kw, stride, _NO_PADS)
 
 
 def maxpool_forward(x: np.ndarray, pool: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +143,43 @@ def _sigmoid(v, one):  # pragma: no cover - compiled
     e = np.exp(-abs(v))
     q = one / (one + e)
     return q if v >= 0 else e * q
+
+
+@numba.njit(inline="always")
+def _activate(v, kind, zero, one):  # pragma: no cover - compiled
+    # act(v) for the activation code ``kind`` (linear: v itself)
+    if kind == _RELU:
+        return max(v, zero)
+    if kind == _SIGMOID:
+        return _sigmoid(v, one)
+    return v
+
+
+@numba.njit(inline="always")
+def _activation_grad(g, out, kind, zero):  # pragma: no cover - compiled
+    # dz from the upstream gradient g and the activation's output: ReLU' = [out > 0], sigmoid' = out (1 - out)
+    if kind == _RELU:
+        return g if out > zero else zero
+    if kind == _SIGMOID:
+        return g * out * (1 - out)
+    return g
+
+
+@numba.njit(inline="always")
+def _task_rows(t, rows):  # pragma: no cover - compiled
+    # the rows [lo, hi) of task t when rows are handed out _ROWS_PER_TASK at a time (tasks: _tasks(rows))
+    return t * _ROWS_PER_TASK, min(rows, (t + 1) * _ROWS_PER_TASK)
+
+
+@numba.njit(inline="always")
+def _tasks(rows):  # pragma: no cover - compiled
+    return (rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
+
+
+@numba.njit(inline="always")
+def _chunk_rows(t, rows, chunks):  # pragma: no cover - compiled
+    # the rows [lo, hi) of chunk t when rows are cut into ``chunks`` nearly equal chunks
+    return t * rows // chunks, (t + 1) * rows // chunks
 
 
 @_jit
@@ -253,12 +255,7 @@ def _shallow_conv_forward(x, w, bias, has_bias, kind, stride, top, left, out):  
                         for f in range(F):
                             acc[f] += xv * w[i, j, c, f]
             for f in range(F):
-                a = acc[f]
-                if kind == _RELU:
-                    a = max(a, zero)
-                elif kind == _SIGMOID:
-                    a = _sigmoid(a, one)
-                out[n, p, q, f] = a
+                out[n, p, q, f] = _activate(acc[f], kind, zero, one)
 
 
 @_jit
@@ -272,7 +269,8 @@ def _shallow_conv_weight_grad(x, dz, kh, kw, stride, top, left, partial):  # pra
     rows = N * OH
     for t in prange(chunks):
         acc = np.zeros((K + 1, F), dtype=dz.dtype)
-        for r in range(t * rows // chunks, (t + 1) * rows // chunks):
+        lo, hi = _chunk_rows(t, rows, chunks)
+        for r in range(lo, hi):
             n = r // OH
             p = r % OH
             i0, i1 = _taps_inside(p, stride, top, kh, H)
@@ -399,25 +397,20 @@ def _winograd_output_adjoint(dz, th, tw, dm):  # pragma: no cover - compiled
 def _bias_activation(z, bias, has_bias, kind):  # pragma: no cover - compiled
     M, C = z.shape
     zero, one = z.dtype.type(0), z.dtype.type(1)
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
-                v = z[r, c] + bias[c] if has_bias else z[r, c]
-                if kind == _RELU:
-                    v = max(v, zero)
-                elif kind == _SIGMOID:
-                    v = _sigmoid(v, one)
-                z[r, c] = v
+                z[r, c] = _activate(z[r, c] + bias[c] if has_bias else z[r, c], kind, zero, one)
 
 
 @_jit
 def _bias_neg_abs(z, bias, has_bias, e):  # pragma: no cover - compiled
     # z += bias in place; e = -|z| (the argument of the sigmoid's one exponential)
     M, C = z.shape
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
                 v = z[r, c] + bias[c] if has_bias else z[r, c]
                 z[r, c] = v
@@ -429,9 +422,9 @@ def _sigmoid_from_exp(z, e):  # pragma: no cover - compiled
     # z = sigmoid(z) given e = exp(-|z|): 1 / (1 + e) for z >= 0, e / (1 + e) below (stable for any z)
     M, C = z.shape
     one = z.dtype.type(1)
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
                 q = one / (one + e[r, c])
                 z[r, c] = q if z[r, c] >= 0 else e[r, c] * q
@@ -441,16 +434,11 @@ def _sigmoid_from_exp(z, e):  # pragma: no cover - compiled
 def _activation_backward(dout, out, kind, dz):  # pragma: no cover - compiled
     M, C = dz.shape
     zero = dz.dtype.type(0)
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
-                g = dout[r, c]
-                if kind == _RELU:
-                    g = g if out[r, c] > zero else zero
-                elif kind == _SIGMOID:
-                    g = g * out[r, c] * (1 - out[r, c])
-                dz[r, c] = g
+                dz[r, c] = _activation_grad(dout[r, c], out[r, c], kind, zero)
 
 
 @_jit
@@ -461,13 +449,10 @@ def _activation_backward_sum(dout, out, kind, dz, partial):  # pragma: no cover 
     zero = dz.dtype.type(0)
     for t in prange(chunks):
         s = np.zeros(C)
-        for r in range(t * M // chunks, (t + 1) * M // chunks):
+        lo, hi = _chunk_rows(t, M, chunks)
+        for r in range(lo, hi):
             for c in range(C):
-                g = dout[r, c]
-                if kind == _RELU:
-                    g = g if out[r, c] > zero else zero
-                elif kind == _SIGMOID:
-                    g = g * out[r, c] * (1 - out[r, c])
+                g = _activation_grad(dout[r, c], out[r, c], kind, zero)
                 dz[r, c] = g
                 s[c] += g
         partial[t, :] = s
@@ -476,9 +461,9 @@ def _activation_backward_sum(dout, out, kind, dz, partial):  # pragma: no cover 
 @_jit
 def _attention_backward_mask(dout, x, w, dx, dzb):  # pragma: no cover - compiled
     M, C = dout.shape
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
                 g, wv = dout[r, c], w[r, c]
                 dx[r, c] = g * wv
@@ -525,7 +510,8 @@ def _channel_sums(x, shift, partial):  # pragma: no cover - compiled
     for t in prange(chunks):
         s = np.zeros(C)
         s2 = np.zeros(C)
-        for r in range(t * M // chunks, (t + 1) * M // chunks):
+        lo, hi = _chunk_rows(t, M, chunks)
+        for r in range(lo, hi):
             for c in range(C):
                 v = np.float64(x[r, c]) - shift[c]
                 s[c] += v
@@ -538,9 +524,9 @@ def _channel_sums(x, shift, partial):  # pragma: no cover - compiled
 def _normalize(x, mean, scale, beta, out):  # pragma: no cover - compiled
     # out = (x - mean) * scale + beta, scale = gamma * inv_std (exactly beta where x == mean)
     M, C = x.shape
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
                 out[r, c] = (x[r, c] - mean[c]) * scale[c] + beta[c]
 
@@ -553,7 +539,8 @@ def _bn_backward_sums(dout, x, mean, inv_std, partial):  # pragma: no cover - co
     for t in prange(chunks):
         s = np.zeros(C)
         s2 = np.zeros(C)
-        for r in range(t * M // chunks, (t + 1) * M // chunks):
+        lo, hi = _chunk_rows(t, M, chunks)
+        for r in range(lo, hi):
             for c in range(C):
                 g = np.float64(dout[r, c])
                 s[c] += g
@@ -566,9 +553,9 @@ def _bn_backward_sums(dout, x, mean, inv_std, partial):  # pragma: no cover - co
 def _bn_backward_dx(dout, x, mean, inv_std, a, b, c0, dx):  # pragma: no cover - compiled
     # dx = a * (dout - b - x_hat * c0), per channel a = gamma * inv_std, b = dbeta / m, c0 = dgamma / m
     M, C = x.shape
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
                 x_hat = (x[r, c] - mean[c]) * inv_std[c]
                 dx[r, c] = a[c] * (dout[r, c] - b[c] - x_hat * c0[c])

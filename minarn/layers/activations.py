@@ -194,6 +194,11 @@ ACTIVATIONS: dict[str, type[_Elementwise]] = {
 }
 
 
+def activation_name(layer: Layer) -> str | None:
+    """The name ``get_activation`` takes for an activation layer (``ReLU()`` -> ``"relu"``); None for other layers."""
+    return next((key for key, kind in ACTIVATIONS.items() if type(layer) is kind), None)
+
+
 def get_activation(name: str | None, layer_name: str | None = None) -> _Elementwise:
     """A fresh activation layer for ``name`` (``None`` means linear); unknown names raise ``ValueError``."""
     key = "linear" if name is None else str(name).lower()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 
@@ -190,6 +190,12 @@ class Conv2D(Layer):
         out = kernels.workspace((N * OH * OW, kh * kw * C), x.dtype)
         return K.im2col_padded(x, kh, kw, s, pads, out=out)
 
+    # The overloads say that dx is there unless input_grad=False (a plain bool gives dx or None).
+    @overload
+    def backward(self, dout: np.ndarray, input_grad: Literal[True] = ...) -> np.ndarray: ...
+    @overload
+    def backward(self, dout: np.ndarray, input_grad: bool) -> np.ndarray | None: ...
+
     def backward(self, dout: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Fill ``grads`` and return dL/dx (N, H, W, C); with ``input_grad=False`` skip dx and return None
         (the first layer of a network: nothing upstream needs the gradient of the images)."""
@@ -207,6 +213,13 @@ class Conv2D(Layer):
         # one pass gives dz and its column sums, the bias gradient
         dz, dbias = K.activation_backward_and_sum(dout.reshape(-1, F), out.reshape(-1, F), kind)
         return self.backward_linear(dz.reshape(out.shape), input_grad, dbias)
+
+    @overload
+    def backward_linear(self, dz: np.ndarray, input_grad: Literal[True] = ...,
+                        dbias: np.ndarray | None = ...) -> np.ndarray: ...
+    @overload
+    def backward_linear(self, dz: np.ndarray, input_grad: bool,
+                        dbias: np.ndarray | None = ...) -> np.ndarray | None: ...
 
     def backward_linear(self, dz: np.ndarray, input_grad: bool = True,
                         dbias: np.ndarray | None = None) -> np.ndarray | None:
