@@ -475,9 +475,9 @@ def _sigmoid_gate_from_exp(z, e, x, out):  # pragma: no cover - compiled
     # z = w = sigmoid(z) given e = exp(-|z|) (as _sigmoid_from_exp), and out = x * w in the same pass
     M, C = z.shape
     one = z.dtype.type(1)
-    tasks = (M + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK
-    for t in prange(tasks):
-        for r in range(t * _ROWS_PER_TASK, min(M, (t + 1) * _ROWS_PER_TASK)):
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
             for c in range(C):
                 q = one / (one + e[r, c])
                 w = q if z[r, c] >= 0 else e[r, c] * q
@@ -492,7 +492,8 @@ def _attention_backward_mask_sum(dout, x, w, dx, dzb, partial):  # pragma: no co
     chunks = partial.shape[0]
     for t in prange(chunks):
         s = np.zeros(C)
-        for r in range(t * M // chunks, (t + 1) * M // chunks):
+        lo, hi = _chunk_rows(t, M, chunks)
+        for r in range(lo, hi):
             for c in range(C):
                 g, wv = dout[r, c], w[r, c]
                 dx[r, c] = g * wv
