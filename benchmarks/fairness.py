@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from minarn import allocator as allocator_module
+
 ALLOCATORS = ("tuned", "default")
 TUNED_GLIBC = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"
 MALLOC_VARS = ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
@@ -36,7 +38,8 @@ def child_environment(base: Mapping[str, str], allocator: str = "tuned") -> tupl
     """(environment for a benchmark child, {variable: what was done to it}) from the parent's ``base``.
 
     ``allocator``: ``"tuned"`` sets ``GLIBC_TUNABLES`` to ``TUNED_GLIBC`` (replacing any malloc variables the
-    parent had), ``"default"`` removes them all. OpenBLAS' pinning variables are removed in both cases.
+    parent had), ``"default"`` removes them all and sets ``MINARN_MALLOC=default`` (minarn would otherwise tune
+    glibc itself at run time, ``minarn.allocator``). OpenBLAS' pinning variables are removed in both cases.
     """
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator must be one of {', '.join(ALLOCATORS)}, got {allocator!r}")
@@ -48,6 +51,9 @@ def child_environment(base: Mapping[str, str], allocator: str = "tuned") -> tupl
         env["GLIBC_TUNABLES"] = TUNED_GLIBC
         changes["GLIBC_TUNABLES"] = f"set to {TUNED_GLIBC!r}" + (
             f", {changes['GLIBC_TUNABLES']}" if "GLIBC_TUNABLES" in changes else "")
+    else:
+        env[allocator_module.ENV_VAR] = "default"
+        changes[allocator_module.ENV_VAR] = "set to 'default' (glibc as shipped in minarn too)"
     return env, changes
 
 

@@ -26,7 +26,8 @@ def test_default_environment_is_glibc_as_shipped_and_still_unpinned():
     assert not any(v in env for v in (*fairness.MALLOC_VARS, *fairness.OPENBLAS_PINNING))
     assert changes["GLIBC_TUNABLES"] == "dropped (was 'glibc.malloc.check=3')"
     env, changes = fairness.child_environment({"PATH": "/bin"}, "default")
-    assert env == {"PATH": "/bin"} and changes == {}
+    assert env == {"PATH": "/bin", "MINARN_MALLOC": "default"}  # minarn must not tune glibc at run time either
+    assert list(changes) == ["MINARN_MALLOC"]
 
 
 def test_unknown_allocator_is_refused_with_the_choices():
