@@ -39,6 +39,8 @@ else:
 
 from minarn import interop, load_model
 from minarn.data import load_mednist, one_hot
+from minarn.layers.attention import AttentionModule
+from minarn.layers.base import Block
 from minarn.losses import softmax_cross_entropy
 from minarn.model import ARNCNN
 from minarn.optim import Adamax
@@ -114,7 +116,8 @@ def make_pair(dtype: str = "float32", seed: int = 1, **options):
 
 @contextmanager
 def recording(model: ARNCNN):
-    """Record every minarn layer's forward output by layer name (instance-level wrappers, removed after)."""
+    """Record every minarn layer's forward output by layer name (instance-level wrappers, removed after), on the
+    attention modules' readable layer-by-layer path."""
     outputs: dict[str, np.ndarray] = {}
 
     def wrap(layer):
@@ -127,6 +130,16 @@ def recording(model: ARNCNN):
 
         return forward
 
+    def attention_modules(layers):  # also those inside a block (the residual block's)
+        for layer in layers:
+            if isinstance(layer, AttentionModule):
+                yield layer
+            if isinstance(layer, Block):
+                yield from attention_modules(layer.sublayers)
+
+    blocks = list(attention_modules(model.stages))
+    for block in blocks:  # the readable path calls every layer's forward (the fused one skips conv_b's)
+        block.fused = False
     for layer in model.layers:
         layer.forward = wrap(layer)
     try:
@@ -134,6 +147,8 @@ def recording(model: ARNCNN):
     finally:
         for layer in model.layers:
             del layer.forward
+        for block in blocks:
+            del block.fused
 
 
 def scaled_error(actual, desired) -> float:
@@ -167,7 +182,9 @@ def check_inference(keras_model, model, x, tol=F32_OUT_TOL) -> dict[str, float]:
     probe = keras.Model(keras_model.input, [keras_model.get_layer(n).output for n in names] + [keras_model.output])
     keras_outs = [o.numpy() for o in probe(x, training=False)]
     with recording(model) as ours:
-        probs = model.forward(x, training=False)
+        readable = model.forward(x, training=False)
+    probs = model.forward(x, training=False)  # the fused attention path, as minarn runs by default
+    np.testing.assert_allclose(readable, keras_outs[-1], rtol=0, atol=1e-5)
     errors = {}
     for name, theirs in zip(names, keras_outs):
         assert ours[name].shape == theirs.shape, name
