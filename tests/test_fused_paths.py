@@ -16,7 +16,7 @@ from strategies import BACKENDS, SEEDS
 
 from minarn import allocator, kernels
 from minarn.kernels import numpy_ref
-from minarn.layers import Conv2D
+from minarn.layers import Conv2D, Multiply, get_activation
 from minarn.layers.attention import AttentionModule
 
 DTYPES = st.sampled_from(["float32", "float64"])
@@ -52,18 +52,23 @@ def test_sigmoid_gate_is_mask_then_product(name, rows, channels, bias, dtype, se
 
 @pytest.mark.parametrize("name", BACKENDS)
 @given(rows=st.integers(1, 600), channels=st.integers(1, 20), dtype=DTYPES, seed=SEEDS)
-def test_attention_backward_mask_and_sum_matches_mask_then_sum(name, rows, channels, dtype, seed):
+def test_attention_backward_mask_and_sum_matches_product_and_sigmoid_rules(name, rows, channels, dtype, seed):
     rng = np.random.default_rng(seed)
     dout, x = values(rng, (rows, channels), dtype), values(rng, (rows, channels), dtype)
     w = special.expit(values(rng, (rows, channels), dtype)).astype(dtype)
     keep = dout.copy(), x.copy(), w.copy()
     with kernels.backend(name) as K:
         dx, dzb, dbias = K.attention_backward_mask_and_sum(dout, x, w)
-        dx_sep, dzb_sep = K.attention_backward_mask(dout, x, w)
+    # the readable layers it replaces: Multiply's backward, then the sigmoid's from the pre-activation
+    multiply, sigmoid = Multiply(), get_activation("sigmoid")
+    pre = np.log(w) - np.log1p(-w)  # sigmoid(pre) = w
+    multiply.forward((x, sigmoid.forward(pre)))
+    dx_sep, dw = multiply.backward(dout)
+    dzb_sep = sigmoid.backward(dw)
     np.testing.assert_allclose(dx, dout * w, **TOL[dtype])
     np.testing.assert_allclose(dzb, dout * x * w * (1 - w), **TOL[dtype])
-    np.testing.assert_array_equal(dx, dx_sep)
-    np.testing.assert_array_equal(dzb, dzb_sep)
+    np.testing.assert_allclose(dx, dx_sep, **TOL[dtype])
+    np.testing.assert_allclose(dzb, dzb_sep, **TOL[dtype])
     assert dbias.shape == (channels,) and dbias.dtype == np.dtype(dtype)
     np.testing.assert_allclose(dbias, dzb.astype(np.float64).sum(axis=0), **TOL[dtype])
     for before, after in zip(keep, (dout, x, w)):

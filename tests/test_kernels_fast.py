@@ -115,14 +115,15 @@ def test_bias_activation_and_backward(name, dtype, kind, with_bias):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", BACKENDS)
-def test_attention_backward_mask(name, dtype):
+def test_attention_backward_mask_and_sum(name, dtype):
     with kernels.backend(name) as K:
         dout, x = rng_array((500, 5), dtype, seed=6), rng_array((500, 5), dtype, seed=7)
         w = special.expit(rng_array((500, 5), dtype, seed=8))
-        dx, dzb = K.attention_backward_mask(dout, x, w)
+        dx, dzb, dbias = K.attention_backward_mask_and_sum(dout, x, w)
         np.testing.assert_allclose(dx, dout * w, **TOL[dtype])
         np.testing.assert_allclose(dzb, dout * x * w * (1 - w), **TOL[dtype])
-        assert dx.dtype == dzb.dtype == np.dtype(dtype)
+        np.testing.assert_allclose(dbias, (dout * x * w * (1 - w)).astype(np.float64).sum(axis=0), **TOL[dtype])
+        assert dx.dtype == dzb.dtype == dbias.dtype == np.dtype(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -137,12 +137,17 @@ _RELU, _SIGMOID = _KIND["relu"], _KIND["sigmoid"]
 _ROWS_PER_TASK = 256  # rows of a (rows, C) array one prange iteration handles
 
 
+@numba.njit(inline="always")
+def _sigmoid_given_exp(v, e, one):  # pragma: no cover - compiled
+    # sigmoid(v) given e = exp(-|v|): 1 / (1 + e) for v >= 0, e / (1 + e) below (stable for any v)
+    q = one / (one + e)
+    return q if v >= 0 else e * q
+
+
 @numba.njit(inline="always", fastmath=True)
 def _sigmoid(v, one):  # pragma: no cover - compiled
     # stable for any v (exp of a non-positive number only); branch-free so the loop vectorizes
-    e = np.exp(-abs(v))
-    q = one / (one + e)
-    return q if v >= 0 else e * q
+    return _sigmoid_given_exp(v, np.exp(-abs(v)), one)
 
 
 @numba.njit(inline="always")
@@ -419,15 +424,14 @@ def _bias_neg_abs(z, bias, has_bias, e):  # pragma: no cover - compiled
 
 @_jit
 def _sigmoid_from_exp(z, e):  # pragma: no cover - compiled
-    # z = sigmoid(z) given e = exp(-|z|): 1 / (1 + e) for z >= 0, e / (1 + e) below (stable for any z)
+    # z = sigmoid(z) given e = exp(-|z|)
     M, C = z.shape
     one = z.dtype.type(1)
     for t in prange(_tasks(M)):
         lo, hi = _task_rows(t, M)
         for r in range(lo, hi):
             for c in range(C):
-                q = one / (one + e[r, c])
-                z[r, c] = q if z[r, c] >= 0 else e[r, c] * q
+                z[r, c] = _sigmoid_given_exp(z[r, c], e[r, c], one)
 
 
 @_jit
@@ -459,35 +463,22 @@ def _activation_backward_sum(dout, out, kind, dz, partial):  # pragma: no cover 
 
 
 @_jit
-def _attention_backward_mask(dout, x, w, dx, dzb):  # pragma: no cover - compiled
-    M, C = dout.shape
-    for t in prange(_tasks(M)):
-        lo, hi = _task_rows(t, M)
-        for r in range(lo, hi):
-            for c in range(C):
-                g, wv = dout[r, c], w[r, c]
-                dx[r, c] = g * wv
-                dzb[r, c] = g * x[r, c] * wv * (1 - wv)
-
-
-@_jit
 def _sigmoid_gate_from_exp(z, e, x, out):  # pragma: no cover - compiled
-    # z = w = sigmoid(z) given e = exp(-|z|) (as _sigmoid_from_exp), and out = x * w in the same pass
+    # z = w = sigmoid(z) given e = exp(-|z|), and out = x * w in the same pass
     M, C = z.shape
     one = z.dtype.type(1)
     for t in prange(_tasks(M)):
         lo, hi = _task_rows(t, M)
         for r in range(lo, hi):
             for c in range(C):
-                q = one / (one + e[r, c])
-                w = q if z[r, c] >= 0 else e[r, c] * q
+                w = _sigmoid_given_exp(z[r, c], e[r, c], one)
                 z[r, c] = w
                 out[r, c] = x[r, c] * w
 
 
 @_jit
 def _attention_backward_mask_sum(dout, x, w, dx, dzb, partial):  # pragma: no cover - compiled
-    # as _attention_backward_mask; partial[t] (float64) sums dzb over the rows of chunk t
+    # dx = dout * w, dzb = dout * x * w * (1 - w); partial[t] (float64) sums dzb over the rows of chunk t
     M, C = dout.shape
     chunks = partial.shape[0]
     for t in prange(chunks):
@@ -669,13 +660,6 @@ def activation_backward_and_sum(dout, out, kind):
     partial = np.zeros((_chunks(dz.shape[0]), dz.shape[1]))
     _activation_backward_sum(np.ascontiguousarray(dout), np.ascontiguousarray(out), _KIND[kind], dz, partial)
     return dz, partial.sum(axis=0).astype(dz.dtype)
-
-
-def attention_backward_mask(dout, x, w):
-    """See ``numpy_ref.attention_backward_mask``."""
-    dx, dzb = np.empty_like(dout), np.empty_like(dout)
-    _attention_backward_mask(np.ascontiguousarray(dout), np.ascontiguousarray(x), np.ascontiguousarray(w), dx, dzb)
-    return dx, dzb
 
 
 def sigmoid_gate(z, bias, x):

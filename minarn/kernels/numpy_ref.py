@@ -253,16 +253,6 @@ def activation_backward_and_sum(dout: np.ndarray, out: np.ndarray, kind: str) ->
     return dz, dz.sum(axis=0, dtype=np.float64).astype(dz.dtype)
 
 
-def attention_backward_mask(
-    dout: np.ndarray, x: np.ndarray, w: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Backward of out = x * w with w = sigmoid(zb): returns (dx_direct, dzb).
-
-    dx_direct = dout * w (the product's gradient for x); dzb = dout * x * w * (1 - w) (through the sigmoid).
-    """
-    return dout * w, dout * x * w * (1 - w)
-
-
 def sigmoid_gate(z: np.ndarray, bias: np.ndarray | None, x: np.ndarray) -> np.ndarray:
     """The attention module's mask and product (paper Fig. 3) for (rows, C) arrays: in place z = w =
     sigmoid(z + bias) (``bias_activation``), and out = x * w, a new array. Returns out."""
@@ -273,9 +263,12 @@ def sigmoid_gate(z: np.ndarray, bias: np.ndarray | None, x: np.ndarray) -> np.nd
 def attention_backward_mask_and_sum(
     dout: np.ndarray, x: np.ndarray, w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``attention_backward_mask`` and the column sums of dzb (the bias gradient of the convolution whose
-    sigmoid made w): (dx_direct, dzb, (C,)). The sums run in float64 (see ``channel_moments``)."""
-    dx_direct, dzb = attention_backward_mask(dout, x, w)
+    """Backward of out = x * w with w = sigmoid(zb), for (rows, C) arrays: (dx_direct, dzb, (C,)).
+
+    dx_direct = dout * w (the product's gradient for x); dzb = dout * x * w * (1 - w) (through the sigmoid); and
+    the column sums of dzb (the bias gradient of the convolution whose sigmoid made w), in float64 (see
+    ``channel_moments``)."""
+    dx_direct, dzb = dout * w, dout * x * w * (1 - w)
     return dx_direct, dzb, dzb.sum(axis=0, dtype=np.float64).astype(dzb.dtype)
 
 

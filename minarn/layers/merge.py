@@ -46,21 +46,6 @@ class Multiply(_Merge):
         self._check_dout(dout, a.shape)
         return dout * b, dout * a
 
-    def backward_sigmoid_gate(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The fused backward of out = a * b when b = sigmoid(z) (the attention mask): through the product and
-        the sigmoid in one pass (``kernels.attention_backward_mask``).
-
-        Returns (da, dz), both shaped like a: da = dout * b, dz = dout * a * b * (1 - b). dz goes on to the
-        layer whose sigmoid made b, as the gradient of its pre-activation (``Conv2D.backward_linear``).
-        """
-        a, b = self._saved()
-        self._check_dout(dout, a.shape)
-        C = a.shape[-1]
-        da, dz = kernels.get_backend().attention_backward_mask(dout.reshape(-1, C), a.reshape(-1, C),
-                                                               b.reshape(-1, C))
-        return da.reshape(a.shape), dz.reshape(a.shape)
-
-
     def forward_sigmoid_gate(self, a: np.ndarray, z: np.ndarray, bias: np.ndarray | None,
                              training: bool = False) -> np.ndarray:
         """The fused forward of out = a * b with b = sigmoid(z + bias) (the attention mask), one kernel
@@ -76,9 +61,13 @@ class Multiply(_Merge):
         return out.reshape(a.shape)
 
     def backward_sigmoid_gate_and_sum(self, dout: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``backward_sigmoid_gate`` and the sums of dz over every position (N, H, W): (da, dz, (C,)), the
-        latter the bias gradient of the layer whose sigmoid made b (``kernels.attention_backward_mask_and_sum``:
-        one pass instead of a second one over dz)."""
+        """The fused backward of out = a * b when b = sigmoid(z) (the attention mask): through the product and
+        the sigmoid in one pass (``kernels.attention_backward_mask_and_sum``).
+
+        Returns (da, dz, dbias): da = dout * b and dz = dout * a * b * (1 - b), both shaped like a, and dbias
+        (C,) the sums of dz over every position (N, H, W). dz goes on to the layer whose sigmoid made b, as the
+        gradient of its pre-activation (``Conv2D.backward_linear``), and dbias is that layer's bias gradient.
+        """
         a, b = self._saved()
         self._check_dout(dout, a.shape)
         C = a.shape[-1]
