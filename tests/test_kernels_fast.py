@@ -251,3 +251,32 @@ def test_workspace_is_reused_and_grows():
     c = kernels.workspace((50, 50), np.float32, slot=7)
     assert c.shape == (50, 50) and c.dtype == np.float32
     assert kernels.workspace((3,), np.float64, slot=7).dtype == np.float64
+
+
+@pytest.mark.skipif(not kernels.numba_available(), reason="numba is not installed")
+def test_float32_exp_of_the_fused_sigmoid_is_within_one_ulp():
+    """The Numba backend's float32 sigmoid uses its own polynomial exp (it vectorizes; numba's exp does not):
+    within 1 ulp of the exactly rounded exp on [log(2^-126), 0], 0 below, exp(0) = 1, NaN stays NaN."""
+    import numba
+
+    from minarn.kernels import numba_jit
+
+    @numba.njit
+    def exp_all(v, out):
+        for i in range(v.shape[0]):
+            out[i] = numba_jit._exp_nonpositive_f32(v[i])
+
+    lowest = np.float32(np.log(np.float64(2.0) ** -126))
+    v = np.concatenate([np.linspace(lowest, 0, 400_001, dtype=np.float32), -np.logspace(-30, 0, 1001, dtype=np.float32),
+                        np.array([0.0, -0.0, -1e-45, lowest], np.float32)])
+    got = np.empty_like(v)
+    exp_all(v, got)
+    exact = np.exp(v.astype(np.float64)).astype(np.float32)
+    normal = exact >= np.finfo(np.float32).tiny
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - exact.view(np.int32).astype(np.int64))
+    assert normal.sum() > 400_000 and ulps[normal].max() <= 1
+    assert got[v == 0].tolist() == [1.0] * int((v == 0).sum())
+    beyond = np.array([-87.5, -100.0, -1e30, -np.inf, np.nan], np.float32)
+    out = np.empty_like(beyond)
+    exp_all(beyond, out)
+    assert out[:4].tolist() == [0.0] * 4 and np.isnan(out[4])

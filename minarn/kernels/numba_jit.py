@@ -137,6 +137,31 @@ _RELU, _SIGMOID = _KIND["relu"], _KIND["sigmoid"]
 _ROWS_PER_TASK = 256  # rows of a (rows, C) array one prange iteration handles
 
 
+# exp(v) = 2^n exp(r), v = n ln2 + r (|r| <= ln2 / 2): ln2 in two parts (Cody and Waite) so that r is exact in
+# float32, and exp(r) by the degree-6 polynomial of Cephes' expf (S. L. Moshier, Cephes Math Library)
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI, _LN2_LO = np.float32(0.693359375), np.float32(-2.12194440e-4)
+_EXPF_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                           1.6666665459e-1, 5.0000001201e-1))
+_EXPF_MIN = np.float32(-87.33654)  # log(2^-126): below it exp(v) is no normal float32
+
+
+@numba.njit(inline="always")
+def _exp_nonpositive_f32(v):  # pragma: no cover - compiled
+    # exp(v) for a float32 v <= 0, within 1 ulp (NumPy's exp: 2), in plain arithmetic that vectorizes (numba's
+    # exp is one scalar libm call per value): n = round(v log2 e), r = v - n ln2, exp(r) by the polynomial,
+    # times 2^n made from its exponent bits. 0 below _EXPF_MIN; NaN stays NaN.
+    small = v < _EXPF_MIN
+    v = max(v, _EXPF_MIN)
+    n = np.float32(np.floor(v * _LOG2E + np.float32(0.5)))
+    r = (v - n * _LN2_HI) - n * _LN2_LO
+    c0, c1, c2, c3, c4, c5 = _EXPF_POLY
+    p = ((((c0 * r + c1) * r + c2) * r + c3) * r + c4) * r + c5
+    p = p * r * r + r + np.float32(1)
+    two_n = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
+    return np.float32(0) if small else p * two_n
+
+
 @numba.njit(inline="always")
 def _sigmoid_given_exp(v, e, one):  # pragma: no cover - compiled
     # sigmoid(v) given e = exp(-|v|): 1 / (1 + e) for v >= 0, e / (1 + e) below (stable for any v)
@@ -462,6 +487,38 @@ def _activation_backward_sum(dout, out, kind, dz, partial):  # pragma: no cover 
         partial[t, :] = s
 
 
+# fused multiply-adds and a reciprocal-multiply allowed, NaN and inf kept (no "nnan"/"ninf"): the float32 sigmoid
+_jit_f32 = numba.njit(parallel=True, cache=True, nogil=True, fastmath={"contract", "arcp", "nsz", "afn"})
+
+
+@_jit_f32
+def _bias_sigmoid_f32(z, bias):  # pragma: no cover - compiled
+    # float32, one pass: z = sigmoid(z + bias), exp by _exp_nonpositive_f32
+    M, C = z.shape
+    one = np.float32(1)
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
+            for c in range(C):
+                v = z[r, c] + bias[c]
+                z[r, c] = _sigmoid_given_exp(v, _exp_nonpositive_f32(-abs(v)), one)
+
+
+@_jit_f32
+def _bias_sigmoid_gate_f32(z, bias, x, out):  # pragma: no cover - compiled
+    # float32, one pass: z = w = sigmoid(z + bias) as _bias_sigmoid_f32, and out = x * w
+    M, C = z.shape
+    one = np.float32(1)
+    for t in prange(_tasks(M)):
+        lo, hi = _task_rows(t, M)
+        for r in range(lo, hi):
+            for c in range(C):
+                v = z[r, c] + bias[c]
+                w = _sigmoid_given_exp(v, _exp_nonpositive_f32(-abs(v)), one)
+                z[r, c] = w
+                out[r, c] = x[r, c] * w
+
+
 @_jit
 def _sigmoid_gate_from_exp(z, e, x, out):  # pragma: no cover - compiled
     # z = w = sigmoid(z) given e = exp(-|z|), and out = x * w in the same pass
@@ -632,13 +689,22 @@ def winograd_output_adjoint(dz, th, tw, out=None):
     return out
 
 
+def _bias_or_zeros(bias, z):
+    # the float32 kernels always add a bias (a branch per value would keep the loop from vectorizing)
+    return np.zeros(z.shape[1], z.dtype) if bias is None else np.ascontiguousarray(bias, dtype=z.dtype)
+
+
 def bias_activation(z, bias, kind):
-    """See ``numpy_ref.bias_activation``. The sigmoid's exponentials come from NumPy's vectorized ``np.exp``
-    (numba compiles ``exp`` to one scalar call per value, 3x slower here): a pass that adds the bias and
-    writes -|z|, ``np.exp`` in place, and a pass that forms 1 / (1 + e) or e / (1 + e) by the sign of z."""
+    """See ``numpy_ref.bias_activation``. The sigmoid in float32 is one pass with a polynomial exp that
+    vectorizes (``_exp_nonpositive_f32``); in float64 (gradient checks) its exponentials come from NumPy's
+    ``np.exp`` (numba compiles ``exp`` to one scalar call per value): a pass that adds the bias and writes
+    -|z|, ``np.exp`` in place, and a pass that forms 1 / (1 + e) or e / (1 + e) by the sign of z."""
     has_bias = bias is not None
     if kind != "sigmoid":
         _bias_activation(z, bias if has_bias else z[0], has_bias, _KIND[kind])
+        return z
+    if z.dtype == np.float32:
+        _bias_sigmoid_f32(z, _bias_or_zeros(bias, z))
         return z
     e = workspace(z.shape, z.dtype, slot=2)
     _bias_neg_abs(z, bias if has_bias else z[0], has_bias, e)
@@ -663,14 +729,19 @@ def activation_backward_and_sum(dout, out, kind):
 
 
 def sigmoid_gate(z, bias, x):
-    """See ``numpy_ref.sigmoid_gate``. As ``bias_activation``'s sigmoid (bias and -|z| in one pass, NumPy's
-    ``np.exp``), with the product x * w formed in the pass that writes w."""
+    """See ``numpy_ref.sigmoid_gate``. As ``bias_activation``'s sigmoid, with the product x * w formed in the
+    pass that writes w (float32: that one pass does it all)."""
     has_bias = bias is not None
+    x = np.ascontiguousarray(x)
+    if z.dtype == np.float32 and x.dtype == np.float32:
+        out = np.empty_like(z)
+        _bias_sigmoid_gate_f32(z, _bias_or_zeros(bias, z), x, out)
+        return out
     e = workspace(z.shape, z.dtype, slot=2)
     _bias_neg_abs(z, bias if has_bias else z[0], has_bias, e)
     np.exp(e, out=e)
     out = np.empty_like(z)
-    _sigmoid_gate_from_exp(z, e, np.ascontiguousarray(x), out)
+    _sigmoid_gate_from_exp(z, e, x, out)
     return out
 
 
