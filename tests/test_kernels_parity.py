@@ -147,6 +147,7 @@ def test_col2im_parity(fast, case, seed, integers):
 @fast_backends
 @given(case=kernel_cases(square=True), seed=SEEDS, integers=st.booleans())
 @example(case=KernelCase(n=1, h=3, w=5, c=2, kh=2, kw=2, stride=1), seed=0, integers=True)
+@example(case=KernelCase(n=2, h=5, w=4, c=3, kh=2, kw=2, stride=2), seed=1, integers=True)  # the 2x2 kernel
 def test_maxpool_forward_parity(fast, case, seed, integers):
     x = draw_values(np.random.default_rng(seed), case.x_shape, case.dtype, integers)
     with kernels.backend(fast) as module:
@@ -174,6 +175,22 @@ def test_maxpool_backward_parity(fast, case, seed, integers):
     else:
         tol = 1e-5 if case.dtype == "float32" else 1e-12
         np.testing.assert_allclose(dx, expected, rtol=tol, atol=tol)
+
+
+@fast_backends
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_maxpool_2x2_kernel_keeps_the_reference_winner_with_ties_and_nan(fast, dtype):
+    # the fast backend's own kernel for pool 2 / stride 2 (ARN-CNN's every pooling): the first maximum wins a tie,
+    # a NaN never replaces a maximum (but a NaN first in its window stays), odd sizes drop the last row/column
+    x = np.random.default_rng(4).integers(-2, 3, size=(3, 7, 9, 5)).astype(dtype)
+    x[0, 0, 1, 0] = x[1, 3, 2, 4] = x[2, 6, 8, 2] = np.nan
+    x[0, 2, 2, 1] = np.nan  # first in its window
+    with kernels.backend(fast) as module:
+        out, argmax = module.maxpool_forward(x, 2, 2)
+    ref_out, ref_argmax = numpy_ref.maxpool_forward(x, 2, 2)
+    np.testing.assert_array_equal(out, ref_out)  # (NaN == NaN here)
+    np.testing.assert_array_equal(argmax, ref_argmax)
+    assert np.isnan(out[0, 1, 1, 1]) and (argmax > 0).any()
 
 
 @fast_backends

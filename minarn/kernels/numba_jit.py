@@ -59,6 +59,31 @@ def _maxpool_forward(x, pool, stride, out, argmax):  # pragma: no cover - compil
 
 
 @_jit
+def _maxpool2_forward(x, out, argmax):  # pragma: no cover - compiled
+    # pool 2, stride 2 (every pooling of ARN-CNN): the four values of a window are compared in registers, with
+    # the same strict ">" as _maxpool_forward (ties keep the first maximum, NaN never replaces a maximum)
+    N, OH, OW, C = out.shape
+    for r in prange(N * OH):
+        n = r // OH
+        p = r % OH
+        for q in range(OW):
+            for c in range(C):
+                best = x[n, 2 * p, 2 * q, c]
+                k = np.int8(0)
+                v = x[n, 2 * p, 2 * q + 1, c]
+                if v > best:
+                    best, k = v, np.int8(1)
+                v = x[n, 2 * p + 1, 2 * q, c]
+                if v > best:
+                    best, k = v, np.int8(2)
+                v = x[n, 2 * p + 1, 2 * q + 1, c]
+                if v > best:
+                    best, k = v, np.int8(3)
+                out[n, p, q, c] = best
+                argmax[n, p, q, c] = k
+
+
+@_jit
 def _maxpool_backward(dout, argmax, pool, stride, dx):  # pragma: no cover - compiled
     N, OH, OW, C = dout.shape
     for n in prange(N):
@@ -106,7 +131,10 @@ def maxpool_forward(x: np.ndarray, pool: int, stride: int) -> tuple[np.ndarray, 
     OW = (W - pool) // stride + 1
     out = np.empty((N, OH, OW, C), dtype=x.dtype)
     argmax = np.empty((N, OH, OW, C), dtype=np.int8)
-    _maxpool_forward(np.ascontiguousarray(x), pool, stride, out, argmax)
+    if pool == stride == 2:
+        _maxpool2_forward(np.ascontiguousarray(x), out, argmax)
+    else:
+        _maxpool_forward(np.ascontiguousarray(x), pool, stride, out, argmax)
     return out, argmax
 
 
