@@ -25,6 +25,7 @@ CONV_CASES = [
     (1, 7, 4, 1, 3, 2, 2, ((0, 1), (1, 0))),
     (3, 4, 4, 2, 1, 1, 1, ((0, 0), (0, 0))),
     (2, 6, 5, 4, 2, 3, 3, ((2, 0), (0, 2))),
+    (2, 6, 7, 1, 3, 3, 1, ((0, 0), (0, 0))),  # ARN-CNN's first layer: numba's own 3x3 one-channel kernel
 ]
 
 
@@ -280,3 +281,17 @@ def test_float32_exp_of_the_fused_sigmoid_is_within_one_ulp():
     out = np.empty_like(beyond)
     exp_all(beyond, out)
     assert out[:4].tolist() == [0.0] * 4 and np.isnan(out[4])
+
+
+@pytest.mark.skipif(not kernels.numba_available(), reason="numba is not installed")
+@pytest.mark.parametrize("kind", numpy_ref.ACTIVATION_KINDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_channel_3x3_kernel_is_the_general_short_patch_loop_bit_for_bit(dtype, kind):
+    from minarn.kernels import numba_jit
+
+    x = rng_array((3, 9, 8, 1), dtype, seed=5)
+    kernel, bias = rng_array((3, 3, 1, 11), dtype, seed=6), rng_array((11,), dtype, seed=7)
+    got = numba_jit.shallow_conv_forward(x, kernel, bias, 1, ((0, 0), (0, 0)), kind)
+    general = np.empty_like(got)
+    numba_jit._shallow_conv_forward(x, kernel, bias, True, numba_jit._KIND[kind], 1, 0, 0, general)
+    np.testing.assert_array_equal(got, general)

@@ -316,6 +316,40 @@ def _shallow_conv_forward(x, w, bias, has_bias, kind, stride, top, left, out):  
                 out[n, p, q, f] = _activate(acc[f], kind, zero, one)
 
 
+@numba.njit(inline="always")
+def _taps3x3(b, x0, x1, x2, x3, x4, x5, x6, x7, x8, w, f):  # pragma: no cover - compiled
+    # b + the 3x3 patch (x0..x8, row by row) times filter f of a one-channel kernel w (3, 3, 1, F), in the
+    # order _shallow_conv_forward adds them (so the two kernels agree bit for bit)
+    return (b + x0 * w[0, 0, 0, f] + x1 * w[0, 1, 0, f] + x2 * w[0, 2, 0, f] + x3 * w[1, 0, 0, f]
+            + x4 * w[1, 1, 0, f] + x5 * w[1, 2, 0, f] + x6 * w[2, 0, 0, f] + x7 * w[2, 1, 0, f] + x8 * w[2, 2, 0, f])
+
+
+@_jit
+def _conv3x3_one_channel_forward(x, w, bias, kind, out):  # pragma: no cover - compiled
+    # the shallow convolution for a 3x3 kernel on one input channel, stride 1, no padding (ARN-CNN's first
+    # layer on grayscale images): the patch sits in nine registers and each activation has its own loop over
+    # the filters, so that loop vectorizes (a branch inside it would not)
+    N, _, _, _ = x.shape
+    _, OH, OW, F = out.shape
+    zero, one = out.dtype.type(0), out.dtype.type(1)
+    for r in prange(N * OH):
+        n = r // OH
+        p = r % OH
+        for q in range(OW):
+            x0, x1, x2 = x[n, p, q, 0], x[n, p, q + 1, 0], x[n, p, q + 2, 0]
+            x3, x4, x5 = x[n, p + 1, q, 0], x[n, p + 1, q + 1, 0], x[n, p + 1, q + 2, 0]
+            x6, x7, x8 = x[n, p + 2, q, 0], x[n, p + 2, q + 1, 0], x[n, p + 2, q + 2, 0]
+            if kind == _RELU:
+                for f in range(F):
+                    out[n, p, q, f] = max(_taps3x3(bias[f], x0, x1, x2, x3, x4, x5, x6, x7, x8, w, f), zero)
+            elif kind == _SIGMOID:
+                for f in range(F):
+                    out[n, p, q, f] = _sigmoid(_taps3x3(bias[f], x0, x1, x2, x3, x4, x5, x6, x7, x8, w, f), one)
+            else:
+                for f in range(F):
+                    out[n, p, q, f] = _taps3x3(bias[f], x0, x1, x2, x3, x4, x5, x6, x7, x8, w, f)
+
+
 @_jit
 def _shallow_conv_weight_grad(x, dz, kh, kw, stride, top, left, partial):  # pragma: no cover - compiled
     # partial[t] (kh*kw*C + 1, F), float64: over chunk t of output rows, sums of patch value * dz; the last
@@ -675,6 +709,10 @@ def shallow_conv_forward(x, kernel, bias, stride, pads, kind):
     out = np.empty((N, OH, OW, F), dtype=x.dtype)
     has_bias = bias is not None
     b = bias.astype(x.dtype) if has_bias else np.zeros(F, dtype=x.dtype)
+    if kernel.shape[:3] == (3, 3, 1) and stride == 1 and pads == ((0, 0), (0, 0)):
+        _conv3x3_one_channel_forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel, dtype=x.dtype), b,
+                                     _KIND[kind], out)
+        return out
     _shallow_conv_forward(np.ascontiguousarray(x), np.ascontiguousarray(kernel, dtype=x.dtype), b, has_bias,
                           _KIND[kind], stride, top, left, out)
     return out
