@@ -303,3 +303,34 @@ def test_backward_without_input_grad_gives_the_same_weight_grads(backend, activa
     assert dx.shape == x.shape and np.abs(dx).max() > 0
     for k, g in full.items():
         np.testing.assert_array_equal(layer.grads[k], g, err_msg=k)
+
+
+# -- blocks of images ------------------------------------------------------------------------------------
+@backends
+@pytest.mark.parametrize("path", ["im2col", "winograd"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocks_of_images_give_the_whole_batch_result(backend, path, dtype, monkeypatch):
+    """im2col's columns and Winograd's V and M are built one block of images at a time (``image_blocks``):
+    with blocks of one image (and of three) forward, every gradient and dx equal one block of the whole batch."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-1, 1, size=(7, 9, 8, 4)).astype(dtype)
+    layer = Conv2D(4, 4, 3, padding="same", activation="relu", dtype=dtype, seed=3)
+    monkeypatch.setattr(Conv2D, "_is_winograd", lambda self, K, shape: path == "winograd")
+    dout = rng.uniform(-1, 1, size=(7, 9, 8, 4)).astype(dtype)
+    results = {}
+    for label, block_bytes in (("whole", 1 << 40), ("single", 1), ("three", 3 * 9 * 8 * 36 * np.dtype(dtype).itemsize)):
+        monkeypatch.setattr(kernels.scratch, "BLOCK_BYTES", block_bytes)
+        if label == "single":
+            assert kernels.image_blocks(7, 100) == [(i, i + 1) for i in range(7)]
+        with kernels.backend(backend):
+            out = layer.forward(x, training=True).copy()
+            dx = layer.backward(dout)
+        results[label] = (out, dx, {k: g.copy() for k, g in layer.grads.items()})
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    whole = results["whole"]
+    for label in ("single", "three"):
+        out, dx, grads = results[label]
+        np.testing.assert_allclose(out, whole[0], **tol)
+        np.testing.assert_allclose(dx, whole[1], **tol)
+        for k in whole[2]:
+            np.testing.assert_allclose(grads[k], whole[2][k], **tol)

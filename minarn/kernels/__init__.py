@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from types import ModuleType
 
 from minarn.kernels import numpy_ref
+from minarn.kernels.scratch import image_blocks as image_blocks  # blocks of images of bounded scratch size
 from minarn.kernels.scratch import workspace as workspace  # the layers' shared scratch arrays
 
 # Every kernel a backend provides: name -> what it computes (rows are positions of a channels-last map viewed as

@@ -1,4 +1,5 @@
-"""Scratch memory the kernels and layers share: one growing flat buffer per (slot, dtype), reused by every call.
+"""Scratch memory the kernels and layers share: one growing flat buffer per (slot, dtype), reused by every call,
+and the blocks of images that keep each use of it near a fixed size.
 
 Its own module so that a backend (``numba_jit``) can use it without importing the ``minarn.kernels`` package that
 imports the backend; ``minarn.kernels.workspace`` is the same function.
@@ -11,6 +12,12 @@ from typing import Any
 import numpy as np
 
 _workspaces: dict[tuple[int, str], np.ndarray] = {}
+
+# The convolutions that build large transient matrices (im2col's columns, Winograd's V and M) run over blocks of
+# whole images whose matrices take about this many bytes, whatever the batch size: the peak memory of a training
+# step then grows with the activations alone (at batch 256 the columns of ARN-CNN's conv2d_5 alone were 283 MB),
+# and a block's matrix is still in cache when the product reads it.
+BLOCK_BYTES = 8 << 20
 
 
 def workspace(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> np.ndarray:
@@ -25,3 +32,13 @@ def workspace(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> np.ndarray:
     if buf is None or buf.size < size:
         buf = _workspaces[key] = np.empty(size, dtype=dtype)
     return buf[:size].reshape(shape)
+
+
+def image_blocks(images: int, bytes_per_image: int) -> list[tuple[int, int]]:
+    """Split ``images`` into consecutive blocks [lo, hi) whose transient matrices take about ``BLOCK_BYTES``
+    (``bytes_per_image`` each): at least one image per block, and a multiple of 4 images where a block holds 4
+    or more (the kernels that work image by image hand out whole images to the threads)."""
+    per = max(1, BLOCK_BYTES // max(1, bytes_per_image))
+    if per >= 4:
+        per -= per % 4
+    return [(lo, min(images, lo + per)) for lo in range(0, images, per)]

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from minarn.kernels.scratch import image_blocks
+
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
 A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
@@ -56,14 +58,19 @@ def forward(K: Any, x: np.ndarray, kernel: np.ndarray, pads: tuple[tuple[int, in
     """z = conv(x, kernel) without bias: x (N, H, W, C), kernel (3, 3, C, F) -> z (N, OH, OW, F), a new array.
 
     ``K`` is the kernel backend, ``workspace(shape, dtype, slot)`` hands out the reused scratch arrays
-    (V in slot 0, M in slot 1: both die before this returns)."""
+    (V in slot 0, M in slot 1: both die before this returns). One block of images at a time
+    (``image_blocks``): its V, its 16 products and its output transform."""
     N, _, _, C = x.shape
     F = kernel.shape[-1]
     th, tw = tiles(*out_hw)
-    T = N * th * tw
-    v = K.winograd_input(x, pads[0][0], pads[1][0], th, tw, out=workspace((16, T, C), x.dtype, 0))
-    m = np.matmul(v, filter_transform(kernel.astype(x.dtype, copy=False)), out=workspace((16, T, F), x.dtype, 1))
-    return K.winograd_output(m, (N, *out_hw, F), th, tw)
+    u = filter_transform(kernel.astype(x.dtype, copy=False))
+    z = np.empty((N, *out_hw, F), dtype=x.dtype)
+    for lo, hi in image_blocks(N, 16 * th * tw * (C + F) * x.dtype.itemsize):
+        T = (hi - lo) * th * tw
+        v = K.winograd_input(x[lo:hi], pads[0][0], pads[1][0], th, tw, out=workspace((16, T, C), x.dtype, 0))
+        m = np.matmul(v, u, out=workspace((16, T, F), x.dtype, 1))
+        z[lo:hi] = K.winograd_output(m, (hi - lo, *out_hw, F), th, tw)
+    return z
 
 
 def backward(K: Any, x: np.ndarray, kernel: np.ndarray, dz: np.ndarray,
@@ -78,11 +85,14 @@ def backward(K: Any, x: np.ndarray, kernel: np.ndarray, dz: np.ndarray,
     N, H, W, C = x.shape
     OH, OW, F = dz.shape[1:]
     th, tw = tiles(OH, OW)
-    T = N * th * tw
     top, left = pads[0][0], pads[1][0]
-    dm = K.winograd_output_adjoint(dz, th, tw, out=workspace((16, T, F), dz.dtype, 1))
-    v = K.winograd_input(x, top, left, th, tw, out=workspace((16, T, C), dz.dtype, 0))
-    dkernel = filter_transform_adjoint(np.matmul(v.transpose(0, 2, 1), dm))
+    du = np.zeros((16, C, F), dtype=np.float64)  # summed over the blocks of images
+    for lo, hi in image_blocks(N, 16 * th * tw * (C + F) * dz.dtype.itemsize):
+        T = (hi - lo) * th * tw
+        dm = K.winograd_output_adjoint(dz[lo:hi], th, tw, out=workspace((16, T, F), dz.dtype, 1))
+        v = K.winograd_input(x[lo:hi], top, left, th, tw, out=workspace((16, T, C), dz.dtype, 0))
+        du += np.matmul(v.transpose(0, 2, 1), dm)
+    dkernel = filter_transform_adjoint(du).astype(dz.dtype)
     if not input_grad:
         return dkernel, None
     turned = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))  # (3, 3, F, C)

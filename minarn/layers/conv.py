@@ -146,7 +146,7 @@ class Conv2D(Layer):
             z = winograd.forward(K, x, kernel.reshape(kh, kw, self.in_channels, F), pads, (OH, OW),
                                  kernels.workspace).reshape(-1, F)
         else:
-            z = self._columns(K, x, pads) @ kernel
+            z = self._im2col_product(K, x, pads, kernel)
         if kind is not None:  # fast path: z = act(z + bias) in place, one pass
             out = K.bias_activation(z, bias, kind).reshape(N, OH, OW, F)
         else:
@@ -175,8 +175,25 @@ class Conv2D(Layer):
         if self._is_winograd(K, x.shape):
             z = winograd.forward(K, x, kernel, pads, (OH, OW), kernels.workspace)
         else:
-            z = (self._columns(K, x, pads) @ kernel.reshape(kh * kw * self.in_channels, F)).reshape(N, OH, OW, F)
+            z = self._im2col_product(K, x, pads, kernel.reshape(kh * kw * self.in_channels, F)).reshape(N, OH, OW, F)
         self._cache = (x, pads, z, self.fused_kind)
+        return z
+
+    def _column_blocks(self, x_shape: tuple[int, ...], itemsize: int) -> list[tuple[int, int]]:
+        """The blocks of images whose im2col columns are built and used one at a time (``image_blocks``)."""
+        (kh, kw), C = self.kernel_size, self.in_channels
+        _, OH, OW, _ = self.compute_output_shape(x_shape)
+        return kernels.image_blocks(x_shape[0], OH * OW * kh * kw * C * itemsize)
+
+    def _im2col_product(self, K: Any, x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]],
+                        kernel: np.ndarray) -> np.ndarray:
+        """z = cols @ kernel, (N*OH*OW, F) for kernel (kh*kw*C, F): the columns of one block of images at a time."""
+        if self._is_pointwise():
+            return x.reshape(-1, self.in_channels) @ kernel
+        rows = int(np.prod(self.compute_output_shape(x.shape)[1:3]))  # output positions per image
+        z = np.empty((x.shape[0] * rows, kernel.shape[1]), dtype=np.result_type(x, kernel))
+        for lo, hi in self._column_blocks(x.shape, x.dtype.itemsize):
+            np.matmul(self._columns(K, x[lo:hi], pads), kernel, out=z[lo * rows : hi * rows])
         return z
 
     def _columns(self, K: Any, x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
@@ -248,21 +265,33 @@ class Conv2D(Layer):
             if "bias" in self.params:
                 self._set_bias_grad(dz, dbias)
             return dx
-        dz = dz.reshape(-1, F)
-        cols = self._columns(K, x.astype(dz.dtype, copy=False), pads)
-        # dkernel = cols^T dz, computed as (dz^T cols)^T: OpenBLAS runs this long-reduction product faster with
-        # the wide matrix on the right (conv2d_5: 13.1 -> 10.9 ms, see benchmarks/RESULTS.md)
-        self.grads["kernel"] = (dz.T @ cols).T.reshape(kernel.shape).astype(kernel.dtype, copy=False)
-        if "bias" in self.params:
-            self._set_bias_grad(dz, dbias)
-        if not input_grad:
-            return None
+        x = x.astype(dz.dtype, copy=False)
         kernel_t = kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
         if self._is_pointwise():
-            return (dz @ kernel_t).reshape(x.shape)
-        # cols is dead now: the input-side gradient dcols reuses its workspace.
-        dcols = np.matmul(dz, kernel_t, out=cols)
-        return K.col2im_padded(dcols, x.shape, kh, kw, s, pads)
+            dz = dz.reshape(-1, F)
+            self.grads["kernel"] = (dz.T @ x.reshape(-1, self.in_channels)).T.reshape(kernel.shape).astype(
+                kernel.dtype, copy=False)
+            if "bias" in self.params:
+                self._set_bias_grad(dz, dbias)
+            return (dz @ kernel_t).reshape(x.shape) if input_grad else None
+        # One block of images at a time: its columns, its share of dkernel = cols^T dz (computed as (dz^T cols)^T:
+        # OpenBLAS runs this long-reduction product faster with the wide matrix on the right), then, in the
+        # columns' workspace (they are dead by then), dcols = dz kernel^T folded back onto the block's images.
+        rows = dz.shape[1] * dz.shape[2]
+        dz_rows = dz.reshape(-1, F)
+        dkernel = np.zeros((F, kernel_t.shape[1]), dtype=np.float64)
+        dx = np.empty(x.shape, dtype=dz.dtype) if input_grad else None
+        for lo, hi in self._column_blocks(x.shape, x.dtype.itemsize):
+            dz_block = dz_rows[lo * rows : hi * rows]
+            cols = self._columns(K, x[lo:hi], pads)
+            dkernel += dz_block.T @ cols
+            if dx is not None:
+                dcols = np.matmul(dz_block, kernel_t, out=cols)
+                dx[lo:hi] = K.col2im_padded(dcols, x[lo:hi].shape, kh, kw, s, pads)
+        self.grads["kernel"] = dkernel.T.reshape(kernel.shape).astype(kernel.dtype)
+        if "bias" in self.params:
+            self._set_bias_grad(dz_rows, dbias)
+        return dx
 
     def _set_bias_grad(self, dz: np.ndarray, dbias: np.ndarray | None) -> None:
         """grads["bias"] = sum of dz over every position (N, OH, OW), or the ``dbias`` already summed."""
