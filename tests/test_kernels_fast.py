@@ -286,7 +286,7 @@ def test_float32_exp_of_the_fused_sigmoid_is_within_one_ulp():
 @pytest.mark.skipif(not kernels.numba_available(), reason="numba is not installed")
 @pytest.mark.parametrize("kind", numpy_ref.ACTIVATION_KINDS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_one_channel_3x3_kernel_is_the_general_short_patch_loop_bit_for_bit(dtype, kind):
+def test_one_channel_3x3_kernels_are_the_general_short_patch_loops_bit_for_bit(dtype, kind):
     from minarn.kernels import numba_jit
 
     x = rng_array((3, 9, 8, 1), dtype, seed=5)
@@ -295,3 +295,10 @@ def test_one_channel_3x3_kernel_is_the_general_short_patch_loop_bit_for_bit(dtyp
     general = np.empty_like(got)
     numba_jit._shallow_conv_forward(x, kernel, bias, True, numba_jit._KIND[kind], 1, 0, 0, general)
     np.testing.assert_array_equal(got, general)
+    dz = rng_array(got.shape, dtype, seed=8)
+    dkernel, dbias = numba_jit.shallow_conv_weight_grad(x, dz, 3, 3, 1, ((0, 0), (0, 0)))
+    partial = np.zeros((numba_jit._weight_grad_chunks(dz), 10, 11))  # the same partial sums
+    numba_jit._shallow_conv_weight_grad(x, dz, 3, 3, 1, 0, 0, partial)
+    general_sums = partial.sum(axis=0).astype(dtype)
+    np.testing.assert_array_equal(dkernel, general_sums[:-1].reshape(3, 3, 1, 11))
+    np.testing.assert_array_equal(dbias, general_sums[-1])

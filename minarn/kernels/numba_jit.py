@@ -385,6 +385,41 @@ def _shallow_conv_weight_grad(x, dz, kh, kw, stride, top, left, partial):  # pra
                     partial[t, k, f] += acc[k, f]
 
 
+@_jit
+def _conv3x3_one_channel_weight_grad(x, dz, partial):  # pragma: no cover - compiled
+    # _shallow_conv_weight_grad for _conv3x3_one_channel_forward's case (3x3, one channel, stride 1, no
+    # padding), the patch in nine registers: partial[t] (10, F) as there, rows 0-8 the taps, row 9 the sums of dz
+    _, OH, OW, F = dz.shape
+    chunks = partial.shape[0]
+    rows = dz.shape[0] * OH
+    for t in prange(chunks):
+        acc = np.zeros((10, F), dtype=dz.dtype)
+        lo, hi = _chunk_rows(t, rows, chunks)
+        for r in range(lo, hi):
+            n = r // OH
+            p = r % OH
+            acc[:] = 0
+            for q in range(OW):
+                x0, x1, x2 = x[n, p, q, 0], x[n, p, q + 1, 0], x[n, p, q + 2, 0]
+                x3, x4, x5 = x[n, p + 1, q, 0], x[n, p + 1, q + 1, 0], x[n, p + 1, q + 2, 0]
+                x6, x7, x8 = x[n, p + 2, q, 0], x[n, p + 2, q + 1, 0], x[n, p + 2, q + 2, 0]
+                for f in range(F):
+                    g = dz[n, p, q, f]
+                    acc[0, f] += x0 * g
+                    acc[1, f] += x1 * g
+                    acc[2, f] += x2 * g
+                    acc[3, f] += x3 * g
+                    acc[4, f] += x4 * g
+                    acc[5, f] += x5 * g
+                    acc[6, f] += x6 * g
+                    acc[7, f] += x7 * g
+                    acc[8, f] += x8 * g
+                    acc[9, f] += g
+            for k in range(10):
+                for f in range(F):
+                    partial[t, k, f] += acc[k, f]
+
+
 # Winograd F(2x2, 3x3) tile transforms (see numpy_ref and minarn.kernels.winograd). Each 1-D transform is one
 # inline function; a 2-D transform applies it along the rows, then along the columns. The channel loop is
 # innermost so that it vectorizes.
@@ -718,14 +753,21 @@ def shallow_conv_forward(x, kernel, bias, stride, pads, kind):
     return out
 
 
+def _weight_grad_chunks(dz):
+    # chunks of the N * OH output rows whose partial sums shallow_conv_weight_grad adds (4 per thread)
+    return max(1, min(numba.get_num_threads() * 4, dz.shape[0] * dz.shape[1]))
+
+
 def shallow_conv_weight_grad(x, dz, kh, kw, stride, pads):
     """See ``numpy_ref.shallow_conv_weight_grad``."""
     (top, _), (left, _) = pads
     C, F = x.shape[-1], dz.shape[-1]
-    chunks = max(1, min(numba.get_num_threads() * 4, dz.shape[0] * dz.shape[1]))  # of the N * OH output rows
-    partial = np.zeros((chunks, kh * kw * C + 1, F))
-    _shallow_conv_weight_grad(np.ascontiguousarray(x), np.ascontiguousarray(dz), kh, kw, stride, top, left,
-                              partial)
+    partial = np.zeros((_weight_grad_chunks(dz), kh * kw * C + 1, F))
+    if (kh, kw, C, stride) == (3, 3, 1, 1) and pads == ((0, 0), (0, 0)):
+        _conv3x3_one_channel_weight_grad(np.ascontiguousarray(x), np.ascontiguousarray(dz), partial)
+    else:
+        _shallow_conv_weight_grad(np.ascontiguousarray(x), np.ascontiguousarray(dz), kh, kw, stride, top, left,
+                                  partial)
     total = partial.sum(axis=0).astype(dz.dtype)
     return total[:-1].reshape(kh, kw, C, F), total[-1].copy()
 
