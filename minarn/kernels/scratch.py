@@ -15,9 +15,10 @@ _workspaces: dict[tuple[int, str], np.ndarray] = {}
 
 # The convolutions that build large transient matrices (im2col's columns, Winograd's V and M) run over blocks of
 # whole images whose matrices take about this many bytes, whatever the batch size: the peak memory of a training
-# step then grows with the activations alone (at batch 256 the columns of ARN-CNN's conv2d_5 alone were 283 MB),
-# and a block's matrix is still in cache when the product reads it.
-BLOCK_BYTES = 8 << 20
+# step then grows with the activations alone (at batch 256 the columns of ARN-CNN's conv2d_5 alone were 283 MB).
+# Not smaller: with 8 MB, Winograd's 16 products per block shrink to 1,024 rows and the step got ~10 % slower
+# (benchmarks/RESULTS.md, session 9).
+BLOCK_BYTES = 32 << 20
 
 
 def workspace(shape: tuple[int, ...], dtype: Any, slot: int = 0) -> np.ndarray:
