@@ -18,6 +18,7 @@ from minarn import allocator, kernels
 from minarn.kernels import numpy_ref
 from minarn.layers import Conv2D, Multiply, get_activation
 from minarn.layers.attention import AttentionModule
+from minarn.layers.residual import ResidualBlock
 
 DTYPES = st.sampled_from(["float32", "float64"])
 # float32 round-off of a few chained products and 1x1 convolutions (C <= 12 terms); float64 to 1e-12
@@ -118,6 +119,41 @@ def test_fused_attention_matches_layer_by_layer(name, n, h, w, c, dtype, seed):
     assert out.dtype == dx.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(x, keep_x)
     np.testing.assert_array_equal(dout, keep_dout)
+
+
+# -- the residual block: ReLU and pooling fused against layer by layer -----------------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+@given(n=st.integers(1, 3), h=st.integers(2, 7), w=st.integers(2, 7), c=st.integers(1, 5), f=st.integers(1, 6),
+       attention=st.booleans(), residual=st.booleans(), dtype=DTYPES, seed=SEEDS)
+def test_fused_relu_and_pooling_of_the_residual_block_match_layer_by_layer(name, n, h, w, c, f, attention, residual,
+                                                                           dtype, seed):
+    """Bit for bit: the fused step keeps no ReLU map, yet gives the readable path's output, dx and every gradient
+    (ties at 0 in a window included: the ReLU makes many)."""
+    rng = np.random.default_rng(seed)
+    counter = iter(range(100))
+    block = ResidualBlock(c, f, lambda base: f"{base}_{next(counter)}", lambda: int(rng.integers(1000)),
+                          attention=attention, residual=residual, dtype=dtype)
+    x = values(rng, (n, h, w, c), dtype)
+    runs = []
+    with kernels.backend(name):
+        for fused in (False, True):
+            block.fused = fused
+            out = block.forward(x, training=True).copy()
+            dout = values(np.random.default_rng(seed + 1), out.shape, dtype)
+            dx = block.backward(dout)
+            runs.append((out, dx, {k: g.copy() for k, g in block.grads.items()}))
+    (out_ref, dx_ref, grads_ref), (out, dx, grads) = runs
+    np.testing.assert_array_equal(out, out_ref)
+    np.testing.assert_array_equal(dx, dx_ref)
+    assert sorted(grads) == sorted(grads_ref) and grads
+    for key in grads:
+        np.testing.assert_array_equal(grads[key], grads_ref[key], err_msg=key)
+
+
+def test_the_fused_residual_block_keeps_no_relu_map():
+    block = ResidualBlock(2, 3, lambda base: base, lambda: 0)
+    block.forward(np.ones((1, 4, 4, 2), np.float32), training=True)
+    assert block.relu._cache is None  # the readable path's ReLU would hold its (1, 4, 4, 3) output
 
 
 def test_forward_preactivation_needs_a_fused_activation():

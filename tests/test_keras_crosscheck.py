@@ -41,6 +41,7 @@ from minarn import interop, load_model
 from minarn.data import load_mednist, one_hot
 from minarn.layers.attention import AttentionModule
 from minarn.layers.base import Block
+from minarn.layers.residual import ResidualBlock
 from minarn.losses import softmax_cross_entropy
 from minarn.model import ARNCNN
 from minarn.optim import Adamax
@@ -117,7 +118,7 @@ def make_pair(dtype: str = "float32", seed: int = 1, **options):
 @contextmanager
 def recording(model: ARNCNN):
     """Record every minarn layer's forward output by layer name (instance-level wrappers, removed after), on the
-    attention modules' readable layer-by-layer path."""
+    blocks' readable layer-by-layer paths (attention modules, the residual block)."""
     outputs: dict[str, np.ndarray] = {}
 
     def wrap(layer):
@@ -130,15 +131,15 @@ def recording(model: ARNCNN):
 
         return forward
 
-    def attention_modules(layers):  # also those inside a block (the residual block's)
+    def fusing_blocks(layers):  # the blocks with a fused path, also those inside a block (the residual block's)
         for layer in layers:
-            if isinstance(layer, AttentionModule):
+            if isinstance(layer, (AttentionModule, ResidualBlock)):
                 yield layer
             if isinstance(layer, Block):
-                yield from attention_modules(layer.sublayers)
+                yield from fusing_blocks(layer.sublayers)
 
-    blocks = list(attention_modules(model.stages))
-    for block in blocks:  # the readable path calls every layer's forward (the fused one skips conv_b's)
+    blocks = list(fusing_blocks(model.stages))
+    for block in blocks:  # the readable path calls every layer's forward (the fused ones skip conv_b's, ReLU's)
         block.fused = False
     for layer in model.layers:
         layer.forward = wrap(layer)

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from minarn import kernels
 from minarn.layers.activations import ReLU
 from minarn.layers.attention import AttentionModule
 from minarn.layers.base import Block, Layer, SummaryRow, chain_rows
@@ -25,7 +26,14 @@ class ResidualBlock(Block):
     Table 6), keeping ReLU and pooling. Backward: x feeds the main path and the skip, so dx is their sum.
     ``name`` is a callable giving Keras' next name for a layer type (``name("conv2d") -> "conv2d_5"``); the
     block itself is called ``"residual_block"``.
+    ``fused`` (default True): ReLU and pooling run as one step that keeps no ReLU output: pooling routes each
+    gradient to its window's winner, whose ReLU derivative is [winner > 0] = [pooled output > 0], so backward
+    masks dout by the block's own output and then pools back (the same numbers as ReLU's backward after
+    pooling's; the full-size ReLU map, 1/5 of what a training step keeps, is not held). ``fused = False`` runs
+    the readable path, the ReLU layer then the pooling layer, which the fused one is tested against.
     """
+
+    fused: bool = True
 
     def __init__(
         self,
@@ -55,6 +63,7 @@ class ResidualBlock(Block):
         self.add = Add(name=name("add")) if residual else None
         self.relu = ReLU(name=name("activation"))
         self.pool = MaxPooling2D(2, name=name("max_pooling2d"))
+        self._pooled: np.ndarray | None = None  # the fused path's output, kept for its backward
 
     @property
     def main_path(self) -> list[Layer]:
@@ -85,11 +94,20 @@ class ResidualBlock(Block):
         if self.add is not None:
             s = self.skip.forward(x, training) if self.skip else x
             h = self.add.forward((h, s), training)
-        return self._keep_output_shape(self.pool.forward(self.relu.forward(h, training), training))
+        if not self.fused:
+            self._pooled = None
+            return self._keep_output_shape(self.pool.forward(self.relu.forward(h, training), training))
+        self._pooled = self.pool.forward(np.maximum(h, 0), training)  # the ReLU map dies here
+        return self._keep_output_shape(self._pooled)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
         self._check_block_dout(dout)
-        dh = self.relu.backward(self.pool.backward(dout))
+        if self._pooled is None:
+            dh = self.relu.backward(self.pool.backward(dout))
+        else:  # ReLU's derivative at each window's winner is [pooled output > 0]
+            F = dout.shape[-1]
+            masked = kernels.get_backend().activation_backward(dout.reshape(-1, F), self._pooled.reshape(-1, F), "relu")
+            dh = self.pool.backward(masked.reshape(dout.shape))
         dx_skip = None
         if self.add is not None:
             # the add hands dh to both inputs; neither branch writes into it, so they share it (no copies)
