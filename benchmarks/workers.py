@@ -221,11 +221,11 @@ class Minarn:
         """(a shape, b shape, a transposed, how many, in the forward pass) of every matrix product of one
         training step, read from
         the layers' caches. im2col layers: a forward product, a weight-gradient product (long reduction, small
-        output) and, except for the first layer, an input-gradient product; Winograd layers: 16 of each;
-        short-patch layers (the first one) run direct loops and have none."""
+        output) and, except for the first layer, an input-gradient product; Winograd layers: s^2 of each (36 for
+        F(4x4, 3x3)); short-patch layers (the first one) run direct loops and have none."""
         from minarn import kernels
         from minarn.kernels import winograd
-        from minarn.layers import Conv2D, Dense
+        from minarn.layers import Conv2D, Dense, conv
 
         K = kernels.get_backend()
         self.model.loss_and_grads(self.x[BATCH], self.y[BATCH])
@@ -241,10 +241,11 @@ class Minarn:
             elif layer._is_winograd(K, x.shape):
                 n, h, w, c = x.shape
                 _, oh, ow, f = layer.compute_output_shape(x.shape)
-                t = n * winograd.tiles(oh, ow)[0] * winograd.tiles(oh, ow)[1]
-                t_in = n * winograd.tiles(h, w)[0] * winograd.tiles(h, w)[1]  # dx: a convolution of dz
-                shapes += [((t, c), (c, f), False, 16, True), ((c, t), (t, f), True, 16, False),
-                           ((t_in, f), (f, c), False, 16, False)]
+                tile, k = conv.WINOGRAD_VARIANT.m, conv.WINOGRAD_VARIANT.s ** 2
+                t = n * winograd.tiles(oh, ow, tile)[0] * winograd.tiles(oh, ow, tile)[1]
+                t_in = n * winograd.tiles(h, w, tile)[0] * winograd.tiles(h, w, tile)[1]  # dx: a convolution of dz
+                shapes += [((t, c), (c, f), False, k, True), ((c, t), (t, f), True, k, False),
+                           ((t_in, f), (f, c), False, k, False)]
                 continue
             else:
                 n, oh, ow, f = layer.compute_output_shape(x.shape)

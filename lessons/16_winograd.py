@@ -14,11 +14,14 @@
 #   im2col's one product with a reduction over 9C to 16 products with a reduction over C.
 # - The price is memory traffic: the transformed input holds 16 values per 2x2 output tile (4x the input),
 #   and the transforms are extra passes. On this CPU it pays only for the widest layer of ARN-CNN, conv2d_6
-#   (64 -> 64 channels on 31x31), which is where minarn's Conv2D uses it (see benchmarks/RESULTS.md).
+#   (64 -> 64 channels on 31x31), which is where minarn's Conv2D uses it (see benchmarks/RESULTS.md), in its
+#   larger form F(4x4, 3x3) (a 4x4 tile from a 6x6 window: 36 multiplications instead of 144, 4x fewer;
+#   ``winograd.F4``), which this lesson measures too in part 6.
 # - The backward pass is the same algebra transposed (A dY A^T, G^T dU G), and the input gradient is itself a
 #   3x3 convolution of dY with the kernel turned by 180 degrees, so it reuses the forward algorithm.
 # - Float32 error stays at im2col's level: the transforms only add, subtract and halve, and each of the 16
-#   products sums C terms instead of 9C.
+#   products sums C terms instead of 9C. F(4x4, 3x3)'s transforms multiply by up to 8 and 1/24: its error is
+#   several times larger, still a few millionths of the output's scale.
 #
 # **Prerequisites:** lesson 2 (im2col, convolution as one matrix product) and lesson 3 (the convolution's
 # backward pass); lesson 15 shows where a training step spends its time.
@@ -149,12 +152,16 @@ with kernels.backend("numpy"):
     by_im2col = layer32.forward(x6.astype(np.float32)).astype(np.float64)
 by_winograd = winograd.forward(numpy_ref, x6.astype(np.float32), layer32.params["kernel"], ((1, 1), (1, 1)),
                                (31, 31), fresh).astype(np.float64)
+by_f4 = winograd.forward(numpy_ref, x6.astype(np.float32), layer32.params["kernel"], ((1, 1), (1, 1)),
+                         (31, 31), fresh, winograd.F4).astype(np.float64)
 scale = np.abs(truth).max()
 err_im2col = np.abs(by_im2col - truth) / scale
 err_winograd = np.abs(by_winograd - truth) / scale
+err_f4 = np.abs(by_f4 - truth) / scale
 print(f"   largest error relative to the output's scale: im2col {err_im2col.max():.1e}, "
-      f"Winograd {err_winograd.max():.1e}")
+      f"Winograd F(2x2, 3x3) {err_winograd.max():.1e}, F(4x4, 3x3) {err_f4.max():.1e}")
 assert err_winograd.max() < 1e-5, "Winograd's float32 error stays a small multiple of float32's epsilon"
+assert err_winograd.max() < err_f4.max() < 5e-5, "F(4x4, 3x3) pays for 4x fewer multiplications in accuracy"
 
 # %% [markdown]
 # The multiplication counts of part 5 and the error distributions of part 6 side by side.
@@ -168,9 +175,10 @@ ax1.set_xticks(range(len(names)), names)
 ax1.set_ylabel("million multiply-adds, batch 40")
 ax1.set_title("Multiplications per forward pass")
 ax1.legend()
-bins = np.logspace(-12, -5, 60)
+bins = np.logspace(-12, -4, 60)
 ax2.hist(err_im2col.ravel() + 1e-13, bins=bins, alpha=0.6, label="im2col")
-ax2.hist(err_winograd.ravel() + 1e-13, bins=bins, alpha=0.6, label="Winograd")
+ax2.hist(err_winograd.ravel() + 1e-13, bins=bins, alpha=0.6, label="Winograd F(2x2, 3x3)")
+ax2.hist(err_f4.ravel() + 1e-13, bins=bins, alpha=0.6, label="Winograd F(4x4, 3x3)")
 ax2.set_xscale("log")
 ax2.set_xlabel("|float32 - float64| / max |output|")
 ax2.set_ylabel("outputs")

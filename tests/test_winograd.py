@@ -1,6 +1,6 @@
-"""Winograd F(2x2, 3x3): the tile transforms against their matrix definitions, every backend against the NumPy
-reference, the whole algorithm against im2col convolution (forward and both gradients), and Conv2D's choice
-of it (gradient-checked when forced on small layers)."""
+"""Winograd F(2x2, 3x3) and F(4x4, 3x3): the tile transforms against their matrix definitions, every backend
+against the NumPy reference, the whole algorithm against im2col convolution (forward and both gradients), and
+Conv2D's choice of it (gradient-checked when forced on small layers)."""
 
 from __future__ import annotations
 
@@ -17,86 +17,132 @@ from minarn.layers import Conv2D, conv
 
 backends = pytest.mark.parametrize("backend", BACKENDS)
 no_workspace = lambda shape, dtype, slot: np.empty(shape, dtype)  # a fresh array per call
+variants = pytest.mark.parametrize("variant", [winograd.F2, winograd.F4], ids=["F2", "F4"])
 
 
-def tile_windows_by_loops(x, top, left, th, tw):
-    """d[n, a, b] = the 4x4 window at rows 2a - top.., columns 2b - left.. (zeros outside): (N, TH, TW, 4, 4, C)."""
+def tile_windows_by_loops(x, top, left, th, tw, m):
+    """d[n, a, b] = the s x s window (s = m + 2) at rows m a - top.., columns m b - left.. (zeros outside):
+    (N, TH, TW, s, s, C)."""
     N, H, W, C = x.shape
-    d = np.zeros((N, th, tw, 4, 4, C), dtype=x.dtype)
+    s = m + 2
+    d = np.zeros((N, th, tw, s, s, C), dtype=x.dtype)
     for a in range(th):
         for b in range(tw):
-            for i in range(4):
-                for j in range(4):
-                    h, w = 2 * a + i - top, 2 * b + j - left
+            for i in range(s):
+                for j in range(s):
+                    h, w = m * a + i - top, m * b + j - left
                     if 0 <= h < H and 0 <= w < W:
                         d[:, a, b, i, j] = x[:, h, w]
     return d
 
 
-@given(seed=SEEDS, n=st.integers(1, 2), h=st.integers(1, 7), w=st.integers(1, 7), c=st.integers(1, 3),
+@variants
+@given(seed=SEEDS, n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 3),
        top=st.integers(0, 2), left=st.integers(0, 2))
-def test_reference_transforms_match_the_matrix_definitions(seed, n, h, w, c, top, left):
+def test_reference_transforms_match_the_matrix_definitions(variant, seed, n, h, w, c, top, left):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, c))
-    th, tw = winograd.tiles(h, w)
-    d = tile_windows_by_loops(x, top, left, th, tw)
-    v = numpy_ref.winograd_input(x, top, left, th, tw)
-    want_v = np.einsum("xu,ntbuvc,yv->xyntbc", winograd.B_T, d, winograd.B_T).reshape(16, -1, c)
+    m, s = variant.m, variant.s
+    th, tw = winograd.tiles(h, w, m)
+    d = tile_windows_by_loops(x, top, left, th, tw, m)
+    v = numpy_ref.winograd_input(x, top, left, th, tw, variant.b_t)
+    want_v = np.einsum("xu,ntbuvc,yv->xyntbc", variant.b_t, d, variant.b_t).reshape(s * s, -1, c)
     np.testing.assert_allclose(v, want_v, atol=1e-12)
 
-    m = rng.standard_normal((16, n * th * tw, c))
-    y = numpy_ref.winograd_output(m, (n, h, w, c), th, tw)
-    mt = m.reshape(4, 4, n, th, tw, c)
+    mm = rng.standard_normal((s * s, n * th * tw, c))
+    y = numpy_ref.winograd_output(mm, (n, h, w, c), th, tw, variant.a_t)
+    mt = mm.reshape(s, s, n, th, tw, c)
     for a in range(th):
         for b in range(tw):
-            tile = np.einsum("xu,uvnc,yv->nxyc", winograd.A_T, mt[:, :, :, a, b], winograd.A_T)
-            rows, cols = min(2, h - 2 * a), min(2, w - 2 * b)
-            np.testing.assert_allclose(y[:, 2 * a : 2 * a + rows, 2 * b : 2 * b + cols], tile[:, :rows, :cols],
+            tile = np.einsum("xu,uvnc,yv->nxyc", variant.a_t, mt[:, :, :, a, b], variant.a_t)
+            rows, cols = min(m, h - m * a), min(m, w - m * b)
+            np.testing.assert_allclose(y[:, m * a : m * a + rows, m * b : m * b + cols], tile[:, :rows, :cols],
                                        atol=1e-12)
 
     # The output transform's adjoint: <winograd_output(m), dz> == <m, winograd_output_adjoint(dz)>
     dz = rng.standard_normal(y.shape)
-    dm = numpy_ref.winograd_output_adjoint(dz, th, tw)
-    np.testing.assert_allclose(np.vdot(y, dz), np.vdot(m, dm), rtol=1e-10, atol=1e-10)
+    dm = numpy_ref.winograd_output_adjoint(dz, th, tw, variant.a_t)
+    np.testing.assert_allclose(np.vdot(y, dz), np.vdot(mm, dm), rtol=1e-10, atol=1e-10)
 
 
-def test_filter_transform_and_its_adjoint():
+@variants
+def test_filter_transform_and_its_adjoint(variant):
     rng = np.random.default_rng(0)
+    s = variant.s
     g = rng.standard_normal((3, 3, 2, 5))
-    u = winograd.filter_transform(g)
-    assert u.shape == (16, 2, 5)
-    np.testing.assert_allclose(u.reshape(4, 4, 2, 5)[:, :, 1, 3], winograd.G @ g[:, :, 1, 3] @ winograd.G.T)
+    u = winograd.filter_transform(g, variant)
+    assert u.shape == (s * s, 2, 5)
+    np.testing.assert_allclose(u.reshape(s, s, 2, 5)[:, :, 1, 3], variant.g @ g[:, :, 1, 3] @ variant.g.T)
     du = rng.standard_normal(u.shape)
-    np.testing.assert_allclose(np.vdot(u, du), np.vdot(g, winograd.filter_transform_adjoint(du)), rtol=1e-12)
+    np.testing.assert_allclose(np.vdot(u, du), np.vdot(g, winograd.filter_transform_adjoint(du, variant)),
+                               rtol=1e-12)
 
 
+@variants
+def test_the_variants_compute_a_1d_convolution(variant):
+    """A^T [(G g) * (B^T d)] is the valid correlation of an (m + 2)-window d with the 3-tap g."""
+    rng = np.random.default_rng(variant.m)
+    d, g = rng.standard_normal(variant.s), rng.standard_normal(3)
+    np.testing.assert_allclose(variant.a_t @ ((variant.g @ g) * (variant.b_t @ d)), np.correlate(d, g, "valid"),
+                               rtol=1e-12, atol=1e-12)
+
+
+@variants
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("shape", [(2, 7, 6, 3, 1, 1), (1, 9, 8, 5, 0, 0), (3, 4, 5, 2, 2, 0), (1, 1, 1, 1, 1, 1)])
+@pytest.mark.parametrize("shape", [(2, 7, 6, 3, 1, 1), (1, 9, 8, 5, 0, 0), (3, 4, 5, 2, 2, 0), (1, 1, 1, 1, 1, 1),
+                                   (2, 11, 10, 9, 1, 2)])
 @backends
-def test_backends_match_the_reference(backend, shape, dtype):
+def test_backends_match_the_reference(backend, shape, dtype, variant):
     n, h, w, c, top, left = shape
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, h, w, c)).astype(dtype)
-    th, tw = winograd.tiles(h, w)
-    m = rng.standard_normal((16, n * th * tw, c)).astype(dtype)
+    th, tw = winograd.tiles(h, w, variant.m)
+    k = variant.s**2
+    m = rng.standard_normal((k, n * th * tw, c)).astype(dtype)
+    b_t, a_t = variant.b_t.astype(dtype), variant.a_t.astype(dtype)
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-12}
     with kernels.backend(backend) as K:
-        garbage = np.full((16, n * th * tw, c), np.nan, dtype=dtype)  # a reused buffer: must be overwritten
-        v = K.winograd_input(x, top, left, th, tw, out=garbage)
-        y = K.winograd_output(m, (n, h, w, c), th, tw)
-        dm = K.winograd_output_adjoint(x, th, tw, out=np.full_like(garbage, np.nan))
+        garbage = np.full((k, n * th * tw, c), np.nan, dtype=dtype)  # a reused buffer: must be overwritten
+        v = K.winograd_input(x, top, left, th, tw, b_t, out=garbage)
+        y = K.winograd_output(m, (n, h, w, c), th, tw, a_t)
+        dm = K.winograd_output_adjoint(x, th, tw, a_t, out=np.full_like(garbage, np.nan))
     assert v is garbage and v.dtype == y.dtype == dm.dtype == np.dtype(dtype)
-    np.testing.assert_allclose(v, numpy_ref.winograd_input(x, top, left, th, tw), **tol)
-    np.testing.assert_allclose(y, numpy_ref.winograd_output(m, (n, h, w, c), th, tw), **tol)
-    np.testing.assert_allclose(dm, numpy_ref.winograd_output_adjoint(x, th, tw), **tol)
+    np.testing.assert_allclose(v, numpy_ref.winograd_input(x, top, left, th, tw, b_t), **tol)
+    np.testing.assert_allclose(y, numpy_ref.winograd_output(m, (n, h, w, c), th, tw, a_t), **tol)
+    np.testing.assert_allclose(dm, numpy_ref.winograd_output_adjoint(x, th, tw, a_t), **tol)
 
 
+def test_numba_backend_names_the_variants_it_has():
+    pytest.importorskip("numba")
+    with kernels.backend("numba") as K, pytest.raises(ValueError, match=r"F\(2x2, 3x3\) and F\(4x4, 3x3\) only"):
+        K.winograd_input(np.zeros((1, 4, 4, 1)), 0, 0, 1, 1, 2 * winograd.B_T)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_f4_float32_error_stays_a_few_millionths_of_the_output_scale(backend):
+    """F(4x4, 3x3) on conv2d_6's shape in float32, against float64 im2col: within 2e-5 of the output's largest
+    magnitude (measured ~4e-6; F(2x2, 3x3) and im2col ~5e-7)."""
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (2, 31, 31, 64))
+    kernel = rng.standard_normal((3, 3, 64, 64)) * np.sqrt(2 / 576)
+    layer = Conv2D(64, 64, 3, padding="same", use_bias=False, dtype=np.float64)
+    layer.params["kernel"][...] = kernel
+    with kernels.backend("numpy"):
+        truth = layer.forward(x)
+    with kernels.backend(backend) as K:
+        z = winograd.forward(K, x.astype(np.float32), kernel.astype(np.float32), ((1, 1), (1, 1)), (31, 31),
+                             no_workspace, winograd.F4)
+    assert z.dtype == np.float32
+    assert np.abs(z - truth).max() / np.abs(truth).max() < 2e-5
+
+
+@variants
 @backends
-@given(seed=SEEDS, n=st.integers(1, 3), h=st.integers(3, 9), w=st.integers(3, 9), c=st.integers(1, 4),
+@given(seed=SEEDS, n=st.integers(1, 3), h=st.integers(3, 11), w=st.integers(3, 11), c=st.integers(1, 4),
        f=st.integers(1, 4), padding=st.sampled_from(["valid", "same"]))
 @example(seed=0, n=2, h=7, w=6, c=3, f=2, padding="same")
 @example(seed=0, n=1, h=3, w=3, c=1, f=1, padding="valid")
-def test_winograd_equals_im2col_convolution(backend, seed, n, h, w, c, f, padding):
+def test_winograd_equals_im2col_convolution(variant, backend, seed, n, h, w, c, f, padding):
     """Forward and both gradients of the same convolution, by Winograd and by im2col (float64)."""
     rng = np.random.default_rng(seed)
     layer = Conv2D(c, f, 3, padding=padding, use_bias=False, seed=seed % 1000, dtype=np.float64)
@@ -107,9 +153,10 @@ def test_winograd_equals_im2col_convolution(backend, seed, n, h, w, c, f, paddin
         dx = layer.backward(dz)
     pads = layer._pads(h, w)
     with kernels.backend(backend) as K:
-        z_w = winograd.forward(K, x, layer.params["kernel"], pads, z.shape[1:3], no_workspace)
-        dkernel, dx_w = winograd.backward(K, x, layer.params["kernel"], dz, pads, no_workspace)
-        dkernel_only, none = winograd.backward(K, x, layer.params["kernel"], dz, pads, no_workspace, input_grad=False)
+        z_w = winograd.forward(K, x, layer.params["kernel"], pads, z.shape[1:3], no_workspace, variant)
+        dkernel, dx_w = winograd.backward(K, x, layer.params["kernel"], dz, pads, no_workspace, variant=variant)
+        dkernel_only, none = winograd.backward(K, x, layer.params["kernel"], dz, pads, no_workspace, input_grad=False,
+                                               variant=variant)
     np.testing.assert_allclose(z_w, z, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dx_w, dx, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dkernel, layer.grads["kernel"], rtol=1e-10, atol=1e-10)
@@ -151,4 +198,5 @@ def test_only_conv2d_6_qualifies_in_arn_cnn():
     picked = [layer.name for layer in model.layers
               if isinstance(layer, Conv2D) and layer._is_winograd(fast, layer._cache[0].shape)]
     assert picked == ["conv2d_6"]
+    assert conv.WINOGRAD_VARIANT is winograd.F4
     assert not model.get_layer("conv2d_6")._is_winograd(numpy_ref, (1, 31, 31, 64))

@@ -40,7 +40,7 @@ KERNELS: dict[str, str] = {
     "maxpool_backward": "route each output gradient to its window's winner",
     "shallow_conv_forward": "convolution + bias + activation for a short patch (kh*kw*C <= 16), direct loops",
     "shallow_conv_weight_grad": "kernel and bias gradients of a short-patch convolution",
-    "winograd_input": "Winograd F(2x2, 3x3) input transform V = B^T d B of every tile",
+    "winograd_input": "Winograd input transform V = B^T d B of every tile (F(2x2, 3x3) or F(4x4, 3x3))",
     "winograd_output": "Winograd output transform Y = A^T M A of every tile, cropped to the output",
     "winograd_output_adjoint": "the adjoint of winograd_output: dM = A dY A^T",
     "bias_activation": "in place: z = act(z + bias), act = kind",

@@ -13,6 +13,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from minarn.kernels import winograd
 from minarn.kernels.numpy_ref import ACTIVATION_KINDS
 from minarn.kernels.scratch import workspace
 
@@ -420,9 +421,9 @@ def _conv3x3_one_channel_weight_grad(x, dz, partial):  # pragma: no cover - comp
                     partial[t, k, f] += acc[k, f]
 
 
-# Winograd F(2x2, 3x3) tile transforms (see numpy_ref and minarn.kernels.winograd). Each 1-D transform is one
-# inline function; a 2-D transform applies it along the rows, then along the columns. The channel loop is
-# innermost so that it vectorizes.
+# Winograd tile transforms (see numpy_ref and minarn.kernels.winograd), for F(2x2, 3x3) and F(4x4, 3x3). Each
+# 1-D transform is one inline function, the variant's matrix written out; a 2-D transform applies it along the
+# rows, then along the columns. The channel loop is innermost so that it vectorizes.
 @numba.njit(inline="always")
 def _bt4(a0, a1, a2, a3):  # pragma: no cover - compiled
     return a0 - a2, a1 + a2, a2 - a1, a1 - a3  # B^T a
@@ -518,6 +519,120 @@ def _winograd_output_adjoint(dz, th, tw, dm):  # pragma: no cover - compiled
                 dm[4, t, f], dm[5, t, f], dm[6, t, f], dm[7, t, f] = _a2(c10, c11)
                 dm[8, t, f], dm[9, t, f], dm[10, t, f], dm[11, t, f] = _a2(c20, c21)
                 dm[12, t, f], dm[13, t, f], dm[14, t, f], dm[15, t, f] = _a2(c30, c31)
+
+
+_2, _4, _5, _8 = np.float32(2), np.float32(4), np.float32(5), np.float32(8)  # exact; keep float32 in float32
+
+
+@numba.njit(inline="always")
+def _bt6(a0, a1, a2, a3, a4, a5):  # pragma: no cover - compiled
+    return (_4 * a0 - _5 * a2 + a4, a3 + a4 - _4 * (a1 + a2), _4 * (a1 - a2) - a3 + a4,
+            _2 * (a3 - a1) + a4 - a2, _2 * (a1 - a3) + a4 - a2, _4 * a1 - _5 * a3 + a5)  # B^T a, F(4x4, 3x3)
+
+
+@numba.njit(inline="always")
+def _at6(a0, a1, a2, a3, a4, a5):  # pragma: no cover - compiled
+    p, q = a1 + a2, a1 - a2
+    r, w = a3 + a4, a3 - a4
+    return a0 + p + r, q + _2 * w, p + _4 * r, q + _8 * w + a5  # A^T a
+
+
+@numba.njit(inline="always")
+def _a4(y0, y1, y2, y3):  # pragma: no cover - compiled
+    e, o = y0 + _4 * y2, _2 * y1 + _8 * y3
+    return y0, y0 + y1 + y2 + y3, y0 - y1 + y2 - y3, e + o, e - o, y3  # A y
+
+
+@_jit
+def _winograd_input6(x, top, left, th, tw, v):  # pragma: no cover - compiled
+    N, H, W, C = x.shape
+    zero = x.dtype.type(0)
+    for r in prange(N * th):
+        n = r // th
+        a = r % th
+        d = np.empty((6, 6, C), dtype=x.dtype)  # the window, then B^T along its rows in place
+        for b in range(tw):
+            t = r * tw + b
+            for i in range(6):
+                h = 4 * a + i - top
+                for j in range(6):
+                    w = 4 * b + j - left
+                    if 0 <= h < H and 0 <= w < W:
+                        for c in range(C):
+                            d[i, j, c] = x[n, h, w, c]
+                    else:
+                        for c in range(C):
+                            d[i, j, c] = zero
+            for j in range(6):
+                for c in range(C):
+                    d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c], d[4, j, c], d[5, j, c] = _bt6(
+                        d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c], d[4, j, c], d[5, j, c])
+            for i in range(6):  # B along the columns: V = B^T d B
+                k = 6 * i
+                for c in range(C):
+                    v[k, t, c], v[k + 1, t, c], v[k + 2, t, c], v[k + 3, t, c], v[k + 4, t, c], v[k + 5, t, c] = _bt6(
+                        d[i, 0, c], d[i, 1, c], d[i, 2, c], d[i, 3, c], d[i, 4, c], d[i, 5, c])
+
+
+@_jit
+def _winograd_output6(m, th, tw, out):  # pragma: no cover - compiled
+    N, OH, OW, F = out.shape
+    for r in prange(N * th):
+        n = r // th
+        a = r % th
+        e = np.empty((4, 6, F), dtype=m.dtype)  # A^T along the rows of the 6x6 grid
+        for b in range(tw):
+            t = r * tw + b
+            for j in range(6):
+                for f in range(F):
+                    e[0, j, f], e[1, j, f], e[2, j, f], e[3, j, f] = _at6(
+                        m[j, t, f], m[6 + j, t, f], m[12 + j, t, f], m[18 + j, t, f], m[24 + j, t, f], m[30 + j, t, f])
+            for i in range(4):  # ... then A along its columns, cropped to the output
+                p = 4 * a + i
+                if p >= OH:
+                    break
+                q = 4 * b
+                if q + 3 < OW:
+                    for f in range(F):
+                        out[n, p, q, f], out[n, p, q + 1, f], out[n, p, q + 2, f], out[n, p, q + 3, f] = _at6(
+                            e[i, 0, f], e[i, 1, f], e[i, 2, f], e[i, 3, f], e[i, 4, f], e[i, 5, f])
+                else:
+                    for f in range(F):
+                        y = _at6(e[i, 0, f], e[i, 1, f], e[i, 2, f], e[i, 3, f], e[i, 4, f], e[i, 5, f])
+                        for j in range(OW - q):
+                            out[n, p, q + j, f] = y[j]
+
+
+@_jit
+def _winograd_output_adjoint6(dz, th, tw, dm):  # pragma: no cover - compiled
+    N, OH, OW, F = dz.shape
+    zero = dz.dtype.type(0)
+    for r in prange(N * th):
+        n = r // th
+        a = r % th
+        y = np.empty((4, 4, F), dtype=dz.dtype)  # the tile of dY (zero beyond the output)
+        e = np.empty((6, 4, F), dtype=dz.dtype)  # A along its rows
+        for b in range(tw):
+            t = r * tw + b
+            for i in range(4):
+                p = 4 * a + i
+                for j in range(4):
+                    q = 4 * b + j
+                    if p < OH and q < OW:
+                        for f in range(F):
+                            y[i, j, f] = dz[n, p, q, f]
+                    else:
+                        for f in range(F):
+                            y[i, j, f] = zero
+            for j in range(4):
+                for f in range(F):
+                    e[0, j, f], e[1, j, f], e[2, j, f], e[3, j, f], e[4, j, f], e[5, j, f] = _a4(
+                        y[0, j, f], y[1, j, f], y[2, j, f], y[3, j, f])
+            for u in range(6):  # ... then A^T along its columns: dM = A dY A^T
+                k = 6 * u
+                for f in range(F):
+                    dm[k, t, f], dm[k + 1, t, f], dm[k + 2, t, f], dm[k + 3, t, f], dm[k + 4, t, f], dm[k + 5, t, f] = (
+                        _a4(e[u, 0, f], e[u, 1, f], e[u, 2, f], e[u, 3, f]))
 
 
 @_jit
@@ -772,28 +887,40 @@ def shallow_conv_weight_grad(x, dz, kh, kw, stride, pads):
     return total[:-1].reshape(kh, kw, C, F), total[-1].copy()
 
 
-def winograd_input(x, top, left, th, tw, out=None):
+def _winograd_variant(matrix, known):
+    """Which of F(2x2, 3x3) (4) and F(4x4, 3x3) (6) a B^T or A^T belongs to: its window side s."""
+    for s, candidate in known.items():
+        if matrix is None and s == 4 or matrix is not None and np.array_equal(matrix, candidate):
+            return s
+    raise ValueError("numba backend: Winograd tile transforms exist for F(2x2, 3x3) and F(4x4, 3x3) only (winograd.F2,"
+                     f" winograd.F4), not for the matrix {np.asarray(matrix).tolist()}; use the numpy backend")
+
+
+def winograd_input(x, top, left, th, tw, b_t=None, out=None):
     """See ``numpy_ref.winograd_input``."""
     N, _, _, C = x.shape
+    s = _winograd_variant(b_t, {4: winograd.B_T, 6: winograd.B_T4})
     if out is None:
-        out = np.empty((16, N * th * tw, C), dtype=x.dtype)
-    _winograd_input(np.ascontiguousarray(x), top, left, th, tw, out)
+        out = np.empty((s * s, N * th * tw, C), dtype=x.dtype)
+    (_winograd_input if s == 4 else _winograd_input6)(np.ascontiguousarray(x), top, left, th, tw, out)
     return out
 
 
-def winograd_output(m, out_shape, th, tw):
+def winograd_output(m, out_shape, th, tw, a_t=None):
     """See ``numpy_ref.winograd_output``."""
+    s = _winograd_variant(a_t, {4: winograd.A_T, 6: winograd.A_T4})
     out = np.empty(out_shape, dtype=m.dtype)
-    _winograd_output(np.ascontiguousarray(m), th, tw, out)
+    (_winograd_output if s == 4 else _winograd_output6)(np.ascontiguousarray(m), th, tw, out)
     return out
 
 
-def winograd_output_adjoint(dz, th, tw, out=None):
+def winograd_output_adjoint(dz, th, tw, a_t=None, out=None):
     """See ``numpy_ref.winograd_output_adjoint``."""
     N, _, _, F = dz.shape
+    s = _winograd_variant(a_t, {4: winograd.A_T, 6: winograd.A_T4})
     if out is None:
-        out = np.empty((16, N * th * tw, F), dtype=dz.dtype)
-    _winograd_output_adjoint(np.ascontiguousarray(dz), th, tw, out)
+        out = np.empty((s * s, N * th * tw, F), dtype=dz.dtype)
+    (_winograd_output_adjoint if s == 4 else _winograd_output_adjoint6)(np.ascontiguousarray(dz), th, tw, out)
     return out
 
 

@@ -171,52 +171,60 @@ def shallow_conv_weight_grad(
     return dkernel, dz.sum(axis=0, dtype=np.float64).astype(dz.dtype)
 
 
-# Winograd F(2x2, 3x3) tile transforms (see ``minarn.kernels.winograd`` for the algorithm and the matrices B^T,
-# A^T). Tile t = (n, a, b) covers outputs (2a..2a+1, 2b..2b+1) and reads the 4x4 input window at rows 2a - top..,
-# columns 2b - left.. (zeros outside the image). Tiles are numbered t = (n * TH + a) * TW + b.
+# Winograd F(m x m, 3x3) tile transforms (see ``minarn.kernels.winograd`` for the algorithm and the matrices B^T
+# (s, s), A^T (m, s), s = m + 2; without them, F(2x2, 3x3)'s). Tile t = (n, a, b) covers outputs (ma..ma+m-1,
+# mb..mb+m-1) and reads the s x s input window at rows ma - top.., columns mb - left.. (zeros outside the image).
+# Tiles are numbered t = (n * TH + a) * TW + b.
 
 
-def _tile_windows(xp: np.ndarray, th: int, tw: int) -> np.ndarray:
-    """The 4x4 windows of a padded map as a view (N, TH, TW, 4, 4, C)."""
-    windows = np.lib.stride_tricks.sliding_window_view(xp, (4, 4), axis=(1, 2))  # (N, H-3, W-3, C, 4, 4)
-    return windows[:, : 2 * th : 2, : 2 * tw : 2].transpose(0, 1, 2, 4, 5, 3)
+def _tile_windows(xp: np.ndarray, th: int, tw: int, m: int) -> np.ndarray:
+    """The (m+2) x (m+2) windows of a padded map, stride m, as a view (N, TH, TW, m+2, m+2, C)."""
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (m + 2, m + 2), axis=(1, 2))  # (N, ., ., C, s, s)
+    return windows[:, : m * th : m, : m * tw : m].transpose(0, 1, 2, 4, 5, 3)
 
 
 def winograd_input(
-    x: np.ndarray, top: int, left: int, th: int, tw: int, out: np.ndarray | None = None
+    x: np.ndarray, top: int, left: int, th: int, tw: int, b_t: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """V = B^T d B for every tile and channel: x (N, H, W, C) -> V (16, N*TH*TW, C), optionally into ``out``."""
+    """V = B^T d B for every tile and channel: x (N, H, W, C) -> V (s^2, N*TH*TW, C), optionally into ``out``."""
+    b_t = (B_T if b_t is None else b_t).astype(x.dtype)  # in the data's precision, as the Numba kernels compute
+    s = b_t.shape[0]
+    m = s - 2
     N, H, W, C = x.shape
-    xp = np.pad(x, ((0, 0), (top, 2 * th + 2 - H - top), (left, 2 * tw + 2 - W - left), (0, 0)))
-    d = _tile_windows(xp, th, tw)
-    b_t = B_T.astype(x.dtype)  # in the data's precision, as the Numba kernels compute
+    xp = np.pad(x, ((0, 0), (top, m * th + 2 - H - top), (left, m * tw + 2 - W - left), (0, 0)))
+    d = _tile_windows(xp, th, tw, m)
     v = np.einsum("xu,ntbuvc,yv->xyntbc", b_t, d, b_t)
     if out is None:
-        out = np.empty((16, N * th * tw, C), dtype=x.dtype)
-    out[...] = v.reshape(16, -1, C)
+        out = np.empty((s * s, N * th * tw, C), dtype=x.dtype)
+    out[...] = v.reshape(s * s, -1, C)
     return out
 
 
-def winograd_output(m: np.ndarray, out_shape: tuple[int, int, int, int], th: int, tw: int) -> np.ndarray:
-    """Y = A^T M A for every tile and filter, cropped to the output: M (16, T, F) -> z (N, OH, OW, F)."""
+def winograd_output(m: np.ndarray, out_shape: tuple[int, int, int, int], th: int, tw: int,
+                    a_t: np.ndarray | None = None) -> np.ndarray:
+    """Y = A^T M A for every tile and filter, cropped to the output: M (s^2, T, F) -> z (N, OH, OW, F)."""
+    a_t = (A_T if a_t is None else a_t).astype(m.dtype)
+    tile, s = a_t.shape
     N, OH, OW, F = out_shape
-    mt = m.reshape(4, 4, N, th, tw, F)
-    a_t = A_T.astype(m.dtype)
+    mt = m.reshape(s, s, N, th, tw, F)
     y = np.einsum("xu,uvntbf,yv->ntxbyf", a_t, mt, a_t)
-    return np.ascontiguousarray(y.reshape(N, 2 * th, 2 * tw, F)[:, :OH, :OW])
+    return np.ascontiguousarray(y.reshape(N, tile * th, tile * tw, F)[:, :OH, :OW])
 
 
-def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, out: np.ndarray | None = None) -> np.ndarray:
-    """dM = A dY A^T for every tile (dY zero beyond the output): dz (N, OH, OW, F) -> dM (16, T, F)."""
+def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, a_t: np.ndarray | None = None,
+                            out: np.ndarray | None = None) -> np.ndarray:
+    """dM = A dY A^T for every tile (dY zero beyond the output): dz (N, OH, OW, F) -> dM (s^2, T, F)."""
+    a_t = (A_T if a_t is None else a_t).astype(dz.dtype)
+    tile, s = a_t.shape
     N, OH, OW, F = dz.shape
-    dy = np.zeros((N, 2 * th, 2 * tw, F), dtype=dz.dtype)
+    dy = np.zeros((N, tile * th, tile * tw, F), dtype=dz.dtype)
     dy[:, :OH, :OW] = dz
-    dyt = dy.reshape(N, th, 2, tw, 2, F)
-    a_t = A_T.astype(dz.dtype)
+    dyt = dy.reshape(N, th, tile, tw, tile, F)
     dm = np.einsum("xu,ntxbyf,yv->uvntbf", a_t, dyt, a_t)
     if out is None:
-        out = np.empty((16, N * th * tw, F), dtype=dz.dtype)
-    out[...] = dm.reshape(16, -1, F)
+        out = np.empty((s * s, N * th * tw, F), dtype=dz.dtype)
+    out[...] = dm.reshape(s * s, -1, F)
     return out
 
 

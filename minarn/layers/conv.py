@@ -17,12 +17,13 @@ _FUSABLE = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid"}
 # A patch of at most this many values (kh * kw * C; the first layer's 3x3x1 is 9) goes through the direct
 # kernels ``kernels.shallow_conv_*``: a matrix product with so short a reduction only moves memory.
 SHALLOW_PATCH = 16
-# A 3x3 stride-1 convolution this wide and this large runs Winograd's F(2x2, 3x3) (``kernels.winograd``) when the
+# A 3x3 stride-1 convolution this wide and this large runs Winograd's F(4x4, 3x3) (``kernels.winograd``) when the
 # backend's tile transforms are fast (``K.WINOGRAD``). Below these sizes the transforms' memory traffic costs
-# more than the 2.25x fewer multiplications save (measured on 2 cores: only ARN-CNN's conv2d_6, 64 -> 64
-# channels on 31x31, gains in both passes; see benchmarks/RESULTS.md).
+# more than the fewer multiplications save (measured on 2 cores: only ARN-CNN's conv2d_6, 64 -> 64 channels on
+# 31x31, gains clearly in both passes; F(4x4, 3x3) there beat F(2x2, 3x3); see benchmarks/RESULTS.md).
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_OUTPUT = 256  # output positions per image
+WINOGRAD_VARIANT = winograd.F4
 
 
 def conv_output_size(size: int, k: int, stride: int, padding: str) -> int:
@@ -113,7 +114,7 @@ class Conv2D(Layer):
         return kh * kw * self.in_channels <= SHALLOW_PATCH and not self._is_pointwise()
 
     def _is_winograd(self, K: Any, x_shape: tuple[int, ...]) -> bool:
-        """Whether Winograd F(2x2, 3x3) computes this layer for an input of ``x_shape`` on backend ``K``."""
+        """Whether Winograd (``WINOGRAD_VARIANT``) computes this layer for an input of ``x_shape`` on backend ``K``."""
         if not getattr(K, "WINOGRAD", False) or self.kernel_size != (3, 3) or self.strides != 1:
             return False
         _, OH, OW, F = self.compute_output_shape(x_shape)
@@ -144,7 +145,7 @@ class Conv2D(Layer):
             return out
         if self._is_winograd(K, x.shape):
             z = winograd.forward(K, x, kernel.reshape(kh, kw, self.in_channels, F), pads, (OH, OW),
-                                 kernels.workspace).reshape(-1, F)
+                                 kernels.workspace, WINOGRAD_VARIANT).reshape(-1, F)
         else:
             z = self._im2col_product(K, x, pads, kernel)
         if kind is not None:  # fast path: z = act(z + bias) in place, one pass
@@ -173,7 +174,7 @@ class Conv2D(Layer):
         kernel = self.params["kernel"].astype(x.dtype, copy=False)
         pads = self._pads(x.shape[1], x.shape[2])
         if self._is_winograd(K, x.shape):
-            z = winograd.forward(K, x, kernel, pads, (OH, OW), kernels.workspace)
+            z = winograd.forward(K, x, kernel, pads, (OH, OW), kernels.workspace, WINOGRAD_VARIANT)
         else:
             z = self._im2col_product(K, x, pads, kernel.reshape(kh * kw * self.in_channels, F)).reshape(N, OH, OW, F)
         self._cache = (x, pads, z, self.fused_kind)
@@ -260,7 +261,7 @@ class Conv2D(Layer):
             return K.col2im_padded(dcols, x.shape, kh, kw, s, pads)
         if self._is_winograd(K, x.shape):
             dkernel, dx = winograd.backward(K, x.astype(dz.dtype, copy=False), kernel.astype(dz.dtype, copy=False),
-                                            dz, pads, kernels.workspace, input_grad)
+                                            dz, pads, kernels.workspace, input_grad, WINOGRAD_VARIANT)
             self.grads["kernel"] = dkernel.astype(kernel.dtype, copy=False)
             if "bias" in self.params:
                 self._set_bias_grad(dz, dbias)
