@@ -238,21 +238,26 @@ class Minarn:
                 m, k, f = x.shape[0], x.shape[1], layer.params["kernel"].shape[1]
             elif layer._is_shallow() and layer.fused_kind is not None:
                 continue
-            elif layer._is_winograd(K, x.shape):
-                n, h, w, c = x.shape
+            else:
+                n, h, w, c = x.shape  # forward and gradients each by im2col or Winograd (Conv2D._is_winograd)
                 _, oh, ow, f = layer.compute_output_shape(x.shape)
                 tile, k = conv.WINOGRAD_VARIANT.m, conv.WINOGRAD_VARIANT.s ** 2
                 t = n * winograd.tiles(oh, ow, tile)[0] * winograd.tiles(oh, ow, tile)[1]
                 t_in = n * winograd.tiles(h, w, tile)[0] * winograd.tiles(h, w, tile)[1]  # dx: a convolution of dz
-                shapes += [((t, c), (c, f), False, k, True), ((c, t), (t, f), True, k, False),
-                           ((t_in, f), (f, c), False, k, False)]
+                m, kk = n * oh * ow, layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels
+                if layer._is_winograd(K, x.shape):
+                    shapes.append(((t, c), (c, f), False, k, True))
+                else:
+                    shapes.append(((m, kk), (kk, f), False, 1, True))
+                if layer._is_winograd(K, x.shape, backward=True):
+                    shapes += [((c, t), (t, f), True, k, False), ((t_in, f), (f, c), False, k, False)]
+                    continue
+                shapes.append(((kk, m), (m, f), True, 1, False))
+                if layer is not self.model.conv_in:
+                    shapes.append(((m, f), (f, kk), False, 1, False))
                 continue
-            else:
-                n, oh, ow, f = layer.compute_output_shape(x.shape)
-                m, k = n * oh * ow, layer.kernel_size[0] * layer.kernel_size[1] * layer.in_channels
-            shapes += [((m, k), (k, f), False, 1, True), ((k, m), (m, f), True, 1, False)]
-            if layer is not self.model.conv_in:
-                shapes.append(((m, f), (f, k), False, 1, False))
+            shapes += [((m, k), (k, f), False, 1, True), ((k, m), (m, f), True, 1, False),
+                       ((m, f), (f, k), False, 1, False)]
         return shapes
 
     def products(self, repeats: int) -> tuple[float, float, int, float]:

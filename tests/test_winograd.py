@@ -179,24 +179,37 @@ def winograd_everywhere(monkeypatch):
 @backends
 @pytest.mark.parametrize("activation", ["sigmoid", "gelu", None])
 @pytest.mark.parametrize("padding", ["valid", "same"])
-def test_conv2d_through_winograd_passes_the_gradient_check(backend, activation, padding, winograd_everywhere):
+@pytest.mark.parametrize("filters", [2, 5])
+def test_conv2d_through_winograd_passes_the_gradient_check(backend, activation, padding, filters,
+                                                           winograd_everywhere, monkeypatch):
+    """2 -> 2 channels: Winograd forward and backward; 2 -> 5 (more than twice as many output as input
+    channels): Winograd forward, im2col backward (the rule of ``Conv2D._is_winograd``); either way the gradients
+    are those of the forward pass that ran."""
+    backward_calls = []
+    original = winograd.backward
+    monkeypatch.setattr(winograd, "backward", lambda *a, **k: backward_calls.append(1) or original(*a, **k))
     rng = np.random.default_rng(3)
-    layer = Conv2D(2, 2, 3, padding=padding, activation=activation, seed=4, dtype=np.float64)
-    layer.params["bias"][...] = rng.uniform(-1, 1, 2)
+    layer = Conv2D(2, filters, 3, padding=padding, activation=activation, seed=4, dtype=np.float64)
+    layer.params["bias"][...] = rng.uniform(-1, 1, filters)
     x = rng.standard_normal((2, 5, 4, 2))
     errors = check_layer_on(backend, layer, x, rng)
     assert winograd_everywhere, "the layer did not take the Winograd path"
+    assert bool(backward_calls) == (filters <= 4), "the backward pass took the wrong path"
     assert set(errors) == {"x", "kernel", "bias"}
     assert max(errors.values()) < GRAD_TOL, errors
 
 
-def test_only_conv2d_6_qualifies_in_arn_cnn():
-    """The rule picks the one layer where Winograd measured faster (64 -> 64 channels on 31x31)."""
+def test_the_rule_picks_the_layers_where_winograd_measured_faster():
+    """Forward: conv2d_5, conv2d_6, conv2d_10, conv2d_13 (3x3, >= 32 input channels, >= 100 output positions);
+    backward: the same but conv2d_13 (256 output channels from 64: more than ``WINOGRAD_MAX_WIDENING`` times);
+    the first layer (one channel) never; the NumPy backend never (its transforms are slower than its im2col)."""
     model = minarn.ARNCNN(seed=0)
     model.forward(np.zeros((1, 64, 64, 1), np.float32))
     fast = type("Backend", (), {"WINOGRAD": True})
-    picked = [layer.name for layer in model.layers
-              if isinstance(layer, Conv2D) and layer._is_winograd(fast, layer._cache[0].shape)]
-    assert picked == ["conv2d_6"]
+    convs = [layer for layer in model.layers if isinstance(layer, Conv2D)]
+    forward = [layer.name for layer in convs if layer._is_winograd(fast, layer._cache[0].shape)]
+    backward = [layer.name for layer in convs if layer._is_winograd(fast, layer._cache[0].shape, backward=True)]
+    assert forward == ["conv2d_5", "conv2d_6", "conv2d_10", "conv2d_13"]
+    assert backward == ["conv2d_5", "conv2d_6", "conv2d_10"]
     assert conv.WINOGRAD_VARIANT is winograd.F4
-    assert not model.get_layer("conv2d_6")._is_winograd(numpy_ref, (1, 31, 31, 64))
+    assert not any(layer._is_winograd(numpy_ref, layer._cache[0].shape) for layer in convs)

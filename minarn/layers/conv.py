@@ -18,11 +18,15 @@ _FUSABLE = {Linear: "linear", ReLU: "relu", Sigmoid: "sigmoid"}
 # kernels ``kernels.shallow_conv_*``: a matrix product with so short a reduction only moves memory.
 SHALLOW_PATCH = 16
 # A 3x3 stride-1 convolution this wide and this large runs Winograd's F(4x4, 3x3) (``kernels.winograd``) when the
-# backend's tile transforms are fast (``K.WINOGRAD``). Below these sizes the transforms' memory traffic costs
-# more than the fewer multiplications save (measured on 2 cores: only ARN-CNN's conv2d_6, 64 -> 64 channels on
-# 31x31, gains clearly in both passes; F(4x4, 3x3) there beat F(2x2, 3x3); see benchmarks/RESULTS.md).
-WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_OUTPUT = 256  # output positions per image
+# backend's tile transforms are fast (``K.WINOGRAD``): its forward pass always, its gradients only when it has at
+# most ``WINOGRAD_MAX_WIDENING`` times as many output as input channels. Measured on 2 cores with AVX-512
+# (benchmarks/RESULTS.md, session 11): F(4x4, 3x3) beat im2col in ARN-CNN's conv2d_5 (32 -> 64 channels on
+# 31x31), conv2d_6 (64 -> 64, 31x31) and conv2d_10 (64 -> 64, 13x13) both ways, and in conv2d_13's forward pass
+# (64 -> 256, 11x11), whose backward it did not speed up (the input gradient is a convolution from 256 channels
+# down to 64). Below these sizes the transforms' memory traffic costs more than the fewer multiplications save.
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_OUTPUT = 100  # output positions per image
+WINOGRAD_MAX_WIDENING = 2  # output / input channels, for the gradients
 WINOGRAD_VARIANT = winograd.F4
 
 
@@ -113,13 +117,17 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         return kh * kw * self.in_channels <= SHALLOW_PATCH and not self._is_pointwise()
 
-    def _is_winograd(self, K: Any, x_shape: tuple[int, ...]) -> bool:
-        """Whether Winograd (``WINOGRAD_VARIANT``) computes this layer for an input of ``x_shape`` on backend ``K``."""
+    def _is_winograd(self, K: Any, x_shape: tuple[int, ...], backward: bool = False) -> bool:
+        """Whether Winograd (``WINOGRAD_VARIANT``) computes this layer's forward pass (``backward=True``: its
+        gradients) for an input of ``x_shape`` on backend ``K``. Either pass may run either algorithm: both compute
+        the same convolution, to float32 round-off."""
         if not getattr(K, "WINOGRAD", False) or self.kernel_size != (3, 3) or self.strides != 1:
             return False
         _, OH, OW, F = self.compute_output_shape(x_shape)
         C = self.in_channels
-        return C >= WINOGRAD_MIN_CHANNELS and F <= C and OH * OW >= WINOGRAD_MIN_OUTPUT
+        if C < WINOGRAD_MIN_CHANNELS or OH * OW < WINOGRAD_MIN_OUTPUT:
+            return False
+        return not backward or F <= WINOGRAD_MAX_WIDENING * C
 
     @property
     def fused_kind(self) -> str | None:
@@ -259,7 +267,7 @@ class Conv2D(Layer):
                 return None
             dcols = dz.reshape(-1, F) @ kernel.astype(dz.dtype, copy=False).reshape(-1, F).T
             return K.col2im_padded(dcols, x.shape, kh, kw, s, pads)
-        if self._is_winograd(K, x.shape):
+        if self._is_winograd(K, x.shape, backward=True):
             dkernel, dx = winograd.backward(K, x.astype(dz.dtype, copy=False), kernel.astype(dz.dtype, copy=False),
                                             dz, pads, kernels.workspace, input_grad, WINOGRAD_VARIANT)
             self.grads["kernel"] = dkernel.astype(kernel.dtype, copy=False)
