@@ -22,7 +22,18 @@ import minarn
 from minarn import kernels
 from minarn.gradcheck import check_layer
 from minarn.kernels import numpy_ref, winograd
-from minarn.layers import ACTIVATIONS, AttentionModule, Block, Layer, ResidualBlock, conv, get_activation
+from minarn.layers import (
+    ACTIVATIONS,
+    AttentionModule,
+    Block,
+    Conv2D,
+    ConvReLUPool,
+    Layer,
+    MaxPooling2D,
+    ResidualBlock,
+    conv,
+    get_activation,
+)
 from minarn.model import _KerasNames
 
 PACKAGE = Path(kernels.__file__).resolve().parents[1]  # .../minarn
@@ -57,7 +68,7 @@ def model() -> minarn.ARNCNN:
 def test_every_stage_is_a_layer_and_layers_recurse_through_the_blocks(model: minarn.ARNCNN) -> None:
     assert all(isinstance(stage, Layer) for stage in [*model.stages, *model.head])
     blocks = [stage for stage in model.stages if isinstance(stage, Block)]
-    assert blocks == [*model.stem_attention, model.block, *model.mid_attention, *model.deep_attention]
+    assert blocks == [model.stem, *model.stem_attention, model.block, *model.mid_attention, *model.deep_attention]
     assert model.block.attention in model.block.sublayers and isinstance(model.block.attention, AttentionModule)
     assert [layer.name for layer in model.layers] == [leaf.name for s in [*model.stages, *model.head]
                                                       for leaf in s.layers]
@@ -93,7 +104,9 @@ def test_summary_rows_follow_the_layers_and_block_shapes_follow_forward(model: m
     lambda: AttentionModule(3, ("conv2d_1", "conv2d_2", "multiply"), (0, 1), np.float64),
     lambda: ResidualBlock(2, 3, _KerasNames(), itertools.count(1).__next__, dtype=np.float64),
     lambda: ResidualBlock(3, 3, _KerasNames(), itertools.count(1).__next__, attention=False, dtype=np.float64),
-], ids=["attention", "residual-skip", "residual-identity"])
+    lambda: ConvReLUPool(Conv2D(2, 3, 3, padding="same", activation="relu", seed=5, dtype=np.float64),
+                         MaxPooling2D(2)),
+], ids=["attention", "residual-skip", "residual-identity", "conv-relu-pool"])
 def test_blocks_pass_the_layer_gradient_check(make) -> None:
     """``gradcheck.check_layer`` needs only the contract: forward, backward, params and grads with one set of keys."""
     block = make()

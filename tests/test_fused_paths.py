@@ -16,7 +16,7 @@ from strategies import BACKENDS, SEEDS
 
 from minarn import allocator, kernels
 from minarn.kernels import numpy_ref
-from minarn.layers import Conv2D, Multiply, get_activation
+from minarn.layers import Conv2D, ConvReLUPool, MaxPooling2D, Multiply, get_activation
 from minarn.layers.attention import AttentionModule
 from minarn.layers.residual import ResidualBlock
 
@@ -154,6 +154,50 @@ def test_the_fused_residual_block_keeps_no_relu_map():
     block = ResidualBlock(2, 3, lambda base: base, lambda: 0)
     block.forward(np.ones((1, 4, 4, 2), np.float32), training=True)
     assert block.relu._cache is None  # the readable path's ReLU would hold its (1, 4, 4, 3) output
+
+
+# -- the first stage: convolution + ReLU + pooling, fused against layer by layer --------------------------------
+@pytest.mark.parametrize("name", BACKENDS)
+@given(n=st.integers(1, 3), h=st.integers(4, 9), w=st.integers(4, 9), c=st.sampled_from([1, 3]), f=st.integers(1, 6),
+       padding=st.sampled_from(["valid", "same"]), input_grad=st.booleans(), dtype=DTYPES, seed=SEEDS)
+def test_fused_conv_relu_pool_matches_layer_by_layer(name, n, h, w, c, f, padding, input_grad, dtype, seed):
+    """The fused block keeps no ReLU map, yet gives the readable path's output, dx and gradients: bit for bit for a
+    one-channel input (ARN-CNN's first layer: the short-patch kernel sums the bias gradient itself), to round-off
+    for three channels (there the readable path sums the bias gradient in the ReLU's backward pass)."""
+    rng = np.random.default_rng(seed)
+    conv = Conv2D(c, f, 3, padding=padding, activation="relu", seed=int(rng.integers(1000)), dtype=dtype)
+    conv.params["bias"][...] = values(rng, (f,), dtype, bound=0.5)  # some windows all <= 0: ties at 0
+    block = ConvReLUPool(conv, MaxPooling2D(2))
+    x = values(rng, (n, h, w, c), dtype)
+    runs = []
+    with kernels.backend(name):
+        for fused in (False, True):
+            block.fused = fused
+            out = block.forward(x, training=True).copy()
+            assert (conv._cache[2] is None) == fused  # the fused path released the (n, oh, ow, f) ReLU map
+            dout = values(np.random.default_rng(seed + 1), out.shape, dtype)
+            dx = block.backward(dout, input_grad)
+            runs.append((out, dx, {k: g.copy() for k, g in block.grads.items()}))
+    (out_ref, dx_ref, grads_ref), (out, dx, grads) = runs
+    close = np.testing.assert_array_equal if c == 1 else (
+        lambda a, b, err_msg="": np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=err_msg))
+    np.testing.assert_array_equal(out, out_ref)
+    assert (dx is None) == (dx_ref is None) == (not input_grad)
+    if input_grad:
+        close(dx, dx_ref)
+    assert sorted(grads) == sorted(grads_ref) == [f"{conv.name}/bias", f"{conv.name}/kernel"]
+    for key in grads:
+        close(grads[key], grads_ref[key], err_msg=key)
+
+
+def test_conv_relu_pool_refuses_another_activation_and_a_released_conv_refuses_backward():
+    with pytest.raises(ValueError, match="conv_s.*must have a ReLU activation, got 'sigmoid'"):
+        ConvReLUPool(Conv2D(1, 2, 3, activation="sigmoid", name="conv_s"), MaxPooling2D(2))
+    conv = Conv2D(1, 2, 3, activation="relu", name="conv_r")
+    out = conv.forward(np.ones((1, 4, 4, 1), np.float32), training=True)
+    conv.release_output()
+    with pytest.raises(RuntimeError, match="conv_r.*output was released"):
+        conv.backward(np.ones_like(out))
 
 
 def test_forward_preactivation_needs_a_fused_activation():

@@ -41,6 +41,7 @@ from minarn import interop, load_model
 from minarn.data import load_mednist, one_hot
 from minarn.layers.attention import AttentionModule
 from minarn.layers.base import Block
+from minarn.layers.conv_pool import ConvReLUPool
 from minarn.layers.residual import ResidualBlock
 from minarn.losses import softmax_cross_entropy
 from minarn.model import ARNCNN
@@ -133,7 +134,7 @@ def recording(model: ARNCNN):
 
     def fusing_blocks(layers):  # the blocks with a fused path, also those inside a block (the residual block's)
         for layer in layers:
-            if isinstance(layer, (AttentionModule, ResidualBlock)):
+            if isinstance(layer, (AttentionModule, ResidualBlock, ConvReLUPool)):
                 yield layer
             if isinstance(layer, Block):
                 yield from fusing_blocks(layer.sublayers)

@@ -1,5 +1,5 @@
 """minarn's layers: explicit forward and backward passes, channels-last, Keras names and layouts; the blocks
-(``AttentionModule``, ``ResidualBlock``) are layers made of layers."""
+(``ConvReLUPool``, ``AttentionModule``, ``ResidualBlock``) are layers made of layers."""
 
 from minarn.layers.activations import (
     ACTIVATIONS,
@@ -17,6 +17,7 @@ from minarn.layers.activations import (
 from minarn.layers.attention import AttentionModule
 from minarn.layers.base import Block, Layer, glorot_uniform
 from minarn.layers.conv import Conv2D
+from minarn.layers.conv_pool import ConvReLUPool
 from minarn.layers.dense import Dense
 from minarn.layers.dropout import Dropout
 from minarn.layers.flatten import Flatten
@@ -35,6 +36,7 @@ __all__ = [
     "BatchNormalization",
     "Block",
     "Conv2D",
+    "ConvReLUPool",
     "Dense",
     "Dropout",
     "Flatten",

@@ -24,6 +24,7 @@ SHALLOW_PATCH = 16
 # 31x31), conv2d_6 (64 -> 64, 31x31) and conv2d_10 (64 -> 64, 13x13) both ways, and in conv2d_13's forward pass
 # (64 -> 256, 11x11), whose backward it did not speed up (the input gradient is a convolution from 256 channels
 # down to 64). Below these sizes the transforms' memory traffic costs more than the fewer multiplications save.
+# A layer can opt out (``allow_winograd``): ARNCNN keeps conv2d_5 on im2col for the sake of its ReLU's derivative.
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_OUTPUT = 100  # output positions per image
 WINOGRAD_MAX_WIDENING = 2  # output / input channels, for the gradients
@@ -82,6 +83,10 @@ class Conv2D(Layer):
             if int(v) != v or v < 1:
                 raise ValueError(f"{self._describe()}: {what} must be a positive integer, got {v!r}")
         self.in_channels, self.filters = int(in_channels), int(filters)
+        # False keeps this layer on im2col whatever the size rule says (``_is_winograd``): for an input that is
+        # exactly zero over whole regions (black image background), where im2col gives exact zeros and Winograd's
+        # round-off +-1e-8, which flips the ReLU's derivative at those positions (see ARNCNN: conv2d_5).
+        self.allow_winograd = True
         self.kernel_size, self.strides, self.padding = (int(kh), int(kw)), int(strides), padding
         self.activation_name = activation
         self.activation = get_activation(activation, layer_name=f"{self.name}_activation")
@@ -121,7 +126,9 @@ class Conv2D(Layer):
         """Whether Winograd (``WINOGRAD_VARIANT``) computes this layer's forward pass (``backward=True``: its
         gradients) for an input of ``x_shape`` on backend ``K``. Either pass may run either algorithm: both compute
         the same convolution, to float32 round-off."""
-        if not getattr(K, "WINOGRAD", False) or self.kernel_size != (3, 3) or self.strides != 1:
+        if not (self.allow_winograd and getattr(K, "WINOGRAD", False)):
+            return False
+        if self.kernel_size != (3, 3) or self.strides != 1:
             return False
         _, OH, OW, F = self.compute_output_shape(x_shape)
         C = self.in_channels
@@ -216,6 +223,13 @@ class Conv2D(Layer):
         out = kernels.workspace((N * OH * OW, kh * kw * C), x.dtype)
         return K.im2col_padded(x, kh, kw, s, pads, out=out)
 
+    def release_output(self) -> None:
+        """Drop the output that ``forward`` kept (the activation's backward needs it), keeping the input: for a caller
+        that gets dL/dz some other way and then calls ``backward_linear`` (``ConvReLUPool``: the ReLU's derivative
+        at the pooling windows' winners follows from the pooled map). ``backward`` then refuses to run."""
+        x, pads, _, kind = self._saved()
+        self._cache = (x, pads, None, kind)
+
     # The overloads say that dx is there unless input_grad=False (a plain bool gives dx or None).
     @overload
     def backward(self, dout: np.ndarray, input_grad: Literal[True] = ...) -> np.ndarray: ...
@@ -226,6 +240,9 @@ class Conv2D(Layer):
         """Fill ``grads`` and return dL/dx (N, H, W, C); with ``input_grad=False`` skip dx and return None
         (the first layer of a network: nothing upstream needs the gradient of the images)."""
         *_, out, kind = self._saved()
+        if out is None:
+            raise RuntimeError(f"{self._describe()}: its output was released after forward (release_output); only "
+                               "backward_linear, given dL/dz, can run")
         self._check_dout(dout, out.shape)
         if kind is None:
             return self.backward_linear(self.activation.backward(dout), input_grad)
@@ -252,8 +269,8 @@ class Conv2D(Layer):
         """Backward through the convolution only, given dz = dL/dz for the pre-activation z (N, OH, OW, F).
         Returns dL/dx, or None when ``input_grad`` is False (the products for dx are then skipped).
         ``dbias``: the column sums of dz when the caller already has them (else they are computed here)."""
-        x, pads, out, _ = self._saved()
-        self._check_dout(dz, out.shape)
+        x, pads, _, _ = self._saved()
+        self._check_dout(dz, self.compute_output_shape(x.shape))
         (kh, kw), s = self.kernel_size, self.strides
         F = self.filters
         K = kernels.get_backend()
