@@ -1,7 +1,8 @@
 """ARN-CNN, the attention-based residual connection CNN of Kavousinejad (2024), Figure 2, layer for layer.
 
 The network is written once, in ``ARNCNN.__init__``: the convolutional part as ``stages``, a chain of layers
-and blocks (attention modules, the residual block) built in Keras' creation order, then the dense ``head``.
+and blocks (the stem ``ConvReLUPool``, attention modules, the residual block) built in Keras' creation order, then
+the dense ``head``.
 Everything else follows that list: ``layers`` (every plain layer, in order), ``graph`` (each layer with the
 layers feeding it: ``summary``, the Keras twin in ``interop`` and the ONNX graph in ``onnx_export`` are built
 from it), ``features`` (forward through the stages) and ``backward_features`` (back through them). Layer names
