@@ -201,9 +201,9 @@ def test_conv2d_through_winograd_passes_the_gradient_check(backend, activation, 
 
 def test_the_rule_picks_the_layers_where_winograd_measured_faster():
     """Forward: conv2d_6, conv2d_10, conv2d_13 (3x3, >= 32 input channels, >= 100 output positions) and conv2d_5 by
-    size, which ARNCNN keeps on im2col (``allow_winograd``, see the next test); backward: the same but conv2d_13
-    (256 output channels from 64: more than ``WINOGRAD_MAX_WIDENING`` times); the first layer (one channel) never;
-    the NumPy backend never (its transforms are slower than its im2col)."""
+    size, whose forward pass ARNCNN keeps on im2col (``winograd_forward``, see the next test); backward: conv2d_5,
+    conv2d_6, conv2d_10, not conv2d_13 (256 output channels from 64: more than ``WINOGRAD_MAX_WIDENING`` times); the
+    first layer (one channel) never; the NumPy backend never (its transforms are slower than its im2col)."""
     model = minarn.ARNCNN(seed=0)
     model.forward(np.zeros((1, 64, 64, 1), np.float32))
     fast = type("Backend", (), {"WINOGRAD": True})
@@ -211,11 +211,11 @@ def test_the_rule_picks_the_layers_where_winograd_measured_faster():
     forward = [layer.name for layer in convs if layer._is_winograd(fast, layer._cache[0].shape)]
     backward = [layer.name for layer in convs if layer._is_winograd(fast, layer._cache[0].shape, backward=True)]
     assert forward == ["conv2d_6", "conv2d_10", "conv2d_13"]
-    assert backward == ["conv2d_6", "conv2d_10"]
+    assert backward == ["conv2d_5", "conv2d_6", "conv2d_10"]
     conv5 = model.get_layer("conv2d_5")
-    assert conv5 is model.block.conv1 and not conv5.allow_winograd
-    conv5.allow_winograd = True
-    assert conv5._is_winograd(fast, conv5._cache[0].shape) and conv5._is_winograd(fast, conv5._cache[0].shape, True)
+    assert conv5 is model.block.conv1 and not conv5.winograd_forward
+    conv5.winograd_forward = True
+    assert conv5._is_winograd(fast, conv5._cache[0].shape)
     assert conv.WINOGRAD_VARIANT is winograd.F4
     assert not any(layer._is_winograd(numpy_ref, layer._cache[0].shape) for layer in convs)
 
@@ -224,8 +224,9 @@ def test_the_rule_picks_the_layers_where_winograd_measured_faster():
 def test_on_real_images_the_network_gradients_of_both_backends_agree():
     """MedNIST's black background makes conv2d_5's input exactly 0 over whole regions at initialization: there
     Winograd's round-off (+-1e-8 for an exact 0) flipped the ReLU's derivative and moved 30 % of conv2d_5's bias
-    gradient. With conv2d_5 on im2col, every gradient of a float32 step agrees across the backends (the worst
-    tensors are small biases whose sums cancel: 1e-2 relative), and all of them together to 1e-4."""
+    gradient. With conv2d_5's forward pass on im2col (its gradients on Winograd), every gradient of a float32 step
+    agrees across the backends (the worst tensors are small biases whose sums cancel: 1e-2 relative), and all of
+    them together to 1e-4."""
     splits = data.split_dataset(data.load_mednist())
     x = data.scale_images(splits.train.images[:8])
     y = data.one_hot(splits.train.labels[:8], 6)

@@ -24,7 +24,7 @@ SHALLOW_PATCH = 16
 # 31x31), conv2d_6 (64 -> 64, 31x31) and conv2d_10 (64 -> 64, 13x13) both ways, and in conv2d_13's forward pass
 # (64 -> 256, 11x11), whose backward it did not speed up (the input gradient is a convolution from 256 channels
 # down to 64). Below these sizes the transforms' memory traffic costs more than the fewer multiplications save.
-# A layer can opt out (``allow_winograd``): ARNCNN keeps conv2d_5 on im2col for the sake of its ReLU's derivative.
+# A layer's forward pass can opt out (``winograd_forward``): ARNCNN keeps conv2d_5's on im2col for its ReLU's sake.
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_OUTPUT = 100  # output positions per image
 WINOGRAD_MAX_WIDENING = 2  # output / input channels, for the gradients
@@ -83,10 +83,11 @@ class Conv2D(Layer):
             if int(v) != v or v < 1:
                 raise ValueError(f"{self._describe()}: {what} must be a positive integer, got {v!r}")
         self.in_channels, self.filters = int(in_channels), int(filters)
-        # False keeps this layer on im2col whatever the size rule says (``_is_winograd``): for an input that is
-        # exactly zero over whole regions (black image background), where im2col gives exact zeros and Winograd's
-        # round-off +-1e-8, which flips the ReLU's derivative at those positions (see ARNCNN: conv2d_5).
-        self.allow_winograd = True
+        # False keeps this layer's forward pass on im2col whatever the size rule says (``_is_winograd``): for an
+        # input that is exactly zero over whole regions (black image background), where im2col gives exact zeros and
+        # Winograd's round-off +-1e-8, which flips the ReLU's derivative there (see ARNCNN: conv2d_5). The gradients
+        # have no such kink (they are linear in dz) and still follow the size rule.
+        self.winograd_forward = True
         self.kernel_size, self.strides, self.padding = (int(kh), int(kw)), int(strides), padding
         self.activation_name = activation
         self.activation = get_activation(activation, layer_name=f"{self.name}_activation")
@@ -126,7 +127,7 @@ class Conv2D(Layer):
         """Whether Winograd (``WINOGRAD_VARIANT``) computes this layer's forward pass (``backward=True``: its
         gradients) for an input of ``x_shape`` on backend ``K``. Either pass may run either algorithm: both compute
         the same convolution, to float32 round-off."""
-        if not (self.allow_winograd and getattr(K, "WINOGRAD", False)):
+        if not getattr(K, "WINOGRAD", False) or not (backward or self.winograd_forward):
             return False
         if self.kernel_size != (3, 3) or self.strides != 1:
             return False
