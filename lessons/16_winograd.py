@@ -16,9 +16,9 @@
 #   and the transforms are extra passes. minarn's Conv2D uses it, on the Numba backend, where it measured
 #   faster (see benchmarks/RESULTS.md): the 3x3 layers with >= 32 input channels (conv2d_6, conv2d_10, conv2d_13's
 #   forward pass and conv2d_5's gradients; conv2d_5's forward pass stays on im2col: its input is exactly 0 over
-#   the black background, where Winograd's round-off would flip its ReLU's derivative), in its larger form F(4x4, 3x3) (a 4x4 tile from a
-#   6x6 window: 36 multiplications instead of 144, 4x fewer; ``winograd.F4``), which this lesson measures too in
-#   part 6.
+#   the black background, where Winograd's round-off would flip its ReLU's derivative), in its larger form
+#   F(4x4, 3x3) (a 4x4 tile from a 6x6 window: 36 multiplications instead of 144, 4x fewer; ``winograd.F4``),
+#   which this lesson measures too in part 6.
 # - The backward pass is the same algebra transposed (A dY A^T, G^T dU G), and the input gradient is itself a
 #   3x3 convolution of dY with the kernel turned by 180 degrees, so it reuses the forward algorithm.
 # - Float32 error stays at im2col's level: the transforms only add, subtract and halve, and each of the 16
