@@ -24,20 +24,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fairness
+import workers
 
 _MARK = "MINARN_STAGE_TIMES_CHILD"
 
 
-def run_as_benchmark_child(threads: int) -> None:
-    """Re-execute this script once with a benchmark child's environment (``fairness.child_environment``:
-    allocator tuned, OpenBLAS unpinned) and ``threads`` threads everywhere, before NumPy is imported."""
+def run_as_benchmark_child(threads: int, backend: str = "numba") -> None:
+    """Re-execute this script once with the environment ``run.py`` gives its minarn children, before NumPy is
+    imported: ``fairness.child_environment`` (allocator tuned, OpenBLAS unpinned), then ``workers.set_thread_env``
+    (``threads`` threads in every pool, the kernel backend)."""
     if os.environ.get(_MARK):
         return
     env, _ = fairness.child_environment(os.environ, "tuned")
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(threads)
-    env[_MARK] = "1"
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.environ.clear()
+    os.environ.update(env)
+    workers.set_thread_env(threads, f"minarn-{backend}")
+    os.environ[_MARK] = "1"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 
 def median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -59,7 +62,7 @@ def main() -> None:
     ap.add_argument("--backend", default="numba", choices=("numba", "numpy"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    run_as_benchmark_child(args.threads)
+    run_as_benchmark_child(args.threads, args.backend)
 
     import numpy as np
 

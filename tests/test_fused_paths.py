@@ -121,6 +121,24 @@ def test_fused_attention_matches_layer_by_layer(name, n, h, w, c, dtype, seed):
     np.testing.assert_array_equal(dout, keep_dout)
 
 
+# -- blocks with a fused path: the readable path, then the fused one ------------------------------------------
+def readable_then_fused(name, block, x, dtype, seed, backward=None, after_forward=None):
+    """[readable run, fused run] of ``block`` on backend ``name``, each (output, dx, grads), for the same ``x`` and
+    the same dout (drawn from ``seed + 1``). ``backward(dout)`` replaces ``block.backward``; ``after_forward(fused)``
+    runs between each forward and its backward."""
+    runs = []
+    with kernels.backend(name):
+        for fused in (False, True):
+            block.fused = fused
+            out = block.forward(x, training=True).copy()
+            if after_forward is not None:
+                after_forward(fused)
+            dout = values(np.random.default_rng(seed + 1), out.shape, dtype)
+            dx = block.backward(dout) if backward is None else backward(dout)
+            runs.append((out, dx, {k: g.copy() for k, g in block.grads.items()}))
+    return runs
+
+
 # -- the residual block: ReLU and pooling fused against layer by layer -----------------------------------------
 @pytest.mark.parametrize("name", BACKENDS)
 @given(n=st.integers(1, 3), h=st.integers(2, 7), w=st.integers(2, 7), c=st.integers(1, 5), f=st.integers(1, 6),
@@ -134,15 +152,7 @@ def test_fused_relu_and_pooling_of_the_residual_block_match_layer_by_layer(name,
     block = ResidualBlock(c, f, lambda base: f"{base}_{next(counter)}", lambda: int(rng.integers(1000)),
                           attention=attention, residual=residual, dtype=dtype)
     x = values(rng, (n, h, w, c), dtype)
-    runs = []
-    with kernels.backend(name):
-        for fused in (False, True):
-            block.fused = fused
-            out = block.forward(x, training=True).copy()
-            dout = values(np.random.default_rng(seed + 1), out.shape, dtype)
-            dx = block.backward(dout)
-            runs.append((out, dx, {k: g.copy() for k, g in block.grads.items()}))
-    (out_ref, dx_ref, grads_ref), (out, dx, grads) = runs
+    (out_ref, dx_ref, grads_ref), (out, dx, grads) = readable_then_fused(name, block, x, dtype, seed)
     np.testing.assert_array_equal(out, out_ref)
     np.testing.assert_array_equal(dx, dx_ref)
     assert sorted(grads) == sorted(grads_ref) and grads
@@ -169,16 +179,12 @@ def test_fused_conv_relu_pool_matches_layer_by_layer(name, n, h, w, c, f, paddin
     conv.params["bias"][...] = values(rng, (f,), dtype, bound=0.5)  # some windows all <= 0: ties at 0
     block = ConvReLUPool(conv, MaxPooling2D(2))
     x = values(rng, (n, h, w, c), dtype)
-    runs = []
-    with kernels.backend(name):
-        for fused in (False, True):
-            block.fused = fused
-            out = block.forward(x, training=True).copy()
-            assert (conv._cache[2] is None) == fused  # the fused path released the (n, oh, ow, f) ReLU map
-            dout = values(np.random.default_rng(seed + 1), out.shape, dtype)
-            dx = block.backward(dout, input_grad)
-            runs.append((out, dx, {k: g.copy() for k, g in block.grads.items()}))
-    (out_ref, dx_ref, grads_ref), (out, dx, grads) = runs
+
+    def released(fused: bool) -> None:
+        assert (conv._cache[2] is None) == fused  # the fused path released the (n, oh, ow, f) ReLU map
+
+    (out_ref, dx_ref, grads_ref), (out, dx, grads) = readable_then_fused(
+        name, block, x, dtype, seed, backward=lambda dout: block.backward(dout, input_grad), after_forward=released)
     close = np.testing.assert_array_equal if c == 1 else (
         lambda a, b, err_msg="": np.testing.assert_allclose(a, b, **TOL[dtype], err_msg=err_msg))
     np.testing.assert_array_equal(out, out_ref)

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-from minarn import kernels
 from minarn.layers.base import Block, Layer, SummaryRow, chain_rows
 from minarn.layers.conv import Conv2D
 from minarn.layers.pool import MaxPooling2D
@@ -19,8 +18,8 @@ class ConvReLUPool(Block):
     ``fused`` (default True): the full-size ReLU map is not kept for backward (in ARN-CNN it is the largest map
     of the network: 62x62x32, 126 MB at batch 256). Pooling routes each gradient to its window's winner, whose ReLU
     derivative is [winner > 0] = [pooled output > 0], so backward masks dout by the block's own output, pools it
-    back and runs the convolution's ``backward_linear`` (the same numbers as ReLU's backward after pooling's, as in
-    ``ResidualBlock``). ``fused = False`` keeps the map and runs each layer's own backward: the readable path the
+    back (``MaxPooling2D.backward_through_relu``, as ``ResidualBlock`` does) and runs the convolution's
+    ``backward_linear``. ``fused = False`` keeps the map and runs each layer's own backward: the readable path the
     fused one is tested against. The layers keep their names (``conv2d``, ``max_pooling2d``); the block adds none
     to the graph.
     """
@@ -55,6 +54,4 @@ class ConvReLUPool(Block):
         self._check_block_dout(dout)
         if self._pooled is None:
             return self.conv.backward(self.pool.backward(dout), input_grad)
-        F = dout.shape[-1]
-        masked = kernels.get_backend().activation_backward(dout.reshape(-1, F), self._pooled.reshape(-1, F), "relu")
-        return self.conv.backward_linear(self.pool.backward(masked.reshape(dout.shape)), input_grad)
+        return self.conv.backward_linear(self.pool.backward_through_relu(dout, self._pooled), input_grad)

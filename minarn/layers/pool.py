@@ -51,3 +51,12 @@ class MaxPooling2D(Layer):
         argmax, x_shape = self._saved()
         self._check_dout(dout, argmax.shape)
         return kernels.get_backend().maxpool_backward(dout, argmax, x_shape, self.pool_size, self.strides)
+
+    def backward_through_relu(self, dout: np.ndarray, pooled: np.ndarray) -> np.ndarray:
+        """Backward through ReLU followed by this pooling, when the ReLU map was not kept: dL/dh for
+        ``pooled = forward(max(h, 0))``. Each gradient goes to its window's winner, whose ReLU derivative is
+        [winner > 0] = [pooled > 0], so dout is masked by ``pooled`` and then routed back: the same numbers as
+        ReLU's backward after this layer's. Shapes: dout, pooled (N, OH, OW, C) -> (N, H, W, C)."""
+        C = dout.shape[-1]
+        masked = kernels.get_backend().activation_backward(dout.reshape(-1, C), pooled.reshape(-1, C), "relu")
+        return self.backward(masked.reshape(dout.shape))

@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from minarn import kernels
 from minarn.layers.activations import ReLU
 from minarn.layers.attention import AttentionModule
 from minarn.layers.base import Block, Layer, SummaryRow, chain_rows
@@ -105,9 +104,7 @@ class ResidualBlock(Block):
         if self._pooled is None:
             dh = self.relu.backward(self.pool.backward(dout))
         else:  # ReLU's derivative at each window's winner is [pooled output > 0]
-            F = dout.shape[-1]
-            masked = kernels.get_backend().activation_backward(dout.reshape(-1, F), self._pooled.reshape(-1, F), "relu")
-            dh = self.pool.backward(masked.reshape(dout.shape))
+            dh = self.pool.backward_through_relu(dout, self._pooled)
         dx_skip = None
         if self.add is not None:
             # the add hands dh to both inputs; neither branch writes into it, so they share it (no copies)
