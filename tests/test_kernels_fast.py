@@ -103,15 +103,26 @@ def test_bias_activation_and_backward(name, dtype, kind, with_bias):
         dout = rng_array(z.shape, dtype, seed=5)
         keep = dout.copy()
         dz = K.activation_backward(dout, out, kind)
-        layer = get_activation(kind)
-        layer.forward(pre)
-        np.testing.assert_allclose(dz, layer.backward(dout), **TOL[dtype])
+        slope = {"linear": np.ones_like(pre), "relu": (pre > 0).astype(dtype),
+                 "sigmoid": special.expit(pre) * (1 - special.expit(pre))}[kind]  # the derivative, from its formula
+        np.testing.assert_allclose(dz, dout * slope, **TOL[dtype])
         np.testing.assert_array_equal(dout, keep)  # never written into
         assert dz.dtype == np.dtype(dtype)
         dz2, sums = K.activation_backward_and_sum(dout, out, kind)  # the same dz, and its column sums
         np.testing.assert_array_equal(dz2, dz)
         assert sums.shape == (7,) and sums.dtype == np.dtype(dtype)
         np.testing.assert_allclose(sums, dz.astype(np.float64).sum(axis=0), **TOL[dtype])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_relu_backward_keeps_nan_and_inf_where_the_relu_passed_only(name):
+    # the reference multiplies dout by [out > 0] when dout is finite; a NaN or inf where the ReLU was off must
+    # still give exactly 0 there (NaN * 0 and inf * 0 are NaN), as ReLU's derivative says
+    out = np.array([[0.0, 1.0, 0.0, 2.0]], dtype=np.float32)
+    dout = np.array([[np.nan, np.nan, np.inf, -np.inf]], dtype=np.float32)
+    with kernels.backend(name) as K:
+        dz = K.activation_backward(dout, out, "relu")
+    np.testing.assert_array_equal(dz, [[0.0, np.nan, 0.0, -np.inf]])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -194,6 +194,23 @@ def test_maxpool_2x2_kernel_keeps_the_reference_winner_with_ties_and_nan(fast, d
 
 
 @fast_backends
+@pytest.mark.parametrize(("pool", "stride"), [(2, 2), (3, 1)])
+def test_maxpool_backward_sends_nan_and_inf_to_the_winner_only(fast, pool, stride):
+    # the reference multiplies dout by each position's "won" mask when dout is finite; NaN and inf must not leak
+    # into the losers of their window (NaN * 0 is NaN), on either backend
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 6, 7, 3))
+    _, argmax = numpy_ref.maxpool_forward(x, pool, stride)
+    dout = rng.standard_normal(argmax.shape)
+    dout[0, 1, 1, 0], dout[1, 2, 0, 2] = np.nan, np.inf
+    with kernels.backend(fast) as module:
+        dx = module.maxpool_backward(dout, argmax, x.shape, pool, stride)
+    expected = numpy_ref.maxpool_backward(dout, argmax, x.shape, pool, stride)
+    np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)  # (overlapping windows: another sum order)
+    assert np.isnan(expected).sum() == 1 and np.isinf(expected).sum() == 1
+
+
+@fast_backends
 def test_parity_on_non_contiguous_inputs(fast):
     rng = np.random.default_rng(3)
     base = rng.standard_normal((2, 9, 8, 6))

@@ -7,7 +7,6 @@ input channel), the order of ``kernel.reshape(kh * kw * C, F)`` for a Keras kern
 from __future__ import annotations
 
 import numpy as np
-from scipy import special
 
 from minarn.kernels.winograd import A_T, B_T
 
@@ -62,18 +61,23 @@ def maxpool_forward(x: np.ndarray, pool: int, stride: int) -> tuple[np.ndarray, 
     N, H, W, C = x.shape
     OH = (H - pool) // stride + 1
     OW = (W - pool) // stride + 1
-    out = None
+
+    def window(i: int, j: int) -> np.ndarray:  # the (i, j)-th value of every window, (N, OH, OW, C)
+        return x[:, i : i + stride * OH : stride, j : j + stride * OW : stride, :]
+
+    out = window(0, 0).copy()
     argmax = np.zeros((N, OH, OW, C), dtype=np.int8)
+    better = np.empty(out.shape, dtype=bool)
     for i in range(pool):
         for j in range(pool):
-            window = x[:, i : i + stride * OH : stride, j : j + stride * OW : stride, :]
-            if out is None:
-                out = window.copy()
+            if i == j == 0:
                 continue
-            better = window > out  # strict: an equal later value does not steal the gradient
-            np.copyto(out, window, where=better)  # (masked copies, much faster than out[better] = ...)
-            np.copyto(argmax, i * pool + j, where=better)
-    assert out is not None
+            np.greater(window(i, j), out, out=better)  # strict: an equal later value does not steal the gradient
+            # The window positions k = i * pool + j grow through the loops, so a new winner's k is the largest yet.
+            np.maximum(argmax, better * np.int8(i * pool + j), out=argmax)
+            # out = window where better, else out, without a masked copy (slow on a random mask): fmax ignores a
+            # NaN in the window, maximum keeps a NaN already in out (a NaN never replaces a maximum, nor is replaced)
+            np.maximum(out, np.fmax(window(i, j), out), out=out)
     return out, argmax
 
 
@@ -86,9 +90,11 @@ def maxpool_backward(
     """
     N, OH, OW, C = dout.shape
     dx = np.zeros(x_shape, dtype=dout.dtype)
+    finite = np.isfinite(dout).all()  # then dout * [won] is exact (else inf * 0 or NaN * 0 would give NaN)
     for i in range(pool):
         for j in range(pool):
-            routed = np.where(argmax == i * pool + j, dout, 0)
+            won = argmax == i * pool + j
+            routed = dout * won if finite else np.where(won, dout, 0)  # (where is slow on a random mask)
             dx[:, i : i + stride * OH : stride, j : j + stride * OW : stride, :] += routed
     return dx
 
@@ -231,14 +237,18 @@ def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, a_t: np.ndarray | 
 def bias_activation(z: np.ndarray, bias: np.ndarray | None, kind: str) -> np.ndarray:
     """In place: z = act(z + bias) for a (rows, C) array; ``kind`` is "linear", "relu" or "sigmoid".
 
-    Returns z. (Sigmoid is ``scipy.special.expit``, stable for any z.)
+    Returns z. Sigmoid is 1 / (1 + exp(-z)), as accurate as ``scipy.special.expit`` and ~4x faster on float32:
+    where exp(-z) overflows (z below about -88 in float32) it is inf and the result is exactly 0, the limit.
     """
     if bias is not None:
         z += bias
     if kind == "relu":
         np.maximum(z, 0, out=z)
     elif kind == "sigmoid":
-        special.expit(z, out=z)
+        with np.errstate(over="ignore"):
+            np.exp(np.negative(z, out=z), out=z)
+        z += 1
+        np.reciprocal(z, out=z)
     return z
 
 
@@ -248,7 +258,9 @@ def activation_backward(dout: np.ndarray, out: np.ndarray, kind: str) -> np.ndar
     relu: dout * [out > 0]; sigmoid: dout * out * (1 - out); linear: a copy of dout.
     """
     if kind == "relu":
-        return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)
+        if np.isfinite(dout).all():  # dout * [out > 0] is then exact, and much faster than np.where's masked pick
+            return dout * (out > 0)
+        return np.where(out > 0, dout, 0).astype(dout.dtype, copy=False)  # (NaN or inf * 0 would give NaN)
     if kind == "sigmoid":
         return dout * out * (1 - out)
     return dout.copy()
@@ -286,7 +298,10 @@ def channel_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The sums run in float64: NumPy adds along axis 0 row by row (pairwise summation only applies along the
     contiguous axis), and 38,440 same-signed float32 terms drift by ~1e-4 relative, enough to move every
     later activation by ~1e-5 (measured on ARN-CNN's batch_normalization_1)."""
-    return x.mean(axis=0, dtype=np.float64).astype(x.dtype), x.var(axis=0, dtype=np.float64).astype(x.dtype)
+    wide = x.astype(np.float64)  # (one float64 copy: faster than var(dtype=float64)'s own conversions)
+    mean = wide.mean(axis=0)
+    wide -= mean
+    return mean.astype(x.dtype), np.square(wide, out=wide).mean(axis=0).astype(x.dtype)
 
 
 def batchnorm_apply(
