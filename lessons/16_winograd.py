@@ -15,8 +15,9 @@
 # - The price is memory traffic: the transformed input holds 16 values per 2x2 output tile (4x the input),
 #   and the transforms are extra passes. minarn's Conv2D uses it, on the Numba backend, where it measured
 #   faster (see benchmarks/RESULTS.md): the 3x3 layers with >= 32 input channels (conv2d_6, conv2d_10, conv2d_13's
-#   forward pass and conv2d_5's gradients; conv2d_5's forward pass stays on im2col: its input is exactly 0 over
-#   the black background, where Winograd's round-off would flip its ReLU's derivative), in its larger form
+#   forward pass and conv2d_5's gradients; conv2d_5's forward pass stays on im2col in training: its input is
+#   exactly 0 over the black background, where Winograd's round-off would flip its ReLU's derivative; inference,
+#   with no derivative to keep, runs it on Winograd too), in its larger form
 #   F(4x4, 3x3) (a 4x4 tile from a 6x6 window: 36 multiplications instead of 144, 4x fewer; ``winograd.F4``),
 #   which this lesson measures too in part 6.
 # - The backward pass is the same algebra transposed (A dY A^T, G^T dU G), and the input gradient is itself a

@@ -142,8 +142,8 @@ class ARNCNN:
         # conv2d_5 sees the stem's output, exactly 0 wherever the image is black (ReLU of a zero-bias convolution
         # of zeros, gated): its pre-activation is then exactly 0 with im2col but +-1e-8 with Winograd's transforms,
         # and the ReLU's derivative there (0 or 1) moved 30 % of its bias gradient on MedNIST's images at
-        # initialization (lesson 15's backend check). So its forward pass stays on im2col (its gradients, linear in
-        # dz, run Winograd by the size rule).
+        # initialization (lesson 15's backend check). So its training forward pass stays on im2col (its gradients,
+        # linear in dz, run Winograd by the size rule; so does its inference, which has no derivative to keep).
         self.block.conv1.winograd_forward = False
         self.conv_mid = stage(Conv2D(64, 64, 3, activation="relu", seed=next_seed(), dtype=dtype,
                                      name=name("conv2d")))

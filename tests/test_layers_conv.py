@@ -315,7 +315,8 @@ def test_blocks_of_images_give_the_whole_batch_result(backend, path, dtype, monk
     rng = np.random.default_rng(11)
     x = rng.uniform(-1, 1, size=(7, 9, 8, 4)).astype(dtype)
     layer = Conv2D(4, 4, 3, padding="same", activation="relu", dtype=dtype, seed=3)
-    monkeypatch.setattr(Conv2D, "_is_winograd", lambda self, K, shape, backward=False: path == "winograd")
+    monkeypatch.setattr(Conv2D, "_is_winograd",
+                        lambda self, K, shape, training=True, backward=False: path == "winograd")
     dout = rng.uniform(-1, 1, size=(7, 9, 8, 4)).astype(dtype)
     results = {}
     for label, block_bytes in (("whole", 1 << 40), ("single", 1), ("three", 3 * 9 * 8 * 36 * np.dtype(dtype).itemsize)):

@@ -106,9 +106,16 @@ def test_backends_match_the_reference(backend, shape, dtype, variant):
         v = K.winograd_input(x, top, left, th, tw, b_t, out=garbage)
         y = K.winograd_output(m, (n, h, w, c), th, tw, a_t)
         dm = K.winograd_output_adjoint(x, th, tw, a_t, out=np.full_like(garbage, np.nan))
+        bias = rng.standard_normal(c).astype(dtype)
+        fused = {kind: K.winograd_output(m, (n, h, w, c), th, tw, a_t, bias, kind, out=np.full_like(x, np.nan))
+                 for kind in numpy_ref.ACTIVATION_KINDS}  # bias + activation with the transform, into a buffer
     assert v is garbage and v.dtype == y.dtype == dm.dtype == np.dtype(dtype)
     np.testing.assert_allclose(v, numpy_ref.winograd_input(x, top, left, th, tw, b_t), **tol)
     np.testing.assert_allclose(y, numpy_ref.winograd_output(m, (n, h, w, c), th, tw, a_t), **tol)
+    pre = numpy_ref.winograd_output(m, (n, h, w, c), th, tw, a_t).astype(np.float64) + bias
+    for kind, act in {"linear": pre, "relu": np.maximum(pre, 0), "sigmoid": 1 / (1 + np.exp(-pre))}.items():
+        assert fused[kind].dtype == np.dtype(dtype)
+        np.testing.assert_allclose(fused[kind], act, **tol)
     np.testing.assert_allclose(dm, numpy_ref.winograd_output_adjoint(x, th, tw, a_t), **tol)
 
 
@@ -201,7 +208,8 @@ def test_conv2d_through_winograd_passes_the_gradient_check(backend, activation, 
 
 def test_the_rule_picks_the_layers_where_winograd_measured_faster():
     """Forward: conv2d_6, conv2d_10, conv2d_13 (3x3, >= 32 input channels, >= 100 output positions) and conv2d_5 by
-    size, whose forward pass ARNCNN keeps on im2col (``winograd_forward``, see the next test); backward: conv2d_5,
+    size, whose training forward pass ARNCNN keeps on im2col (``winograd_forward``, see the next test) but whose
+    inference runs Winograd too; backward: conv2d_5,
     conv2d_6, conv2d_10, not conv2d_13 (256 output channels from 64: more than ``WINOGRAD_MAX_WIDENING`` times); the
     first layer (one channel) never; the NumPy backend never (its transforms are slower than its im2col)."""
     model = minarn.ARNCNN(seed=0)
@@ -210,7 +218,9 @@ def test_the_rule_picks_the_layers_where_winograd_measured_faster():
     convs = [layer for layer in model.layers if isinstance(layer, Conv2D)]
     forward = [layer.name for layer in convs if layer._is_winograd(fast, layer._cache[0].shape)]
     backward = [layer.name for layer in convs if layer._is_winograd(fast, layer._cache[0].shape, backward=True)]
+    inference = [layer.name for layer in convs if layer._is_winograd(fast, layer._cache[0].shape, training=False)]
     assert forward == ["conv2d_6", "conv2d_10", "conv2d_13"]
+    assert inference == ["conv2d_5", "conv2d_6", "conv2d_10", "conv2d_13"]  # no ReLU derivative to keep exact
     assert backward == ["conv2d_5", "conv2d_6", "conv2d_10"]
     conv5 = model.get_layer("conv2d_5")
     assert conv5 is model.block.conv1 and not conv5.winograd_forward

@@ -41,7 +41,7 @@ KERNELS: dict[str, str] = {
     "shallow_conv_forward": "convolution + bias + activation for a short patch (kh*kw*C <= 16), direct loops",
     "shallow_conv_weight_grad": "kernel and bias gradients of a short-patch convolution",
     "winograd_input": "Winograd input transform V = B^T d B of every tile (F(2x2, 3x3) or F(4x4, 3x3))",
-    "winograd_output": "Winograd output transform Y = A^T M A of every tile, cropped to the output",
+    "winograd_output": "Winograd output transform Y = A^T M A of every tile, cropped, + bias and activation",
     "winograd_output_adjoint": "the adjoint of winograd_output: dM = A dY A^T",
     "bias_activation": "in place: z = act(z + bias), act = kind",
     "activation_backward": "dz from dout and the activation's output",
@@ -51,6 +51,7 @@ KERNELS: dict[str, str] = {
     "channel_moments": "per-channel mean and biased variance (batch norm's batch statistics)",
     "batchnorm_apply": "out = gamma * (x - mean) * inv_std + beta",
     "batchnorm_backward": "training-mode batch norm backward: dx, dgamma, dbeta",
+    "adamax_step": "Adamax's update in the paper's form (Eq. 3-6), in place on the parameter and its two slots",
 }
 
 BACKENDS = ("auto", "numpy", "numba")

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from minarn.kernels import winograd
+from minarn.kernels import numpy_ref, winograd
 from minarn.kernels.numpy_ref import ACTIVATION_KINDS
 from minarn.kernels.scratch import workspace
 
@@ -575,12 +575,18 @@ def _winograd_input6(x, top, left, th, tw, v):  # pragma: no cover - compiled
 
 
 @_jit
-def _winograd_output6(m, th, tw, out):  # pragma: no cover - compiled
+def _winograd_output6(m, th, tw, bias, has_bias, kind, out):  # pragma: no cover - compiled
+    # out = act(A^T M A + bias), the bias and activation (linear or ReLU) applied as each value is stored
     N, OH, OW, F = out.shape
+    zero, one = out.dtype.type(0), out.dtype.type(1)
     for r in prange(N * th):
         n = r // th
         a = r % th
         e = np.empty((4, 6, F), dtype=m.dtype)  # A^T along the rows of the 6x6 grid
+        b0 = np.zeros(F, dtype=m.dtype)  # the bias, or zeros (one add per value either way)
+        if has_bias:
+            for f in range(F):
+                b0[f] = bias[f]
         for b in range(tw):
             t = r * tw + b
             for j in range(6):
@@ -594,13 +600,16 @@ def _winograd_output6(m, th, tw, out):  # pragma: no cover - compiled
                 q = 4 * b
                 if q + 3 < OW:
                     for f in range(F):
-                        out[n, p, q, f], out[n, p, q + 1, f], out[n, p, q + 2, f], out[n, p, q + 3, f] = _at6(
-                            e[i, 0, f], e[i, 1, f], e[i, 2, f], e[i, 3, f], e[i, 4, f], e[i, 5, f])
+                        y0, y1, y2, y3 = _at6(e[i, 0, f], e[i, 1, f], e[i, 2, f], e[i, 3, f], e[i, 4, f], e[i, 5, f])
+                        out[n, p, q, f] = _activate(y0 + b0[f], kind, zero, one)
+                        out[n, p, q + 1, f] = _activate(y1 + b0[f], kind, zero, one)
+                        out[n, p, q + 2, f] = _activate(y2 + b0[f], kind, zero, one)
+                        out[n, p, q + 3, f] = _activate(y3 + b0[f], kind, zero, one)
                 else:
                     for f in range(F):
                         y = _at6(e[i, 0, f], e[i, 1, f], e[i, 2, f], e[i, 3, f], e[i, 4, f], e[i, 5, f])
                         for j in range(OW - q):
-                            out[n, p, q + j, f] = y[j]
+                            out[n, p, q + j, f] = _activate(y[j] + b0[f], kind, zero, one)
 
 
 @_jit
@@ -906,11 +915,24 @@ def winograd_input(x, top, left, th, tw, b_t=None, out=None):
     return out
 
 
-def winograd_output(m, out_shape, th, tw, a_t=None):
-    """See ``numpy_ref.winograd_output``."""
+def winograd_output(m, out_shape, th, tw, a_t=None, bias=None, kind="linear", out=None):
+    """See ``numpy_ref.winograd_output``. F(4x4, 3x3) adds the bias and applies a linear or ReLU activation as it
+    stores each value (no pass of its own); F(2x2, 3x3) and the sigmoid run ``bias_activation`` afterwards."""
     s = _winograd_variant(a_t, {4: winograd.A_T, 6: winograd.A_T4})
-    out = np.empty(out_shape, dtype=m.dtype)
-    (_winograd_output if s == 4 else _winograd_output6)(np.ascontiguousarray(m), th, tw, out)
+    if out is None:
+        out = np.empty(out_shape, dtype=m.dtype)
+    m = np.ascontiguousarray(m)
+    if s == 6 and kind != "sigmoid":
+        has_bias = bias is not None
+        _winograd_output6(m, th, tw, np.ascontiguousarray(bias, dtype=m.dtype) if has_bias else m[0, 0], has_bias,
+                          _KIND[kind], out)
+        return out
+    if s == 4:
+        _winograd_output(m, th, tw, out)
+    else:  # the sigmoid: the transform alone, then bias_activation's own sigmoid
+        _winograd_output6(m, th, tw, m[0, 0], False, _KIND["linear"], out)
+    if bias is not None or kind != "linear":
+        bias_activation(out.reshape(-1, out_shape[-1]), bias, kind)
     return out
 
 
@@ -1022,3 +1044,35 @@ def batchnorm_backward(dout, x, mean, inv_std, gamma):
     _bn_backward_dx(dout, x, mean.astype(dt), inv_std.astype(dt), (gamma * inv_std).astype(dt),
                     (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
     return dx, dgamma.astype(dt), dbeta.astype(dt)
+
+
+@numba.njit(inline="always")
+def _max_nan(a, b):  # pragma: no cover - compiled
+    # np.maximum's rule: the larger, or NaN if either is NaN
+    return a if a >= b or a != a else b
+
+
+@_jit
+def _adamax_step(theta, g, m, u, lr, b1, c1, correction, b2, eps):  # pragma: no cover - compiled
+    # numpy_ref.adamax_step in one pass, each value with the same operations in the same order (same results)
+    n = theta.shape[0]
+    chunks = 64
+    for t in prange(chunks):
+        lo, hi = _chunk_rows(t, n, chunks)
+        for i in range(lo, hi):
+            mi = m[i] * b1 + c1 * g[i]
+            m[i] = mi
+            ui = _max_nan(_max_nan(b2 * u[i], abs(g[i])), eps)
+            u[i] = ui
+            theta[i] -= lr * (mi / correction) / ui
+
+
+def adamax_step(theta, grad, m, u, lr, beta_1, beta_2, epsilon, step):
+    """See ``numpy_ref.adamax_step``: one pass over the four arrays instead of about ten."""
+    if not (theta.flags.c_contiguous and m.flags.c_contiguous and u.flags.c_contiguous):
+        return numpy_ref.adamax_step(theta, grad, m, u, lr, beta_1, beta_2, epsilon, step)
+    dt = theta.dtype.type
+    g = np.ascontiguousarray(grad, dtype=theta.dtype).reshape(-1)
+    _adamax_step(theta.reshape(-1), g, m.reshape(-1), u.reshape(-1), dt(lr), dt(beta_1), dt(1 - beta_1),
+                 dt(1 - beta_1**step), dt(beta_2), dt(epsilon))
+    return None

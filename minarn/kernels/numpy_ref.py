@@ -208,14 +208,20 @@ def winograd_input(
 
 
 def winograd_output(m: np.ndarray, out_shape: tuple[int, int, int, int], th: int, tw: int,
-                    a_t: np.ndarray | None = None) -> np.ndarray:
-    """Y = A^T M A for every tile and filter, cropped to the output: M (s^2, T, F) -> z (N, OH, OW, F)."""
+                    a_t: np.ndarray | None = None, bias: np.ndarray | None = None, kind: str = "linear",
+                    out: np.ndarray | None = None) -> np.ndarray:
+    """z = act(Y + bias) with Y = A^T M A for every tile and filter, cropped to the output: M (s^2, T, F) -> z
+    (N, OH, OW, F), optionally into ``out``; bias (F,) or None and ``kind`` as in ``bias_activation``."""
     a_t = (A_T if a_t is None else a_t).astype(m.dtype)
     tile, s = a_t.shape
     N, OH, OW, F = out_shape
     mt = m.reshape(s, s, N, th, tw, F)
     y = np.einsum("xu,uvntbf,yv->ntxbyf", a_t, mt, a_t)
-    return np.ascontiguousarray(y.reshape(N, tile * th, tile * tw, F)[:, :OH, :OW])
+    if out is None:
+        out = np.empty(out_shape, dtype=m.dtype)
+    out[...] = y.reshape(N, tile * th, tile * tw, F)[:, :OH, :OW]
+    bias_activation(out.reshape(-1, F), bias, kind)
+    return out
 
 
 def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, a_t: np.ndarray | None = None,
@@ -326,3 +332,18 @@ def batchnorm_backward(
     dgamma = (dout * x_hat).sum(axis=0, dtype=np.float64).astype(dout.dtype)
     dx = (gamma * inv_std) * (dout - dbeta / m - x_hat * (dgamma / m))
     return dx.astype(dout.dtype, copy=False), dgamma, dbeta
+
+
+def adamax_step(theta: np.ndarray, grad: np.ndarray, m: np.ndarray, u: np.ndarray, lr: float, beta_1: float,
+                beta_2: float, epsilon: float, step: int) -> None:
+    """One Adamax update in the paper's form (Eq. 3-6), in place on theta, m and u (all the same shape; grad too),
+    in theta's precision; step t = 1, 2, ...:
+        m = b1 m + (1 - b1) g   (3);   m_hat = m / (1 - b1^t)   (4);   u = max(b2 u, |g|, eps)   (5);
+        theta -= lr m_hat / u   (6)."""
+    dt = theta.dtype.type
+    lr_, b1, b2, eps = dt(lr), dt(beta_1), dt(beta_2), dt(epsilon)
+    m *= b1
+    m += dt(1 - beta_1) * grad                                  # Eq. 3
+    m_hat = m / dt(1 - beta_1**step)                            # Eq. 4
+    np.maximum(np.maximum(b2 * u, np.abs(grad)), eps, out=u)    # Eq. 5
+    theta -= lr_ * m_hat / u                                    # Eq. 6

@@ -88,12 +88,15 @@ def filter_transform_adjoint(du: np.ndarray, variant: Variant = F2) -> np.ndarra
 
 
 def forward(K: Any, x: np.ndarray, kernel: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]],
-            out_hw: tuple[int, int], workspace: Any, variant: Variant = F2) -> np.ndarray:
-    """z = conv(x, kernel) without bias: x (N, H, W, C), kernel (3, 3, C, F) -> z (N, OH, OW, F), a new array.
+            out_hw: tuple[int, int], workspace: Any, variant: Variant = F2, bias: np.ndarray | None = None,
+            kind: str = "linear") -> np.ndarray:
+    """z = act(conv(x, kernel) + bias): x (N, H, W, C), kernel (3, 3, C, F) -> z (N, OH, OW, F), a new array;
+    by default (no bias, linear) the convolution alone. ``kind`` is one of ``numpy_ref.ACTIVATION_KINDS``.
 
     ``K`` is the kernel backend, ``workspace(shape, dtype, slot)`` hands out the reused scratch arrays
     (V in slot 0, M in slot 1: both die before this returns). One block of images at a time
-    (``image_blocks``): its V, its s^2 products and its output transform."""
+    (``image_blocks``): its V, its s^2 products and its output transform, which writes the block's part of z
+    with the bias and activation applied (``winograd_output``)."""
     N, _, _, C = x.shape
     F = kernel.shape[-1]
     th, tw = tiles(*out_hw, variant.m)
@@ -105,7 +108,7 @@ def forward(K: Any, x: np.ndarray, kernel: np.ndarray, pads: tuple[tuple[int, in
         T = (hi - lo) * th * tw
         v = K.winograd_input(x[lo:hi], pads[0][0], pads[1][0], th, tw, b_t, out=workspace((k, T, C), x.dtype, 0))
         m = np.matmul(v, u, out=workspace((k, T, F), x.dtype, 1))
-        z[lo:hi] = K.winograd_output(m, (hi - lo, *out_hw, F), th, tw, a_t)
+        K.winograd_output(m, (hi - lo, *out_hw, F), th, tw, a_t, bias, kind, out=z[lo:hi])
     return z
 
 

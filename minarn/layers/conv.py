@@ -24,7 +24,8 @@ SHALLOW_PATCH = 16
 # 31x31), conv2d_6 (64 -> 64, 31x31) and conv2d_10 (64 -> 64, 13x13) both ways, and in conv2d_13's forward pass
 # (64 -> 256, 11x11), whose backward it did not speed up (the input gradient is a convolution from 256 channels
 # down to 64). Below these sizes the transforms' memory traffic costs more than the fewer multiplications save.
-# A layer's forward pass can opt out (``winograd_forward``): ARNCNN keeps conv2d_5's on im2col for its ReLU's sake.
+# A layer's training forward pass can opt out (``winograd_forward``): ARNCNN keeps conv2d_5's on im2col for its
+# ReLU's sake. F(4x4, 3x3)'s output transform adds the bias and applies a linear or ReLU activation as it stores.
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_OUTPUT = 100  # output positions per image
 WINOGRAD_MAX_WIDENING = 2  # output / input channels, for the gradients
@@ -83,10 +84,10 @@ class Conv2D(Layer):
             if int(v) != v or v < 1:
                 raise ValueError(f"{self._describe()}: {what} must be a positive integer, got {v!r}")
         self.in_channels, self.filters = int(in_channels), int(filters)
-        # False keeps this layer's forward pass on im2col whatever the size rule says (``_is_winograd``): for an
-        # input that is exactly zero over whole regions (black image background), where im2col gives exact zeros and
-        # Winograd's round-off +-1e-8, which flips the ReLU's derivative there (see ARNCNN: conv2d_5). The gradients
-        # have no such kink (they are linear in dz) and still follow the size rule.
+        # False keeps this layer's training forward pass on im2col whatever the size rule says (``_is_winograd``): for
+        # an input that is exactly zero over whole regions (black image background), where im2col gives exact zeros
+        # and Winograd's round-off +-1e-8, which flips the ReLU's derivative there (see ARNCNN: conv2d_5). The gradients
+        # have no such kink (they are linear in dz) and still follow the size rule, and so does inference.
         self.winograd_forward = True
         self.kernel_size, self.strides, self.padding = (int(kh), int(kw)), int(strides), padding
         self.activation_name = activation
@@ -123,11 +124,12 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         return kh * kw * self.in_channels <= SHALLOW_PATCH and not self._is_pointwise()
 
-    def _is_winograd(self, K: Any, x_shape: tuple[int, ...], backward: bool = False) -> bool:
-        """Whether Winograd (``WINOGRAD_VARIANT``) computes this layer's forward pass (``backward=True``: its
-        gradients) for an input of ``x_shape`` on backend ``K``. Either pass may run either algorithm: both compute
-        the same convolution, to float32 round-off."""
-        if not getattr(K, "WINOGRAD", False) or not (backward or self.winograd_forward):
+    def _is_winograd(self, K: Any, x_shape: tuple[int, ...], training: bool = True, backward: bool = False) -> bool:
+        """Whether Winograd (``WINOGRAD_VARIANT``) computes this layer's forward pass in training or inference
+        (``backward=True``: its gradients) for an input of ``x_shape`` on backend ``K``. Either pass may run either
+        algorithm: both compute the same convolution, to float32 round-off. ``winograd_forward = False`` keeps the
+        training forward pass on im2col (inference has no ReLU derivative to keep exact)."""
+        if not getattr(K, "WINOGRAD", False) or not (backward or self.winograd_forward or not training):
             return False
         if self.kernel_size != (3, 3) or self.strides != 1:
             return False
@@ -159,7 +161,12 @@ class Conv2D(Layer):
                                          kind)
             self._cache = (x, pads, out, kind)
             return out
-        if self._is_winograd(K, x.shape):
+        if kind is not None and self._is_winograd(K, x.shape, training):  # bias + activation in the output transform
+            out = winograd.forward(K, x, kernel.reshape(kh, kw, self.in_channels, F), pads, (OH, OW),
+                                   kernels.workspace, WINOGRAD_VARIANT, bias, kind)
+            self._cache = (x, pads, out, kind)
+            return out
+        if self._is_winograd(K, x.shape, training):
             z = winograd.forward(K, x, kernel.reshape(kh, kw, self.in_channels, F), pads, (OH, OW),
                                  kernels.workspace, WINOGRAD_VARIANT).reshape(-1, F)
         else:
@@ -189,7 +196,7 @@ class Conv2D(Layer):
         K = kernels.get_backend()
         kernel = self.params["kernel"].astype(x.dtype, copy=False)
         pads = self._pads(x.shape[1], x.shape[2])
-        if self._is_winograd(K, x.shape):
+        if self._is_winograd(K, x.shape, training):
             z = winograd.forward(K, x, kernel, pads, (OH, OW), kernels.workspace, WINOGRAD_VARIANT)
         else:
             z = self._im2col_product(K, x, pads, kernel.reshape(kh * kw * self.in_channels, F)).reshape(N, OH, OW, F)
