@@ -543,6 +543,10 @@ def _a4(y0, y1, y2, y3):  # pragma: no cover - compiled
     return y0, y0 + y1 + y2 + y3, y0 - y1 + y2 - y3, e + o, e - o, y3  # A y
 
 
+# The F(4x4, 3x3) kernels handle one row of tiles per prange iteration in two steps, so that V, M and dM (s^2
+# rows of tiles, each its own stretch of memory) are written or read six rows at a time, each along the whole
+# row of tiles, rather than all 36 at once for every tile (36 streams at once measured 1.2-1.6x slower on
+# conv2d_6's shape: benchmarks/RESULTS.md, session 13).
 @_jit
 def _winograd_input6(x, top, left, th, tw, v):  # pragma: no cover - compiled
     N, H, W, C = x.shape
@@ -550,28 +554,29 @@ def _winograd_input6(x, top, left, th, tw, v):  # pragma: no cover - compiled
     for r in prange(N * th):
         n = r // th
         a = r % th
-        d = np.empty((6, 6, C), dtype=x.dtype)  # the window, then B^T along its rows in place
+        d = np.empty((tw, 6, 6, C), dtype=x.dtype)  # the row's windows, then B^T along their rows in place
         for b in range(tw):
-            t = r * tw + b
             for i in range(6):
                 h = 4 * a + i - top
                 for j in range(6):
                     w = 4 * b + j - left
                     if 0 <= h < H and 0 <= w < W:
                         for c in range(C):
-                            d[i, j, c] = x[n, h, w, c]
+                            d[b, i, j, c] = x[n, h, w, c]
                     else:
                         for c in range(C):
-                            d[i, j, c] = zero
+                            d[b, i, j, c] = zero
             for j in range(6):
                 for c in range(C):
-                    d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c], d[4, j, c], d[5, j, c] = _bt6(
-                        d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c], d[4, j, c], d[5, j, c])
-            for i in range(6):  # B along the columns: V = B^T d B
-                k = 6 * i
+                    d[b, 0, j, c], d[b, 1, j, c], d[b, 2, j, c], d[b, 3, j, c], d[b, 4, j, c], d[b, 5, j, c] = _bt6(
+                        d[b, 0, j, c], d[b, 1, j, c], d[b, 2, j, c], d[b, 3, j, c], d[b, 4, j, c], d[b, 5, j, c])
+        for i in range(6):  # B along the columns: V = B^T d B, rows 6i .. 6i + 5 of V for every tile of the row
+            k = 6 * i
+            for b in range(tw):
+                t = r * tw + b
                 for c in range(C):
                     v[k, t, c], v[k + 1, t, c], v[k + 2, t, c], v[k + 3, t, c], v[k + 4, t, c], v[k + 5, t, c] = _bt6(
-                        d[i, 0, c], d[i, 1, c], d[i, 2, c], d[i, 3, c], d[i, 4, c], d[i, 5, c])
+                        d[b, i, 0, c], d[b, i, 1, c], d[b, i, 2, c], d[b, i, 3, c], d[b, i, 4, c], d[b, i, 5, c])
 
 
 @_jit
@@ -582,17 +587,18 @@ def _winograd_output6(m, th, tw, bias, has_bias, kind, out):  # pragma: no cover
     for r in prange(N * th):
         n = r // th
         a = r % th
-        e = np.empty((4, 6, F), dtype=m.dtype)  # A^T along the rows of the 6x6 grid
+        e = np.empty((tw, 4, 6, F), dtype=m.dtype)  # A^T along the rows of each tile's 6x6 grid
         b0 = np.zeros(F, dtype=m.dtype)  # the bias, or zeros (one add per value either way)
         if has_bias:
             for f in range(F):
                 b0[f] = bias[f]
-        for b in range(tw):
-            t = r * tw + b
-            for j in range(6):
+        for j in range(6):  # column j of every grid of the row: rows j, 6 + j, ..., 30 + j of M
+            for b in range(tw):
+                t = r * tw + b
                 for f in range(F):
-                    e[0, j, f], e[1, j, f], e[2, j, f], e[3, j, f] = _at6(
+                    e[b, 0, j, f], e[b, 1, j, f], e[b, 2, j, f], e[b, 3, j, f] = _at6(
                         m[j, t, f], m[6 + j, t, f], m[12 + j, t, f], m[18 + j, t, f], m[24 + j, t, f], m[30 + j, t, f])
+        for b in range(tw):
             for i in range(4):  # ... then A along its columns, cropped to the output
                 p = 4 * a + i
                 if p >= OH:
@@ -600,14 +606,16 @@ def _winograd_output6(m, th, tw, bias, has_bias, kind, out):  # pragma: no cover
                 q = 4 * b
                 if q + 3 < OW:
                     for f in range(F):
-                        y0, y1, y2, y3 = _at6(e[i, 0, f], e[i, 1, f], e[i, 2, f], e[i, 3, f], e[i, 4, f], e[i, 5, f])
+                        y0, y1, y2, y3 = _at6(e[b, i, 0, f], e[b, i, 1, f], e[b, i, 2, f], e[b, i, 3, f],
+                                              e[b, i, 4, f], e[b, i, 5, f])
                         out[n, p, q, f] = _activate(y0 + b0[f], kind, zero, one)
                         out[n, p, q + 1, f] = _activate(y1 + b0[f], kind, zero, one)
                         out[n, p, q + 2, f] = _activate(y2 + b0[f], kind, zero, one)
                         out[n, p, q + 3, f] = _activate(y3 + b0[f], kind, zero, one)
                 else:
                     for f in range(F):
-                        y = _at6(e[i, 0, f], e[i, 1, f], e[i, 2, f], e[i, 3, f], e[i, 4, f], e[i, 5, f])
+                        y = _at6(e[b, i, 0, f], e[b, i, 1, f], e[b, i, 2, f], e[b, i, 3, f], e[b, i, 4, f],
+                                 e[b, i, 5, f])
                         for j in range(OW - q):
                             out[n, p, q + j, f] = _activate(y[j] + b0[f], kind, zero, one)
 
@@ -619,10 +627,9 @@ def _winograd_output_adjoint6(dz, th, tw, dm):  # pragma: no cover - compiled
     for r in prange(N * th):
         n = r // th
         a = r % th
-        y = np.empty((4, 4, F), dtype=dz.dtype)  # the tile of dY (zero beyond the output)
-        e = np.empty((6, 4, F), dtype=dz.dtype)  # A along its rows
+        y = np.empty((4, 4, F), dtype=dz.dtype)  # one tile of dY (zero beyond the output)
+        e = np.empty((tw, 6, 4, F), dtype=dz.dtype)  # A along the rows of each tile of the row
         for b in range(tw):
-            t = r * tw + b
             for i in range(4):
                 p = 4 * a + i
                 for j in range(4):
@@ -635,13 +642,15 @@ def _winograd_output_adjoint6(dz, th, tw, dm):  # pragma: no cover - compiled
                             y[i, j, f] = zero
             for j in range(4):
                 for f in range(F):
-                    e[0, j, f], e[1, j, f], e[2, j, f], e[3, j, f], e[4, j, f], e[5, j, f] = _a4(
+                    e[b, 0, j, f], e[b, 1, j, f], e[b, 2, j, f], e[b, 3, j, f], e[b, 4, j, f], e[b, 5, j, f] = _a4(
                         y[0, j, f], y[1, j, f], y[2, j, f], y[3, j, f])
-            for u in range(6):  # ... then A^T along its columns: dM = A dY A^T
-                k = 6 * u
+        for u in range(6):  # ... then A^T along its columns: dM = A dY A^T, rows 6u .. 6u + 5 for every tile
+            k = 6 * u
+            for b in range(tw):
+                t = r * tw + b
                 for f in range(F):
                     dm[k, t, f], dm[k + 1, t, f], dm[k + 2, t, f], dm[k + 3, t, f], dm[k + 4, t, f], dm[k + 5, t, f] = (
-                        _a4(e[u, 0, f], e[u, 1, f], e[u, 2, f], e[u, 3, f]))
+                        _a4(e[b, u, 0, f], e[b, u, 1, f], e[b, u, 2, f], e[b, u, 3, f]))
 
 
 @_jit
