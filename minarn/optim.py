@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from minarn import kernels
-
 __all__ = ["SGD", "Adam", "Adamax", "Optimizer", "get_optimizer"]
 
 
@@ -334,9 +332,12 @@ class Adamax(Optimizer):
         dt = param.dtype.type
         lr, b1, b2, eps = dt(self._learning_rate), dt(self.beta_1), dt(self.beta_2), dt(self.epsilon)
         m, u = self._slot("m", key, param), self._slot("u", key, param)
-        if self.form == "paper":  # Eq. 3-6: numpy_ref.adamax_step, or its one-pass twin on the Numba backend
-            kernels.get_backend().adamax_step(param, grad, m, u, self._learning_rate, self.beta_1, self.beta_2,
-                                              self.epsilon, step)
+        if self.form == "paper":
+            m *= b1
+            m += dt(1 - self.beta_1) * grad                            # Eq. 3
+            m_hat = m / dt(1 - self.beta_1**step)                      # Eq. 4
+            np.maximum(np.maximum(b2 * u, np.abs(grad)), eps, out=u)   # Eq. 5
+            param -= lr * m_hat / u                                    # Eq. 6
         else:
             # Keras 3's exact operation order, so float32 results agree with keras.optimizers.Adamax.
             b1_power = b1 ** dt(step)

@@ -51,7 +51,6 @@ KERNELS: dict[str, str] = {
     "channel_moments": "per-channel mean and biased variance (batch norm's batch statistics)",
     "batchnorm_apply": "out = gamma * (x - mean) * inv_std + beta",
     "batchnorm_backward": "training-mode batch norm backward: dx, dgamma, dbeta",
-    "adamax_step": "Adamax's update in the paper's form (Eq. 3-6), in place on the parameter and its two slots",
 }
 
 BACKENDS = ("auto", "numpy", "numba")

@@ -13,7 +13,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from minarn.kernels import numpy_ref, winograd
+from minarn.kernels import winograd
 from minarn.kernels.numpy_ref import ACTIVATION_KINDS
 from minarn.kernels.scratch import workspace
 
@@ -1054,34 +1054,3 @@ def batchnorm_backward(dout, x, mean, inv_std, gamma):
                     (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
     return dx, dgamma.astype(dt), dbeta.astype(dt)
 
-
-@numba.njit(inline="always")
-def _max_nan(a, b):  # pragma: no cover - compiled
-    # np.maximum's rule: the larger, or NaN if either is NaN
-    return a if a >= b or a != a else b
-
-
-@_jit
-def _adamax_step(theta, g, m, u, lr, b1, c1, correction, b2, eps):  # pragma: no cover - compiled
-    # numpy_ref.adamax_step in one pass, each value with the same operations in the same order (same results)
-    n = theta.shape[0]
-    chunks = 64
-    for t in prange(chunks):
-        lo, hi = _chunk_rows(t, n, chunks)
-        for i in range(lo, hi):
-            mi = m[i] * b1 + c1 * g[i]
-            m[i] = mi
-            ui = _max_nan(_max_nan(b2 * u[i], abs(g[i])), eps)
-            u[i] = ui
-            theta[i] -= lr * (mi / correction) / ui
-
-
-def adamax_step(theta, grad, m, u, lr, beta_1, beta_2, epsilon, step):
-    """See ``numpy_ref.adamax_step``: one pass over the four arrays instead of about ten."""
-    if not (theta.flags.c_contiguous and m.flags.c_contiguous and u.flags.c_contiguous):
-        return numpy_ref.adamax_step(theta, grad, m, u, lr, beta_1, beta_2, epsilon, step)
-    dt = theta.dtype.type
-    g = np.ascontiguousarray(grad, dtype=theta.dtype).reshape(-1)
-    _adamax_step(theta.reshape(-1), g, m.reshape(-1), u.reshape(-1), dt(lr), dt(beta_1), dt(1 - beta_1),
-                 dt(1 - beta_1**step), dt(beta_2), dt(epsilon))
-    return None

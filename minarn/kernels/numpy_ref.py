@@ -333,17 +333,3 @@ def batchnorm_backward(
     dx = (gamma * inv_std) * (dout - dbeta / m - x_hat * (dgamma / m))
     return dx.astype(dout.dtype, copy=False), dgamma, dbeta
 
-
-def adamax_step(theta: np.ndarray, grad: np.ndarray, m: np.ndarray, u: np.ndarray, lr: float, beta_1: float,
-                beta_2: float, epsilon: float, step: int) -> None:
-    """One Adamax update in the paper's form (Eq. 3-6), in place on theta, m and u (all the same shape; grad too),
-    in theta's precision; step t = 1, 2, ...:
-        m = b1 m + (1 - b1) g   (3);   m_hat = m / (1 - b1^t)   (4);   u = max(b2 u, |g|, eps)   (5);
-        theta -= lr m_hat / u   (6)."""
-    dt = theta.dtype.type
-    lr_, b1, b2, eps = dt(lr), dt(beta_1), dt(beta_2), dt(epsilon)
-    m *= b1
-    m += dt(1 - beta_1) * grad                                  # Eq. 3
-    m_hat = m / dt(1 - beta_1**step)                            # Eq. 4
-    np.maximum(np.maximum(b2 * u, np.abs(grad)), eps, out=u)    # Eq. 5
-    theta -= lr_ * m_hat / u                                    # Eq. 6
