@@ -381,4 +381,3 @@ def test_import_sets_the_openblas_spin_timeout_unless_the_user_did(preset):
     code = "import minarn, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == (preset or "8")
-

@@ -1053,4 +1053,3 @@ def batchnorm_backward(dout, x, mean, inv_std, gamma):
     _bn_backward_dx(dout, x, mean.astype(dt), inv_std.astype(dt), (gamma * inv_std).astype(dt),
                     (dbeta / M).astype(dt), (dgamma / M).astype(dt), dx)
     return dx, dgamma.astype(dt), dbeta.astype(dt)
-

@@ -332,4 +332,3 @@ def batchnorm_backward(
     dgamma = (dout * x_hat).sum(axis=0, dtype=np.float64).astype(dout.dtype)
     dx = (gamma * inv_std) * (dout - dbeta / m - x_hat * (dgamma / m))
     return dx.astype(dout.dtype, copy=False), dgamma, dbeta
-
