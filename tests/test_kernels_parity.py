@@ -381,3 +381,30 @@ def test_import_sets_the_openblas_spin_timeout_unless_the_user_did(preset):
     code = "import minarn, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == (preset or "8")
+
+
+@pytest.mark.skipif(not kernels.numba_available(), reason="numba is not installed")
+@pytest.mark.parametrize("first", ["other numba code", "minarn"])
+def test_a_threading_layer_started_before_minarn_is_named_in_a_warning(first):
+    """minarn picks numba's workqueue layer when its kernels load; if other parallel numba code ran first, the layer
+    is already fixed (OpenMP where it is available), and the warning says so and what to do."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    code = f"""
+import warnings, numba, numpy as np
+if {first == "other numba code"!r}:
+    @numba.njit(parallel=True)
+    def bump(x):
+        for i in numba.prange(x.size):
+            x[i] += 1
+    bump(np.zeros(4))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from minarn.kernels import numba_jit
+    numba_jit.bias_activation(np.zeros((4, 2), np.float32), None, "relu")  # a parallel kernel runs
+print(numba.threading_layer(), any("NUMBA_THREADING_LAYER=workqueue" in str(w.message) for w in caught))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    layer, warned = out.split()
+    assert warned == str(layer != "workqueue")
+    if first == "minarn":
+        assert layer == "workqueue" and warned == "False"

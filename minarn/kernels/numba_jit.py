@@ -8,6 +8,7 @@ the output, so no two threads touch the same element.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numba
 import numpy as np
@@ -32,6 +33,22 @@ if (
     and "NUMBA_THREADING_LAYER" not in os.environ
 ):
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+
+
+def _started_threading_layer() -> str | None:
+    """The threading layer numba already runs in this process, or None before its first parallel kernel."""
+    try:
+        return str(numba.threading_layer())
+    except ValueError:
+        return None
+
+
+# The choice above only counts if no parallel numba code ran before this module loaded (the layer starts once).
+if (_layer := _started_threading_layer()) not in (None, "workqueue") and "NUMBA_THREADING_LAYER" not in os.environ:
+    warnings.warn(f"numba's threading layer {_layer!r} was started before minarn's Numba kernels loaded: its idle "
+                  "threads spin against OpenBLAS' (a training step of ARN-CNN measured ~2.4x slower that way on 2 "
+                  "cores). Load minarn's kernels first (minarn.kernels.get_backend() before other numba code) or set "
+                  "NUMBA_THREADING_LAYER=workqueue.", RuntimeWarning, stacklevel=2)
 
 _jit = numba.njit(parallel=True, cache=True, nogil=True)
 
