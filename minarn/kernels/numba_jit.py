@@ -572,11 +572,21 @@ def _winograd_input6(x, top, left, th, tw, v):  # pragma: no cover - compiled
         n = r // th
         a = r % th
         d = np.empty((tw, 6, 6, C), dtype=x.dtype)  # the row's windows, then B^T along their rows in place
+        h0 = 4 * a - top
+        rows_inside = h0 >= 0 and h0 + 5 < H
         for b in range(tw):
-            for i in range(6):
-                h = 4 * a + i - top
+            w0 = 4 * b - left
+            if rows_inside and w0 >= 0 and w0 + 5 < W:  # the whole window inside the image: B^T straight from x
                 for j in range(6):
-                    w = 4 * b + j - left
+                    for c in range(C):
+                        d[b, 0, j, c], d[b, 1, j, c], d[b, 2, j, c], d[b, 3, j, c], d[b, 4, j, c], d[b, 5, j, c] = _bt6(
+                            x[n, h0, w0 + j, c], x[n, h0 + 1, w0 + j, c], x[n, h0 + 2, w0 + j, c],
+                            x[n, h0 + 3, w0 + j, c], x[n, h0 + 4, w0 + j, c], x[n, h0 + 5, w0 + j, c])
+                continue
+            for i in range(6):  # a window over the edge: copied with its zeros first
+                h = h0 + i
+                for j in range(6):
+                    w = w0 + j
                     if 0 <= h < H and 0 <= w < W:
                         for c in range(C):
                             d[b, i, j, c] = x[n, h, w, c]
