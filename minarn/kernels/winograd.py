@@ -87,6 +87,12 @@ def filter_transform_adjoint(du: np.ndarray, variant: Variant = F2) -> np.ndarra
     return (g.T @ rows).reshape(3, 3, C, F).astype(du.dtype)
 
 
+def turned_kernel(kernel: np.ndarray) -> np.ndarray:
+    """The kernel of the input gradient's convolution: kernel (kh, kw, C, F) turned by 180 degrees with its channel
+    axes swapped, (kh, kw, F, C), contiguous. dx = conv(dz padded by k - 1 - pad, turned_kernel(kernel))."""
+    return np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
+
+
 def forward(K: Any, x: np.ndarray, kernel: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]],
             out_hw: tuple[int, int], workspace: Any, variant: Variant = F2, bias: np.ndarray | None = None,
             kind: str = "linear") -> np.ndarray:
@@ -136,5 +142,4 @@ def backward(K: Any, x: np.ndarray, kernel: np.ndarray, dz: np.ndarray,
     dkernel = filter_transform_adjoint(du, variant).astype(dz.dtype)
     if not input_grad:
         return dkernel, None
-    turned = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))  # (3, 3, F, C)
-    return dkernel, forward(K, dz, turned, ((2 - top, 0), (2 - left, 0)), (H, W), workspace, variant)
+    return dkernel, forward(K, dz, turned_kernel(kernel), ((2 - top, 0), (2 - left, 0)), (H, W), workspace, variant)

@@ -161,14 +161,13 @@ class Conv2D(Layer):
                                          kind)
             self._cache = (x, pads, out, kind)
             return out
-        if kind is not None and self._is_winograd(K, x.shape, training):  # bias + activation in the output transform
-            out = winograd.forward(K, x, kernel.reshape(kh, kw, self.in_channels, F), pads, (OH, OW),
-                                   kernels.workspace, WINOGRAD_VARIANT, bias, kind)
-            self._cache = (x, pads, out, kind)
-            return out
         if self._is_winograd(K, x.shape, training):
             z = winograd.forward(K, x, kernel.reshape(kh, kw, self.in_channels, F), pads, (OH, OW),
-                                 kernels.workspace, WINOGRAD_VARIANT).reshape(-1, F)
+                                 kernels.workspace, WINOGRAD_VARIANT, bias if kind else None, kind or "linear")
+            if kind is not None:  # bias + activation already applied by the output transform
+                self._cache = (x, pads, z, kind)
+                return z
+            z = z.reshape(-1, F)
         else:
             z = self._im2col_product(K, x, pads, kernel)
         if kind is not None:  # fast path: z = act(z + bias) in place, one pass
@@ -344,8 +343,7 @@ class Conv2D(Layer):
         (top, bottom), (left, right) = pads
         if self.strides != 1 or F * x_shape[1] * x_shape[2] > C * dz_shape[1] * dz_shape[2]:
             return None, pads
-        kernel = self.params["kernel"].astype(dtype, copy=False)
-        turned = np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(kh * kw * F, C)
+        turned = winograd.turned_kernel(self.params["kernel"].astype(dtype, copy=False)).reshape(kh * kw * F, C)
         return turned, ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
 
     def _set_bias_grad(self, dz: np.ndarray, dbias: np.ndarray | None) -> None:
