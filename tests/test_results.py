@@ -479,6 +479,41 @@ def test_dedupe_run_is_compared_on_the_test_images_both_splits_hold(tmp_path: Pa
     assert row in block(results / "README.md", "mcnemar")
 
 
+def test_optimizers_are_compared_at_the_same_epoch_budget(tmp_path: Path, results: Path) -> None:
+    say = lambda _: None
+    publish.publish(make_run(tmp_path / "default", 5, True), results, name="default-seed123", say=say)
+    publish.write_tables(results, say=say)
+    assert "Not run yet" in block(results / "README.md", "optimizers")  # Adamax alone is no comparison
+    adamax = make_run(tmp_path / "adamax", 3, True, epochs=3)
+    add_predictions(adamax, wrong=[7])
+    sgd = make_run(tmp_path / "sgd", 3, True, epochs=3, optimizer="sgd")
+    add_predictions(sgd, wrong=[7, 8, 9, 10, 11, 12, 13])
+    adam = make_run(tmp_path / "adam", 2, False, epochs=3, optimizer="adam")  # still training
+    for run, name in ((sgd, "sgd-3"), (adam, "adam-3"), (adamax, "adamax-3")):
+        assert publish.main([str(run), "--name", name, "--results", str(results)]) == 0
+    # one figure for the 3-epoch budget, drawn by minarn.evaluate.compare_runs; none for default-seed123's 100
+    assert (results / publish.OPTIMIZER_FIG.format(epochs=3)).stat().st_size > 10_000
+    assert not (results / publish.OPTIMIZER_FIG.format(epochs=100)).exists()
+    table = block(results / "README.md", "optimizers")
+    assert table.startswith("`--epochs 3`:\n") and "--epochs 100" not in table and "default-seed123" not in table
+    # Adamax, Adam, SGD in that order; validation at the best epoch 3 (0.13 / 3; 3,531 of 3,537 right)
+    acc = metrics.clopper_pearson_interval(2358, 2359)
+    assert (f"| adamax | [`adamax-3`](adamax-3/) | 3 epochs (`--epochs 3` reached) | 3 | 0.04333 | 99.830 | "
+            f"99.958 % (1 of 2,359 wrong) | {100 * acc.low:.3f}-{100 * acc.high:.3f} % | 0.0061 |") in table
+    assert "| adam | [`adam-3`](adam-3/) | in progress, 2 epochs so far |  |  |  | - |  |  |  |" in table
+    assert table.index("| adamax |") < table.index("| adam |") < table.index("| sgd |")
+    assert ("| epoch | adamax ([`adamax-3`](adamax-3/)) | adam ([`adam-3`](adam-3/)) | sgd ([`sgd-3`](sgd-3/)) |"
+            in table)
+    assert "| 3 | 0.04333 / 99.830 |  | 0.04333 / 99.830 |" in table  # Adam has no third epoch yet
+    assert "--compare results/adamax-3 results/adam-3 results/sgd-3 --by optimizer" in table
+    # McNemar: the finished pair at the same budget, Adamax right on six images SGD gets wrong
+    mcnemar = block(results / "README.md", "mcnemar")
+    p = metrics.binomial_two_sided_p(0, 6)
+    assert (f"| optimizer (`--epochs 3`) | [`adamax-3`](adamax-3/) | [`sgd-3`](sgd-3/) | 2,359 | 1 / 7 | 6 / 0 | "
+            f"{p:.3g} | yes |") in mcnemar
+    assert "optimizer (`--epochs 100`)" not in mcnemar and "[`adam-3`]" not in mcnemar
+
+
 def write_audit(results: Path, near: dict[str, list[tuple[str, float]]], threshold: float = 0.05) -> None:
     """A minimal results/near-duplicates/ (near_duplicates.json, near_copies.csv) with the test images ``near``."""
     folder = results / publish.AUDIT

@@ -21,7 +21,8 @@ misclassified images) and publishes that evaluation as ``interim/report.md``, ``
 
 Statistics (``minarn.metrics``): every accuracy gets its 95 % Clopper-Pearson interval; a log loss gets its 95 %
 bootstrap interval when the run's ``test_predictions.csv`` holds p(true class) per image. Each comparison that a
-table draws (seeds, ablations against ARN-CNN, dense activation, ``--dedupe``) gets McNemar's exact p on the
+table draws (seeds, ablations against ARN-CNN, dense activation, optimizers at the same ``--epochs``,
+``--dedupe``) gets McNemar's exact p on the
 paired test images: from the two runs' ``test_predictions.csv``; for a run without one, from its per-class error
 counts (report.md's confusion matrix), as the range of p over every pairing of the errors those counts allow
 (``minarn.metrics.mcnemar_exact_range``; a single value when one run has no error). Runs of a published folder
@@ -90,6 +91,8 @@ INTERIM_FILES = ("report.md", "test.json")
 INTERIM_FIGURES = ("learning_curves", "misclassified")  # the figures an interim evaluation draws
 FIG10 = FIGURE_FILES["dense_activations"]
 SEEDS_FIG = "seeds_loss.png"  # loss per epoch of the paper's recipe with different seeds
+OPTIMIZER_FIG = "optimizer_loss_{epochs}epochs.png"  # loss per epoch by optimizer, one figure per --epochs budget
+OPTIMIZERS = ("adamax", "adam", "sgd")  # minarn.train --optimizer, in the order the tables list them
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 # The paper's recipe as minarn.train records it in config.json "options" (data aside).
@@ -336,7 +339,9 @@ def draw_comparisons(results: Path, runs: Sequence[Run], say: Callable[[str], An
     """Fig. 10 and the seeds' loss curves with minarn's own code (``minarn.evaluate.compare_runs``), each once
     two runs differ in the dense activation, resp. the seed."""
     drawn = []
-    for chosen, by, name in ((fig10_runs(runs), "dense_activation", FIG10), (seed_runs(runs), "seed", SEEDS_FIG)):
+    for chosen, by, name in ((fig10_runs(runs), "dense_activation", FIG10), (seed_runs(runs), "seed", SEEDS_FIG),
+                             *((group, "optimizer", OPTIMIZER_FIG.format(epochs=budget))
+                               for budget, group in optimizer_groups(runs).items())):
         if len({r.options[by] for r in chosen}) >= 2:
             drawn.append(compare_runs([r.folder for r in chosen], results / name, report=say, by=by))
     return drawn
@@ -506,6 +511,18 @@ def seed_runs(runs: Sequence[Run]) -> list[Run]:
     return [r for r in runs if r.is_variant("seed")]
 
 
+def optimizer_groups(runs: Sequence[Run]) -> dict[int, list[Run]]:
+    """Runs of the paper's recipe up to the optimizer and ``--epochs``, grouped by their ``--epochs`` budget
+    (each trained to it or to the controller's stop), in budgets that at least two optimizers were run with;
+    Adamax, Adam, SGD in each group."""
+    groups: dict[int, list[Run]] = {}
+    for r in runs:
+        if r.is_variant("optimizer", "epochs"):
+            groups.setdefault(r.options["epochs"], []).append(r)
+    return {budget: sorted(group, key=lambda r: OPTIMIZERS.index(r.options["optimizer"]))
+            for budget, group in sorted(groups.items()) if len({r.options["optimizer"] for r in group}) >= 2}
+
+
 def block_runs(runs: Sequence[Run]) -> str:
     rows = []
     for r in runs:
@@ -649,6 +666,39 @@ def block_seeds(runs: Sequence[Run]) -> str:
         out.append(f"![Loss per epoch by seed]({SEEDS_FIG})\n\nDrawn by `python -m minarn.evaluate --compare "
                    f"{folders} --by seed --out results/{SEEDS_FIG}`.\n")
     return "\n".join(o for o in out if o)
+
+
+def block_optimizers(runs: Sequence[Run]) -> str:
+    groups = optimizer_groups(runs)
+    if not groups:
+        return "Not run yet: no `--epochs` budget has runs of two optimizers.\n"
+    out = []
+    for budget, group in groups.items():
+        out.append(f"`--epochs {budget}`:\n")
+        rows = []
+        for r in group:
+            best = r.results["best_epoch"] if r.results else None
+            row = next((h for h in r.history if h["epoch"] == best), None)
+            n, t = r.config["split"]["test"]["total"], r.results
+            rows.append([r.options["optimizer"], link(r), r.status, str(best or ""),
+                         *(validation_cells(r, row) if row else ("", "")), test_result(r),
+                         accuracy_ci(n - t["errors"], n) if t else "", log_loss_cell(r),
+                         log_loss_ci(run_predictions(r)) if t else ""])
+        out.append(md_table(["optimizer", "run", "epochs", "best epoch", "V_loss", "V_acc", "test accuracy",
+                             "95 % interval (Clopper-Pearson)", "log loss", "95 % interval (bootstrap)"], rows,
+                            "lllrrrrrrr"))
+        most = max(len(r.history) for r in group)
+        cells = [[str(k + 1)] + [" / ".join(validation_cells(r, r.history[k])) if len(r.history) > k else ""
+                                 for r in group] for k in range(most)]
+        out.append("Validation loss / accuracy (%) per epoch:\n")
+        out.append(md_table(["epoch"] + [f"{r.options['optimizer']} ({link(r)})" for r in group], cells,
+                            "r" * (len(group) + 1)))
+        fig = OPTIMIZER_FIG.format(epochs=budget)
+        if (group[0].folder.parent / fig).is_file():  # the results folder
+            folders = " ".join(f"results/{r.name}" for r in group)
+            out.append(f"![Loss per epoch by optimizer, --epochs {budget}]({fig})\n\nDrawn by `python -m "
+                       f"minarn.evaluate --compare {folders} --by optimizer --out results/{fig}`.\n")
+    return "\n".join(out)
 
 
 def block_dedupe(runs: Sequence[Run]) -> str:
@@ -827,7 +877,7 @@ def compare(a: Run, b: Run) -> Comparison | None:
 
 def comparisons(runs: Sequence[Run]) -> list[tuple[str, Run, Run]]:
     """The comparisons the tables draw: (what, run A, run B) for seeds, ablations against ARN-CNN, dense
-    activation and --dedupe, finished runs only."""
+    activation, optimizers at the same ``--epochs`` and --dedupe, finished runs only."""
     done = [r for r in runs if r.finished]
     out = [("seed", a, b) for a, b in itertools.combinations([r for r in seed_runs(done)], 2)
            if a.options["seed"] != b.options["seed"]]
@@ -837,6 +887,9 @@ def comparisons(runs: Sequence[Run]) -> list[tuple[str, Run, Run]]:
             out += [(name, a, b) for a in group for b in groups["both on (ARN-CNN)"]]
     out += [("dense activation", a, b) for a, b in itertools.combinations(fig10_runs(done), 2)
             if a.options["dense_activation"] != b.options["dense_activation"]]
+    for budget, group in optimizer_groups(done).items():
+        out += [(f"optimizer (`--epochs {budget}`)", a, b) for a, b in itertools.combinations(group, 2)
+                if a.options["optimizer"] != b.options["optimizer"]]
     dedupe = [r for r in done if r.is_variant("dedupe", "seed")]
     out += [("`--dedupe`", a, b) for a in dedupe if a.options["dedupe"] for b in dedupe if not b.options["dedupe"]]
     return out
@@ -989,7 +1042,8 @@ def block_time_to_accuracy(runs: Sequence[Run]) -> str:
 
 BLOCKS: dict[str, Callable[[Sequence[Run]], str]] = {
     "runs": block_runs, "table1": block_table1, "table2": block_table2, "tables34": block_tables34,
-    "table6": block_table6, "fig7": block_fig7, "fig10": block_fig10, "seeds": block_seeds, "dedupe": block_dedupe,
+    "table6": block_table6, "fig7": block_fig7, "fig10": block_fig10, "seeds": block_seeds,
+    "optimizers": block_optimizers, "dedupe": block_dedupe,
     "times": block_times, "versions": block_versions, "data": block_data, "commands": block_commands,
     "intervals": block_intervals, "mcnemar": block_mcnemar, "neardup": block_neardup,
     "timetoacc": block_time_to_accuracy,
