@@ -486,6 +486,10 @@ def main() -> None:
     fw.infer(BATCH)
     fw.infer(256)
     environment = {v: os.environ[v] for v in REPORTED_ENV if v in os.environ}
+    if fw.versions.get("backend") == "numba":  # the layer starts with the first parallel kernel, in warm-up
+        import numba
+
+        fw.versions["numba threading layer"] = numba.threading_layer()
     print(json.dumps({"ready": True, "versions": fw.versions, "trains": trains, "threadpools": threadpools(),
                       "environment": environment}), flush=True)
     for line in sys.stdin:

@@ -4,6 +4,7 @@ context manager)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -386,9 +387,10 @@ def test_import_sets_the_openblas_spin_timeout_unless_the_user_did(preset):
 @pytest.mark.skipif(not kernels.numba_available(), reason="numba is not installed")
 @pytest.mark.parametrize("first", ["other numba code", "minarn"])
 def test_a_threading_layer_started_before_minarn_is_named_in_a_warning(first):
-    """minarn picks numba's workqueue layer when its kernels load; if other parallel numba code ran first, the layer
-    is already fixed (OpenMP where it is available), and the warning says so and what to do."""
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    """minarn asks numba for TBB, else workqueue, when its kernels load (TBB found where pip puts it); if other
+    parallel numba code ran first, the layer is already fixed (OpenMP where TBB cannot be found and OpenMP is
+    available), and then the warning says so and what to do."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_THREADING_LAYER")}
     code = f"""
 import warnings, numba, numpy as np
 if {first == "other numba code"!r}:
@@ -405,6 +407,15 @@ print(numba.threading_layer(), any("NUMBA_THREADING_LAYER=workqueue" in str(w.me
 """
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     layer, warned = out.split()
-    assert warned == str(layer != "workqueue")
+    assert warned == str(layer == "omp")
     if first == "minarn":
-        assert layer == "workqueue" and warned == "False"
+        assert layer == ("tbb" if _tbb_installed() else "workqueue") and warned == "False"
+
+
+def _tbb_installed() -> bool:
+    """pip's tbb (the ``fast`` extra on x86-64) ships no importable module, only its libraries and metadata."""
+    try:
+        importlib.metadata.version("tbb")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False

@@ -7,8 +7,12 @@ the output, so no two threads touch the same element.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import site
+import sys
 import warnings
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -23,16 +27,44 @@ NAME = "numba"
 # Conv2D picks Winograd's algorithm where its sizes qualify: these tile transforms are one pass over memory.
 WINOGRAD = True
 
-# Threads: numba's default OpenMP layer lets its idle threads spin, and so do OpenBLAS' threads after a matrix
-# product. A training step alternates between the two many times, so on a small machine the two pools steal
-# each other's cores (measured on 2 cores: 11 img/s with OpenMP, 37 with workqueue). The workqueue layer's
-# threads sleep while idle. Only chosen when the user has not picked a layer (NUMBA_THREADING_LAYER).
-# numba.config sets its options at import through globals(), which mypy cannot see: hence the two ignores.
+# Threads: numba's OpenMP layer lets its idle threads spin, and so do OpenBLAS' threads after a matrix product.
+# A training step alternates between the two many times, so on a small machine the two pools steal each other's
+# cores (measured on 2 cores: 11 img/s with OpenMP, 37 with workqueue). TBB's and workqueue's threads sleep while
+# idle; TBB starts a parallel kernel in ~2 us, workqueue in ~110 us, and a step calls ~90 of them (a training step
+# at batch 40 took 0.8 of workqueue's time with TBB: benchmarks/RESULTS.md, session 14). So minarn asks numba for
+# TBB first, then workqueue, never OpenMP; only when the user has not picked a layer (NUMBA_THREADING_LAYER) or an
+# order (NUMBA_THREADING_LAYER_PRIORITY). numba.config sets its options at import through globals(), which mypy
+# cannot see: hence the ignores.
+PREFERRED_LAYERS = ["tbb", "workqueue", "omp"]
+
+
+def _preload_tbb() -> bool:
+    """Load TBB's library so that numba finds it; True when it is loaded.
+
+    ``pip install tbb`` puts ``libtbb.so.12`` into ``<environment>/lib``, where the dynamic loader does not look,
+    so numba's own load by the bare name fails in a virtual environment. Loaded once by its full path (global
+    symbols), a later load by the bare name finds it in the process."""
+    name = {"linux": "libtbb.so.12", "darwin": "libtbb.12.dylib", "win32": "tbb12.dll"}.get(sys.platform)
+    if name is None:
+        return False
+    folder = "Library/bin" if sys.platform == "win32" else "lib"
+    prefixes = dict.fromkeys([sys.prefix, sys.exec_prefix, sys.base_prefix, site.getuserbase()])
+    for candidate in [name, *(str(Path(p) / folder / name) for p in prefixes)]:
+        try:
+            ctypes.CDLL(candidate, mode=ctypes.RTLD_GLOBAL)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+_preload_tbb()  # also for a user's NUMBA_THREADING_LAYER=tbb
 if (
     numba.config.THREADING_LAYER == "default"  # type: ignore[attr-defined]
     and "NUMBA_THREADING_LAYER" not in os.environ
+    and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ
 ):
-    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+    numba.config.THREADING_LAYER_PRIORITY = PREFERRED_LAYERS  # type: ignore[attr-defined]
 
 
 def _started_threading_layer() -> str | None:
@@ -44,11 +76,12 @@ def _started_threading_layer() -> str | None:
 
 
 # The choice above only counts if no parallel numba code ran before this module loaded (the layer starts once).
-if (_layer := _started_threading_layer()) not in (None, "workqueue") and "NUMBA_THREADING_LAYER" not in os.environ:
+if (_layer := _started_threading_layer()) == "omp" and "NUMBA_THREADING_LAYER" not in os.environ:
     warnings.warn(f"numba's threading layer {_layer!r} was started before minarn's Numba kernels loaded: its idle "
                   "threads spin against OpenBLAS' (a training step of ARN-CNN measured ~2.4x slower that way on 2 "
                   "cores). Load minarn's kernels first (minarn.kernels.get_backend() before other numba code) or set "
-                  "NUMBA_THREADING_LAYER=workqueue.", RuntimeWarning, stacklevel=2)
+                  "NUMBA_THREADING_LAYER=tbb (after pip install tbb) or NUMBA_THREADING_LAYER=workqueue.",
+                  RuntimeWarning, stacklevel=2)
 
 _jit = numba.njit(parallel=True, cache=True, nogil=True)
 
