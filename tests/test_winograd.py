@@ -176,7 +176,7 @@ def winograd_everywhere(monkeypatch):
     """Conv2D picks Winograd for every 3x3 stride-1 layer, on every backend."""
     monkeypatch.setattr(conv, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(conv, "WINOGRAD_MIN_OUTPUT", 1)
-    monkeypatch.setattr(numpy_ref, "WINOGRAD", True)
+    monkeypatch.setattr(numpy_ref, "WINOGRAD_MIN_OUTPUT", 1)
     calls = []
     original = winograd.forward
     monkeypatch.setattr(winograd, "forward", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -211,7 +211,8 @@ def test_the_rule_picks_the_layers_where_winograd_measured_faster():
     size, whose training forward pass ARNCNN keeps on im2col (``winograd_forward``, see the next test) but whose
     inference runs Winograd too; backward: conv2d_5,
     conv2d_6, conv2d_10, not conv2d_13 (256 output channels from 64: more than ``WINOGRAD_MAX_WIDENING`` times); the
-    first layer (one channel) never; the NumPy backend never (its transforms are slower than its im2col)."""
+    first layer (one channel) never; the NumPy backend (slower transforms) only on the 31x31 maps: conv2d_5 and
+    conv2d_6."""
     model = minarn.ARNCNN(seed=0)
     model.forward(np.zeros((1, 64, 64, 1), np.float32))
     fast = type("Backend", (), {"WINOGRAD": True})
@@ -227,7 +228,12 @@ def test_the_rule_picks_the_layers_where_winograd_measured_faster():
     conv5.winograd_forward = True
     assert conv5._is_winograd(fast, conv5._cache[0].shape)
     assert conv.WINOGRAD_VARIANT is winograd.F4
-    assert not any(layer._is_winograd(numpy_ref, layer._cache[0].shape) for layer in convs)
+    conv5.winograd_forward = False
+    assert [layer.name for layer in convs if layer._is_winograd(numpy_ref, layer._cache[0].shape)] == ["conv2d_6"]
+    assert [layer.name for layer in convs if layer._is_winograd(numpy_ref, layer._cache[0].shape, training=False)] \
+        == ["conv2d_5", "conv2d_6"]
+    assert [layer.name for layer in convs if layer._is_winograd(numpy_ref, layer._cache[0].shape, backward=True)] \
+        == ["conv2d_5", "conv2d_6"]
 
 
 @pytest.mark.skipif(not kernels.numba_available(), reason="numba not installed")

@@ -12,9 +12,13 @@ from minarn.kernels.winograd import A_T, B_T
 
 NAME = "numpy"
 
-# Whether Conv2D should pick Winograd's algorithm where its sizes qualify: the NumPy tile transforms below are
-# written for clarity (einsum over strided windows) and are slower than im2col, so they only serve as reference.
-WINOGRAD = False
+# Whether Conv2D should pick Winograd's algorithm where its sizes qualify, and from how many output positions per
+# image on: the NumPy tile transforms below (a strided copy and one Kronecker-matrix product each) beat im2col on
+# ARN-CNN's 31x31 maps (conv2d_5, conv2d_6: the training step at batch 40 in 0.88 of im2col's time, at 256 in
+# 0.92), not on the 15x15 and 7x7 ones (conv2d_10 1.35x and conv2d_13 1.08x im2col's time; benchmarks/RESULTS.md,
+# session 14). Conv2D takes the larger of this and its own ``WINOGRAD_MIN_OUTPUT``.
+WINOGRAD = True
+WINOGRAD_MIN_OUTPUT = 900
 
 
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int) -> np.ndarray:
@@ -189,6 +193,23 @@ def _tile_windows(xp: np.ndarray, th: int, tw: int, m: int) -> np.ndarray:
     return windows[:, : m * th : m, : m * tw : m].transpose(0, 1, 2, 4, 5, 3)
 
 
+# The tile transforms as one matrix product each: B^T d B of an s x s tile d is (B^T kron B^T) @ vec(d), with
+# vec(d) the tile's s^2 values row by row (and A^T M A likewise with A^T kron A^T). So every tile and channel of
+# a layer goes through one (s^2, s^2) @ (s^2, tiles * channels) product, after one copy that puts each tile
+# position's values side by side.
+
+
+def _flat_output(out: np.ndarray | None, shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
+    """``out`` (or a new array) of ``shape``, checked to be C-contiguous: its reshape to (s^2, -1) is a view that
+    a product can write into."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.shape != shape or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous array of shape {shape}, got shape {out.shape} "
+                         f"({'contiguous' if out.flags.c_contiguous else 'not contiguous'})")
+    return out
+
+
 def winograd_input(
     x: np.ndarray, top: int, left: int, th: int, tw: int, b_t: np.ndarray | None = None,
     out: np.ndarray | None = None,
@@ -199,11 +220,10 @@ def winograd_input(
     m = s - 2
     N, H, W, C = x.shape
     xp = np.pad(x, ((0, 0), (top, m * th + 2 - H - top), (left, m * tw + 2 - W - left), (0, 0)))
-    d = _tile_windows(xp, th, tw, m)
-    v = np.einsum("xu,ntbuvc,yv->xyntbc", b_t, d, b_t)
-    if out is None:
-        out = np.empty((s * s, N * th * tw, C), dtype=x.dtype)
-    out[...] = v.reshape(s * s, -1, C)
+    d = np.empty((s, s, N, th, tw, C), dtype=x.dtype)  # tile position (u, v) first: vec(d) is d.reshape(s^2, -1)
+    d[...] = _tile_windows(xp, th, tw, m).transpose(3, 4, 0, 1, 2, 5)
+    out = _flat_output(out, (s * s, N * th * tw, C), x.dtype)
+    np.matmul(np.kron(b_t, b_t), d.reshape(s * s, -1), out=out.reshape(s * s, -1))
     return out
 
 
@@ -215,11 +235,10 @@ def winograd_output(m: np.ndarray, out_shape: tuple[int, int, int, int], th: int
     a_t = (A_T if a_t is None else a_t).astype(m.dtype)
     tile, s = a_t.shape
     N, OH, OW, F = out_shape
-    mt = m.reshape(s, s, N, th, tw, F)
-    y = np.einsum("xu,uvntbf,yv->ntxbyf", a_t, mt, a_t)
+    y = (np.kron(a_t, a_t) @ m.reshape(s * s, -1)).reshape(tile, tile, N, th, tw, F)  # (x, y, n, a, b, f)
     if out is None:
         out = np.empty(out_shape, dtype=m.dtype)
-    out[...] = y.reshape(N, tile * th, tile * tw, F)[:, :OH, :OW]
+    out[...] = y.transpose(2, 3, 0, 4, 1, 5).reshape(N, tile * th, tile * tw, F)[:, :OH, :OW]
     bias_activation(out.reshape(-1, F), bias, kind)
     return out
 
@@ -232,11 +251,9 @@ def winograd_output_adjoint(dz: np.ndarray, th: int, tw: int, a_t: np.ndarray | 
     N, OH, OW, F = dz.shape
     dy = np.zeros((N, tile * th, tile * tw, F), dtype=dz.dtype)
     dy[:, :OH, :OW] = dz
-    dyt = dy.reshape(N, th, tile, tw, tile, F)
-    dm = np.einsum("xu,ntxbyf,yv->uvntbf", a_t, dyt, a_t)
-    if out is None:
-        out = np.empty((s * s, N * th * tw, F), dtype=dz.dtype)
-    out[...] = dm.reshape(s * s, -1, F)
+    tiles_first = dy.reshape(N, th, tile, tw, tile, F).transpose(2, 4, 0, 1, 3, 5)  # (x, y, n, a, b, f)
+    out = _flat_output(out, (s * s, N * th * tw, F), dz.dtype)
+    np.matmul(np.kron(a_t, a_t).T, tiles_first.reshape(tile * tile, -1), out=out.reshape(s * s, -1))
     return out
 
 

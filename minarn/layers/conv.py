@@ -24,6 +24,7 @@ SHALLOW_PATCH = 16
 # 31x31), conv2d_6 (64 -> 64, 31x31) and conv2d_10 (64 -> 64, 13x13) both ways, and in conv2d_13's forward pass
 # (64 -> 256, 11x11), whose backward it did not speed up (the input gradient is a convolution from 256 channels
 # down to 64). Below these sizes the transforms' memory traffic costs more than the fewer multiplications save.
+# A backend may ask for larger maps (its own ``WINOGRAD_MIN_OUTPUT``: the NumPy one, whose transforms are slower).
 # A layer's training forward pass can opt out (``winograd_forward``): ARNCNN keeps conv2d_5's on im2col for its
 # ReLU's sake. F(4x4, 3x3)'s output transform adds the bias and applies a linear or ReLU activation as it stores.
 WINOGRAD_MIN_CHANNELS = 32
@@ -135,7 +136,7 @@ class Conv2D(Layer):
             return False
         _, OH, OW, F = self.compute_output_shape(x_shape)
         C = self.in_channels
-        if C < WINOGRAD_MIN_CHANNELS or OH * OW < WINOGRAD_MIN_OUTPUT:
+        if C < WINOGRAD_MIN_CHANNELS or OH * OW < max(WINOGRAD_MIN_OUTPUT, getattr(K, "WINOGRAD_MIN_OUTPUT", 0)):
             return False
         return not backward or F <= WINOGRAD_MAX_WIDENING * C
 
