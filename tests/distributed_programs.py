@@ -63,6 +63,12 @@ def step(path: str) -> None:
             _, ref_grads = ref.loss_and_grads(x, y)
             ref_opt.apply(ref.parameters(), ref_grads)
             saved.update(_arrays(ref, ref_grads, ref_opt, f"{n}/ref"))
+            if kernels.numba_available():  # round-off's own size: the whole batch on the other backend
+                with kernels.backend("numpy" if kernels.get_backend().NAME == "numba" else "numba"):
+                    other = ARNCNN(num_classes=ds.num_classes, seed=3)
+                    other.dropout.set_generator(np.random.default_rng([7, n]))
+                    _, other_grads = other.loss_and_grads(x, y)
+                saved.update({f"{n}/other/grad/{k}": v for k, v in other_grads.items()})
     if comm.rank == 0:
         np.savez(path, **saved)
 
