@@ -97,15 +97,16 @@ assert np.allclose(Y, direct_2d, atol=1e-12) and U.size == 16
 
 # %% [markdown]
 # ## 4. A whole layer: many tiles and channels; the 16 grid positions become 16 matrix products
-# The NumPy backend computes `Conv2D` by im2col (lesson 2); `winograd.forward` and `winograd.backward` must
-# give the same output and the same gradients.
+# The NumPy backend computes this narrow layer by im2col (lesson 2; it takes Winograd only for layers with 32 or
+# more input channels on maps of 30x30 and more); `winograd.forward` and `winograd.backward` must give the same
+# output and the same gradients.
 
 # %%
 print("\n4. A whole layer: many tiles and channels; the 16 grid positions become 16 matrix products")
 layer = Conv2D(8, 6, 3, padding="same", use_bias=False, seed=1, dtype=np.float64)
 x = rng.standard_normal((2, 9, 7, 8))
 fresh = lambda shape, dtype, slot: np.empty(shape, dtype)  # no shared workspace in a lesson
-with kernels.backend("numpy"):  # the NumPy backend computes Conv2D by im2col
+with kernels.backend("numpy"):  # the NumPy backend computes this Conv2D by im2col
     z = layer.forward(x, training=True)
     dz = rng.standard_normal(z.shape)
     dx = layer.backward(dz)
@@ -148,11 +149,18 @@ print("   At most 2.25x: the edge tiles of odd-sized outputs cost a little.")
 print("\n6. Float32: how far each method lands from the float64 result (conv2d_6's shape, 2 images)")
 layer6 = Conv2D(64, 64, 3, padding="same", use_bias=False, seed=2, dtype=np.float64)
 x6 = rng.standard_normal((2, 31, 31, 64))
-with kernels.backend("numpy"):
-    truth = layer6.forward(x6)
-    layer32 = Conv2D(64, 64, 3, padding="same", use_bias=False, seed=2)
-    layer32.params["kernel"][...] = layer6.params["kernel"]
-    by_im2col = layer32.forward(x6.astype(np.float32)).astype(np.float64)
+
+
+def by_columns(x, kernel):
+    """The convolution as im2col's one matrix product (lesson 2), in the arrays' precision."""
+    cols = numpy_ref.im2col_padded(x, 3, 3, 1, ((1, 1), (1, 1)))
+    return (cols @ kernel.reshape(-1, kernel.shape[-1])).reshape(*x.shape[:3], kernel.shape[-1])
+
+
+truth = by_columns(x6, layer6.params["kernel"])  # float64
+layer32 = Conv2D(64, 64, 3, padding="same", use_bias=False, seed=2)
+layer32.params["kernel"][...] = layer6.params["kernel"]
+by_im2col = by_columns(x6.astype(np.float32), layer32.params["kernel"]).astype(np.float64)
 by_winograd = winograd.forward(numpy_ref, x6.astype(np.float32), layer32.params["kernel"], ((1, 1), (1, 1)),
                                (31, 31), fresh).astype(np.float64)
 by_f4 = winograd.forward(numpy_ref, x6.astype(np.float32), layer32.params["kernel"], ((1, 1), (1, 1)),
