@@ -25,10 +25,11 @@ class ResidualBlock(Block):
     Table 6), keeping ReLU and pooling. Backward: x feeds the main path and the skip, so dx is their sum.
     ``name`` is a callable giving Keras' next name for a layer type (``name("conv2d") -> "conv2d_5"``); the
     block itself is called ``"residual_block"``.
-    ``fused`` (default True): ReLU and pooling run as one step that keeps no ReLU output: pooling routes each
-    gradient to its window's winner, whose ReLU derivative is [winner > 0] = [pooled output > 0], so backward
-    masks dout by the block's own output and then pools back (the same numbers as ReLU's backward after
-    pooling's; the full-size ReLU map, 1/5 of what a training step keeps, is not held). ``fused = False`` runs
+    ``fused`` (default True): pooling runs first and the ReLU on its output (max relu(h) = relu(max h)), so no
+    full-size ReLU map is written or kept: pooling routes each gradient to its window's winner, whose ReLU
+    derivative is [winner > 0] = [pooled output > 0], so backward masks dout by the block's own output and then
+    pools back (the same numbers as ReLU's backward after pooling's; the full-size ReLU map would be 1/5 of what a
+    training step keeps). ``fused = False`` runs
     the readable path, the ReLU layer then the pooling layer, which the fused one is tested against.
     """
 
@@ -96,7 +97,11 @@ class ResidualBlock(Block):
         if not self.fused:
             self._pooled = None
             return self._keep_output_shape(self.pool.forward(self.relu.forward(h, training), training))
-        self._pooled = self.pool.forward(np.maximum(h, 0), training)  # the ReLU map dies here
+        # The ReLU commutes with a window's maximum (max relu(h) = relu(max h)), so it runs on the pooled map, a
+        # quarter of the size; no full-size ReLU map is written. A window without a positive value pools to 0
+        # either way, and its gradient is 0 either way (backward masks by [pooled > 0]).
+        pooled = self.pool.forward(h, training)
+        self._pooled = np.maximum(pooled, 0, out=pooled)
         return self._keep_output_shape(self._pooled)
 
     def backward(self, dout: np.ndarray) -> np.ndarray:
