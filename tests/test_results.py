@@ -514,6 +514,30 @@ def test_optimizers_are_compared_at_the_same_epoch_budget(tmp_path: Path, result
     assert "optimizer (`--epochs 100`)" not in mcnemar and "[`adam-3`]" not in mcnemar
 
 
+def test_a_run_the_controller_stopped_joins_every_larger_budget(tmp_path: Path, results: Path) -> None:
+    say = lambda _: None
+    default = make_run(tmp_path / "default", 12, True)  # the paper's --epochs 100, stopped after 12
+    add_predictions(default, wrong=[3])
+    sgd = make_run(tmp_path / "sgd", 2, True, epochs=10, optimizer="sgd")  # stopped after 2 of its 10
+    add_predictions(sgd, wrong=[3, 4])
+    for run, name in ((default, "default-seed123"), (sgd, "optimizer-sgd")):
+        publish.publish(run, results, name=name, say=say)
+    publish.write_tables(results, say=say)
+    table = block(results / "README.md", "optimizers")
+    # within --epochs 10 only SGD stopped (the default run took 12): one optimizer; --epochs 100 has both
+    assert table.startswith("`--epochs 100`:\n") and "`--epochs 10`:" not in table
+    assert "| sgd | [`optimizer-sgd`](optimizer-sgd/) | 2 epochs (stopped by the controller) |" in table
+    assert "| adamax | [`default-seed123`](default-seed123/) | 12 epochs (stopped by the controller) |" in table
+    assert "| optimizer (`--epochs 100`) | [`default-seed123`](default-seed123/) | [`optimizer-sgd`](optimizer-sgd/) " \
+           "| 2,359 | 1 / 2 | 1 / 0 |" in block(results / "README.md", "mcnemar")
+    # a run that reached its --epochs is not taken into a larger budget; SGD's 2 epochs join Adam's 3
+    publish.publish(make_run(tmp_path / "adam", 3, True, epochs=3, optimizer="adam"), results, say=say)
+    publish.write_tables(results, say=say)
+    three, _, hundred = block(results / "README.md", "optimizers").partition("`--epochs 100`:")
+    assert three.startswith("`--epochs 3`:") and "[`adam`]" in three and "[`optimizer-sgd`]" in three
+    assert "[`adam`]" not in hundred and "[`optimizer-sgd`]" in hundred
+
+
 def write_audit(results: Path, near: dict[str, list[tuple[str, float]]], threshold: float = 0.05) -> None:
     """A minimal results/near-duplicates/ (near_duplicates.json, near_copies.csv) with the test images ``near``."""
     folder = results / publish.AUDIT

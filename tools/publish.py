@@ -511,16 +511,21 @@ def seed_runs(runs: Sequence[Run]) -> list[Run]:
     return [r for r in runs if r.is_variant("seed")]
 
 
+def stopped_by_controller(run: Run) -> bool:
+    """Finished before its ``--epochs``: the controller stopped it, and any larger budget gives the same run."""
+    return run.finished and len(run.history) < run.options["epochs"]
+
+
 def optimizer_groups(runs: Sequence[Run]) -> dict[int, list[Run]]:
-    """Runs of the paper's recipe up to the optimizer and ``--epochs``, grouped by their ``--epochs`` budget
-    (each trained to it or to the controller's stop), in budgets that at least two optimizers were run with;
-    Adamax, Adam, SGD in each group."""
-    groups: dict[int, list[Run]] = {}
-    for r in runs:
-        if r.is_variant("optimizer", "epochs"):
-            groups.setdefault(r.options["epochs"], []).append(r)
+    """Runs of the paper's recipe up to the optimizer and ``--epochs``, by ``--epochs`` budget: the runs given
+    that budget, and the runs the controller stopped within it (they would have stopped there with this budget
+    too). Only budgets with at least two optimizers; Adamax, Adam, SGD in each group."""
+    chosen = [r for r in runs if r.is_variant("optimizer", "epochs")]
+    groups = {budget: [r for r in chosen if r.options["epochs"] == budget
+                       or stopped_by_controller(r) and len(r.history) <= budget]
+              for budget in sorted({r.options["epochs"] for r in chosen})}
     return {budget: sorted(group, key=lambda r: OPTIMIZERS.index(r.options["optimizer"]))
-            for budget, group in sorted(groups.items()) if len({r.options["optimizer"] for r in group}) >= 2}
+            for budget, group in groups.items() if len({r.options["optimizer"] for r in group}) >= 2}
 
 
 def block_runs(runs: Sequence[Run]) -> str:
