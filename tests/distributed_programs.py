@@ -38,6 +38,11 @@ def _arrays(model: ARNCNN, grads: dict[str, np.ndarray], optimizer, prefix: str)
     return out
 
 
+def _other_backend() -> str:
+    """The kernel backend not in use: the same arithmetic in another order, round-off's own yardstick."""
+    return "numpy" if kernels.get_backend().NAME == "numba" else "numba"
+
+
 def step(path: str) -> None:
     comm = distributed.communicator()
     ds = load_mednist()
@@ -64,7 +69,7 @@ def step(path: str) -> None:
             ref_opt.apply(ref.parameters(), ref_grads)
             saved.update(_arrays(ref, ref_grads, ref_opt, f"{n}/ref"))
             if kernels.numba_available():  # round-off's own size: the whole batch on the other backend
-                with kernels.backend("numpy" if kernels.get_backend().NAME == "numba" else "numba"):
+                with kernels.backend(_other_backend()):
                     other = ARNCNN(num_classes=ds.num_classes, seed=3)
                     other.dropout.set_generator(np.random.default_rng([7, n]))
                     _, other_grads = other.loss_and_grads(x, y)
@@ -113,7 +118,7 @@ def adamax(count: int, path: str) -> None:
         ref = steps(1, 0, distributed.SingleProcess())
         saved = {**{f"dist/{k}": v for k, v in dist.items()}, **{f"ref/{k}": v for k, v in ref.items()}}
         if kernels.numba_available():
-            with kernels.backend("numpy" if kernels.get_backend().NAME == "numba" else "numba"):
+            with kernels.backend(_other_backend()):
                 saved.update({f"other/{k}": v for k, v in steps(1, 0, distributed.SingleProcess()).items()})
         np.savez(path, **saved)
 

@@ -155,12 +155,18 @@ class Run:
         return "accuracy" in self.test and self.report is not None
 
     @property
+    def stopped_by_controller(self) -> bool:
+        """Finished before its ``--epochs``: the controller stopped it, and any larger budget gives the same run."""
+        return self.finished and len(self.history) < self.options["epochs"]
+
+    @property
     def status(self) -> str:
         n = len(self.history)
         epochs = f"{n} epoch" + ("" if n == 1 else "s")
         if self.finished:
             limit = self.options["epochs"]
-            return f"{epochs} (" + ("stopped by the controller)" if n < limit else f"`--epochs {limit}` reached)")
+            return f"{epochs} (" + ("stopped by the controller)" if self.stopped_by_controller
+                                    else f"`--epochs {limit}` reached)")
         if self.test:
             return f"trained {epochs}, not evaluated yet"
         return f"in progress, {epochs} so far"
@@ -511,21 +517,22 @@ def seed_runs(runs: Sequence[Run]) -> list[Run]:
     return [r for r in runs if r.is_variant("seed")]
 
 
-def stopped_by_controller(run: Run) -> bool:
-    """Finished before its ``--epochs``: the controller stopped it, and any larger budget gives the same run."""
-    return run.finished and len(run.history) < run.options["epochs"]
-
-
 def optimizer_groups(runs: Sequence[Run]) -> dict[int, list[Run]]:
     """Runs of the paper's recipe up to the optimizer and ``--epochs``, by ``--epochs`` budget: the runs given
     that budget, and the runs the controller stopped within it (they would have stopped there with this budget
     too). Only budgets with at least two optimizers; Adamax, Adam, SGD in each group."""
     chosen = [r for r in runs if r.is_variant("optimizer", "epochs")]
     groups = {budget: [r for r in chosen if r.options["epochs"] == budget
-                       or stopped_by_controller(r) and len(r.history) <= budget]
+                       or r.stopped_by_controller and len(r.history) <= budget]
               for budget in sorted({r.options["epochs"] for r in chosen})}
     return {budget: sorted(group, key=lambda r: OPTIMIZERS.index(r.options["optimizer"]))
             for budget, group in groups.items() if len({r.options["optimizer"] for r in group}) >= 2}
+
+
+def best_epoch_row(run: Run) -> tuple[int | None, dict[str, Any] | None]:
+    """(best epoch, its history row) of a run with test results, else (None, None)."""
+    best = run.results["best_epoch"] if run.results else None
+    return best, next((h for h in run.history if h["epoch"] == best), None)
 
 
 def block_runs(runs: Sequence[Run]) -> str:
@@ -658,8 +665,7 @@ def block_seeds(runs: Sequence[Run]) -> str:
     chosen = seed_runs(runs)
     rows = []
     for r in chosen:
-        best = r.results["best_epoch"] if r.results else None
-        row = next((h for h in r.history if h["epoch"] == best), None)
+        best, row = best_epoch_row(r)
         rows.append([link(r), str(r.options["seed"]), r.status, str(best or ""),
                      *(validation_cells(r, row) if row else ("", "")), test_result(r), log_loss_cell(r)])
     out = [md_table(["run", "seed", "epochs", "best epoch", "V_loss", "V_acc", "test accuracy", "log loss"], rows,
@@ -682,8 +688,7 @@ def block_optimizers(runs: Sequence[Run]) -> str:
         out.append(f"`--epochs {budget}`:\n")
         rows = []
         for r in group:
-            best = r.results["best_epoch"] if r.results else None
-            row = next((h for h in r.history if h["epoch"] == best), None)
+            best, row = best_epoch_row(r)
             n, t = r.config["split"]["test"]["total"], r.results
             rows.append([r.options["optimizer"], link(r), r.status, str(best or ""),
                          *(validation_cells(r, row) if row else ("", "")), test_result(r),
